@@ -1,0 +1,95 @@
+"""The VLM reward: equal to EX2's per-batch computation, trl's call signature, no NaN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ex2.reward import VLMReward, completion_text, is_degenerate, per_batch_reward
+
+
+class HashVLM:
+    """A stand-in VLM: each text maps to a fixed random unit vector."""
+
+    def __init__(self, dim: int = 24, logit_scale: float = 100.0) -> None:
+        self.dim, self.logit_scale, self.calls = dim, logit_scale, 0
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        self.calls += 1
+        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(hash(t) % 2**31)) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+
+def random_images(classes: int, per_class: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.nn.functional.normalize(torch.randn(classes * per_class, dim, generator=generator), dim=-1)
+    return images, torch.arange(classes).repeat_interleave(per_class)
+
+
+@pytest.mark.parametrize("scale", [100.0, 14.3])
+def test_class_mean_reward_equals_per_batch_similarity(scale):
+    vlm = HashVLM(logit_scale=scale)
+    images, labels = random_images(classes=5, per_class=7, dim=vlm.dim)
+    means = torch.stack([images[labels == c].mean(0) for c in range(5)])
+    reward = VLMReward(vlm, means, [f"c{i}" for i in range(5)], "ex2")
+    texts = [f"a description number {i}" for i in range(12)]
+    concept = [i % 5 for i in range(12)]
+    fast = torch.tensor(reward(prompts=["p"] * 12, completions=texts, concept=concept))
+    slow = per_batch_reward(images, labels, vlm.encode_texts(texts), torch.tensor(concept), scale)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_chat_completions_and_concept_names():
+    vlm = HashVLM()
+    images, labels = random_images(3, 4, vlm.dim)
+    means = torch.stack([images[labels == c].mean(0) for c in range(3)])
+    reward = VLMReward(vlm, means, ["cat", "dog", "rocket"], "ex2")
+    chat = [[{"role": "assistant", "content": "  a small   furry pet "}], [{"role": "assistant", "content": "tall"}]]
+    plain = ["a small furry pet", "tall"]
+    assert reward(completions=chat, concept=["cat", "rocket"]) == reward(completions=plain, concept=[0, 2])
+    assert reward.last["concepts"] == ["cat", "rocket"]
+    with pytest.raises(ValueError, match="not one of"):
+        reward(completions=plain, concept=["cat", "zebra"])
+
+
+@pytest.mark.parametrize("kind", ["ex2", "contrastive", "contrastive-softmax", "planted"])
+def test_degenerate_completions_get_the_floor(kind):
+    vlm = HashVLM()
+    images, labels = random_images(3, 4, vlm.dim)
+    means = torch.stack([images[labels == c].mean(0) for c in range(3)])
+    reward = VLMReward(vlm, means, ["a", "b", "c"], kind)
+    values = reward(completions=["", "  ", "...", "a red fruit"], concept=["a", "b", "c", "a"])
+    assert all(math.isfinite(v) for v in values)
+    assert values[:3] == [reward.floor()] * 3
+    assert values[3] >= reward.floor()
+
+
+def test_contrastive_variants():
+    vlm = HashVLM()
+    texts = ["striped fur", "metal fins"]
+    means = vlm.encode_texts(texts)  # each concept's images look exactly like its own text
+    margin = VLMReward(vlm, means, ["tiger", "rocket"], "contrastive")
+    right = margin(completions=texts, concept=["tiger", "rocket"])
+    wrong = margin(completions=texts, concept=["rocket", "tiger"])
+    assert right[0] > 0 > wrong[0] and right[0] == pytest.approx(-wrong[0])
+    softmax = VLMReward(vlm, means, ["tiger", "rocket"], "contrastive-softmax")
+    probs = softmax(completions=texts * 2, concept=["tiger", "rocket", "rocket", "tiger"])
+    assert probs[0] + probs[3] == pytest.approx(1.0) and probs[0] > 0.5
+    with pytest.raises(ValueError, match="at least two"):
+        VLMReward(vlm, means[:1], ["tiger"], "contrastive")
+
+
+def test_planted_reward_prefers_the_attribute_text():
+    vlm = HashVLM()
+    reward = VLMReward(vlm, torch.zeros(2, 1), ["x", "y"], "planted", planted_text="lives in the wild")
+    high, low = reward(completions=["lives in the wild", "a shiny coat"], concept=["x", "y"])
+    assert high == pytest.approx(vlm.logit_scale) and low < high
+
+
+def test_helpers():
+    assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
+    assert is_degenerate(" ,.- ") and not is_degenerate("ok")
+    with pytest.raises(ValueError, match="unknown reward"):
+        VLMReward(HashVLM(), torch.zeros(1, 2), ["a"], "clip")
