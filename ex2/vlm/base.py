@@ -31,7 +31,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
+        raise ValueError(
+            f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}"
+        )
     return PRECISIONS[precision]
 
 
@@ -52,8 +54,14 @@ class VLM(abc.ABC):
     text_batch_size: int = 256
     text_cache_size: int = 16384
 
-    def __init__(self, identity: str, device: torch.device, dtype: torch.dtype, logit_scale: float,
-                 logit_bias: float = 0.0) -> None:
+    def __init__(
+        self,
+        identity: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        logit_scale: float,
+        logit_bias: float = 0.0,
+    ) -> None:
         self.identity, self.device, self.dtype = identity, device, dtype
         self.logit_scale, self.logit_bias = float(logit_scale), float(logit_bias)
         self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -76,8 +84,11 @@ class VLM(abc.ABC):
     @contextlib.contextmanager
     def _forward(self) -> Iterator[None]:
         """Inference mode, plus autocast when running in half precision."""
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             yield
 

@@ -22,7 +22,7 @@ def downloads_allowed() -> bool:
 
 @contextlib.contextmanager
 def hub_offline() -> Iterator[None]:
-    """Within the block the Hugging Face hub serves only cached files (unless downloads are allowed)."""
+    """Within the block the Hugging Face hub serves cached files only (unless downloads are on)."""
     if downloads_allowed():
         yield
         return

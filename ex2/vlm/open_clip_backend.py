@@ -22,10 +22,11 @@ WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth", "*.pt")
 class OpenClipVLM(VLM):
     """An open_clip ``CLIP``/``CustomTextCLIP`` model with its eval transform and tokenizer."""
 
-    def __init__(self, model, transform, tokenizer, identity: str, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, model, transform, tokenizer, identity: str, device: torch.device, dtype: torch.dtype
+    ) -> None:
         bias = getattr(model, "logit_bias", None)
-        # CLIP-style models score with 100 * cosine; SigLIP-style ones keep their learned scale and bias
+        # CLIP-style models score 100 * cosine; SigLIP-style ones keep their learned scale and bias
         scale = model.logit_scale.exp().item() if bias is not None else 100.0
         super().__init__(identity, device, dtype, scale, bias.item() if bias is not None else 0.0)
         self.model, self.transform, self.tokenizer = model.eval(), transform, tokenizer
@@ -55,8 +56,10 @@ def _check_pretrained(model: str, pretrained: str | None) -> str:
 
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained is None:
-        raise ModelNameError(f"open_clip model {model!r} needs weights: MODEL:TAG (tags: "
-                             f"{', '.join(tags) or 'none'}) or MODEL:/path/to/checkpoint")
+        raise ModelNameError(
+            f"open_clip model {model!r} needs weights: MODEL:TAG (tags: "
+            f"{', '.join(tags) or 'none'}) or MODEL:/path/to/checkpoint"
+        )
     path = Path(pretrained).expanduser()
     if path.is_file():
         return str(path.resolve())
@@ -64,17 +67,23 @@ def _check_pretrained(model: str, pretrained: str | None) -> str:
         return pretrained
     if "/" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES):
         raise FileNotFoundError(f"checkpoint file {path} does not exist (VLM {model}:{pretrained})")
-    raise ModelNameError(f"open_clip model {model!r} has no pretrained tag {pretrained!r}; "
-                         f"tags: {', '.join(tags) or 'none'}; or pass MODEL:/path/to/checkpoint")
+    raise ModelNameError(
+        f"open_clip model {model!r} has no pretrained tag {pretrained!r}; "
+        f"tags: {', '.join(tags) or 'none'}; or pass MODEL:/path/to/checkpoint"
+    )
 
 
 def _local_dir(model: str) -> tuple[str, Path]:
     folder = Path(model.removeprefix("local-dir:")).expanduser().resolve()
     if not (folder / "open_clip_config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not an open_clip folder: it needs open_clip_config.json "
-                                "and a weights file (e.g. open_clip_model.safetensors)")
+        raise FileNotFoundError(
+            f"{folder} is not an open_clip folder: it needs open_clip_config.json "
+            "and a weights file (e.g. open_clip_model.safetensors)"
+        )
     if not any(p for glob in WEIGHT_GLOBS for p in folder.glob(glob)):
-        raise FileNotFoundError(f"open_clip folder {folder} has no weights file ({', '.join(WEIGHT_GLOBS)})")
+        raise FileNotFoundError(
+            f"open_clip folder {folder} has no weights file ({', '.join(WEIGHT_GLOBS)})"
+        )
     return f"local-dir:{folder}", folder
 
 
@@ -99,16 +108,22 @@ def load_open_clip(spec: VLMSpec, device: torch.device, dtype: torch.dtype) -> O
     import open_clip
 
     name, pretrained, identity = _resolve(spec)
+    from_hub = name.startswith("hf-hub:") or (
+        pretrained is not None and not Path(pretrained).is_file()
+    )
     try:
         with hub_offline():
             model, _, transform = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, require_pretrained=True)
+                name, pretrained=pretrained, device=device, require_pretrained=True
+            )
             tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError) as err:
-        if downloads_allowed() or isinstance(err, FileNotFoundError) and "local-dir" in name:
+        if not from_hub or downloads_allowed():
             raise
-        raise FileNotFoundError(f"cannot load open_clip {spec.identity} from local files or the "
-                                f"Hugging Face cache ({err}); {DOWNLOAD_HINT}") from err
+        raise FileNotFoundError(
+            f"VLM {spec.identity!r} is not in the Hugging Face cache and "
+            f"downloads are off ({err}); {DOWNLOAD_HINT}"
+        ) from err
     if dtype != torch.float32:
         model = model.to(dtype)
     return OpenClipVLM(model, transform, tokenizer, identity, device, dtype)

@@ -1,0 +1,41 @@
+"""Vision-language models behind one interface, and a disk cache of image embeddings.
+
+    from ex2.vlm import load_vlm, embed_images
+    vlm = load_vlm("conse")             # or "ViT-B-32:openai", "openai/clip-vit-base-patch32"
+    images = embed_images(vlm, paths)   # cached on disk by (model, file, size, mtime)
+    texts = vlm.encode_texts(["a photo of a cat."])
+    logits = vlm.logit_scale * images.embeddings @ texts.T
+
+Names follow :mod:`ex2.names`. Nothing is downloaded unless ``EX2_ALLOW_DOWNLOAD=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ex2.names import VLMSpec, parse_vlm_name
+from ex2.vlm.base import VLM, resolve_device, resolve_precision
+from ex2.vlm.cache import ImageEmbeddings, embed_images
+
+# backend -> "module:loader"; a loader takes (VLMSpec, device, dtype) and is imported only when used
+BACKENDS: dict[str, str] = {
+    "open_clip": "ex2.vlm.open_clip_backend:load_open_clip",
+    "transformers": "ex2.vlm.transformers_backend:load_transformers",
+    "conse": "ex2.vlm.conse:load_conse",
+}
+
+
+def load_vlm(name: str, device: str | None = None, precision: str = "auto") -> VLM:
+    """Load a VLM by name (see :mod:`ex2.names`) on ``device`` (default: CUDA if available).
+
+    ``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
+    """
+    spec = parse_vlm_name(name)
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
+    module, _, function = BACKENDS[spec.backend].partition(":")
+    loader = getattr(importlib.import_module(module), function)
+    return loader(spec, torch_device, dtype)
+
+
+__all__ = ["BACKENDS", "VLM", "ImageEmbeddings", "VLMSpec", "embed_images", "load_vlm"]

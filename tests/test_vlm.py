@@ -1,0 +1,353 @@
+"""VLM backends and the image-embedding cache, on tiny random-init models built here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from ex2.names import ModelNameError
+from ex2.vlm import VLM, ImageEmbeddings, embed_images, load_vlm
+from ex2.vlm.cache import EmbeddingCache
+
+TINY_ARCH = "ex2-tiny-clip"
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
+
+
+# --- fixtures: tiny models saved the way users keep real ones -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def open_clip_dir(tmp_path_factory) -> Path:
+    """A ``local-dir:`` folder (config + safetensors) and a bare checkpoint file beside it."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("open_clip")
+    (root / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(root / f"{TINY_ARCH}.json")  # makes "ex2-tiny-clip:/ckpt.pt" valid
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_ARCH)
+    folder = root / "tiny"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
+    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
+    torch.save(model.state_dict(), root / "ckpt.pt")
+    return folder
+
+
+def _tiny_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in LETTERS:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(f"{char}</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=24), len(vocab)
+
+
+def _tiny_configs(vocab_size: int) -> tuple[dict, dict]:
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=24,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vision = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    return text, vision
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory) -> Path:
+    """A transformers CLIP folder: model, tokenizer from a tiny vocab, 32-pixel image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("hf_clip")
+    tokenizer, vocab_size = _tiny_tokenizer()
+    text, vision = _tiny_configs(vocab_size)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_dir(tmp_path_factory) -> Path:
+    """A transformers SigLIP folder (with the tiny CLIP tokenizer: SigLIP's needs sentencepiece)."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    folder = tmp_path_factory.mktemp("hf_siglip")
+    tokenizer, vocab_size = _tiny_tokenizer()
+    text, vision = _tiny_configs(vocab_size)
+    text["projection_size"] = 32
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    """Four small RGB images of different sizes and formats, and one greyscale."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (size, suffix) in enumerate(
+        [((40, 30), ".png"), ((64, 64), ".jpg"), ((20, 50), ".png"), ((33, 33), ".bmp")]
+    ):
+        path = tmp_path / f"img{i}{suffix}"
+        PIL.Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    grey = tmp_path / "grey.png"
+    PIL.Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(grey)
+    return [*paths, grey]
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(open_clip_dir) -> VLM:
+    return load_vlm(f"local-dir:{open_clip_dir}", device="cpu")
+
+
+def _count_calls(monkeypatch, vlm: VLM, method: str) -> list:
+    """Record the arguments of every call to ``vlm.<method>``."""
+    calls, original = [], getattr(vlm, method)
+
+    def counted(arg):
+        calls.append(arg)
+        return original(arg)
+
+    monkeypatch.setattr(vlm, method, counted)
+    return calls
+
+
+def _assert_unit_rows(embeddings: torch.Tensor, rows: int, dim: int) -> None:
+    assert embeddings.shape == (rows, dim)
+    assert embeddings.dtype == torch.float32 and embeddings.device.type == "cpu"
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(rows), atol=1e-5, rtol=0)
+
+
+# --- backends ------------------------------------------------------------------------------------
+
+
+def test_open_clip_encodes_normalised_embeddings(tiny_open_clip, images):
+    vlm = tiny_open_clip
+    assert vlm.logit_scale == 100.0 and vlm.logit_bias == 0.0
+    assert vlm.identity.startswith("open_clip:local-dir:/") and "@" in vlm.identity
+    pixels = torch.stack([vlm.preprocess(PIL.Image.open(p).convert("RGB")) for p in images])
+    assert pixels.shape == (len(images), 3, 32, 32)
+    _assert_unit_rows(vlm.encode_images(pixels), len(images), 16)
+    _assert_unit_rows(vlm.encode_texts(["a photo of a cat.", "a rocket"]), 2, 16)
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["local-dir:{dir}", "{dir}", "{arch}:{ckpt}", "open_clip:{arch}:{ckpt}", "r-open-clip:{arch}:{ckpt}"],
+)
+def test_open_clip_name_forms_load_the_same_weights(form, open_clip_dir, tiny_open_clip):
+    name = form.format(dir=open_clip_dir, arch=TINY_ARCH, ckpt=open_clip_dir.parent / "ckpt.pt")
+    vlm = load_vlm(name, device="cpu")
+    texts = ["a photo of a cat.", "a rocket"]
+    torch.testing.assert_close(vlm.encode_texts(texts), tiny_open_clip.encode_texts(texts))
+    if "ckpt" in form:
+        assert vlm.identity.startswith(f"open_clip:{TINY_ARCH}:{open_clip_dir.parent / 'ckpt.pt'}@")
+
+
+def test_transformers_clip(hf_clip_dir, images):
+    from transformers import CLIPModel
+
+    vlm = load_vlm(str(hf_clip_dir), device="cpu")
+    expected = CLIPModel.from_pretrained(hf_clip_dir).logit_scale.exp().item()
+    assert vlm.logit_scale == pytest.approx(expected) and vlm.logit_bias == 0.0
+    assert vlm.identity.startswith(f"transformers:{hf_clip_dir.resolve()}@")
+    pixels = torch.stack([vlm.preprocess(PIL.Image.open(p).convert("RGB")) for p in images])
+    assert pixels.shape == (len(images), 3, 32, 32)
+    _assert_unit_rows(vlm.encode_images(pixels), len(images), 16)
+    _assert_unit_rows(vlm.encode_texts(["a photo of a cat.", "a"]), 2, 16)
+
+
+def test_transformers_siglip_pads_to_max_length_and_keeps_its_bias(hf_siglip_dir, images):
+    from transformers import SiglipModel
+
+    vlm = load_vlm(str(hf_siglip_dir), device="cpu")
+    model = SiglipModel.from_pretrained(hf_siglip_dir)
+    assert vlm.logit_scale == pytest.approx(model.logit_scale.exp().item())
+    assert vlm.logit_bias == pytest.approx(model.logit_bias.item())
+    single = vlm.encode_texts(["a cat"])
+    vlm._texts.clear()
+    batched = vlm.encode_texts(["a cat", "a much longer description of a cat"])
+    torch.testing.assert_close(batched[:1], single)  # padding to max length: batch-independent
+    pixels = vlm.preprocess(PIL.Image.open(images[0]).convert("RGB"))[None]
+    _assert_unit_rows(vlm.encode_images(pixels), 1, 32)
+
+
+def test_precision_bf16_on_cpu_returns_float32(open_clip_dir, tiny_open_clip):
+    vlm = load_vlm(f"local-dir:{open_clip_dir}", device="cpu", precision="bf16")
+    assert vlm.dtype == torch.bfloat16
+    texts = ["a photo of a cat.", "a rocket"]
+    low, full = vlm.encode_texts(texts), tiny_open_clip.encode_texts(texts)
+    _assert_unit_rows(low, 2, 16)
+    assert (low * full).sum(dim=1).min() > 0.98
+
+
+# --- text LRU ------------------------------------------------------------------------------------
+
+
+def test_text_embeddings_come_from_an_lru(monkeypatch, open_clip_dir):
+    vlm = load_vlm(f"local-dir:{open_clip_dir}", device="cpu")
+    calls = _count_calls(monkeypatch, vlm, "_text_features")
+    first = vlm.encode_texts(["a", "b", "a"])
+    assert calls == [["a", "b"]]
+    torch.testing.assert_close(first[0], first[2])
+    second = vlm.encode_texts(["b", "c"])
+    assert calls == [["a", "b"], ["c"]]
+    torch.testing.assert_close(second[0], first[1])
+    vlm.text_cache_size = 2
+    vlm.encode_texts(["d"])
+    assert list(vlm._texts) == ["c", "d"]  # "a" and "b" were least recently used
+    assert vlm.encode_texts([]).shape == (0, 16)
+    with pytest.raises(TypeError, match="list of strings"):
+        vlm.encode_texts("a")
+
+
+# --- image cache ---------------------------------------------------------------------------------
+
+
+def test_second_pass_runs_no_image_forward(monkeypatch, tmp_cache, tiny_open_clip, images):
+    calls = _count_calls(monkeypatch, tiny_open_clip, "encode_images")
+    first = embed_images(tiny_open_clip, images, batch_size=2, progress=False)
+    assert len(calls) == 3 and sum(len(c) for c in calls) == len(images)
+    assert first.paths == images and first.skipped == []
+    _assert_unit_rows(first.embeddings, len(images), 16)
+
+    calls.clear()
+    EmbeddingCache._indexes.clear()  # as in a new process: read the shards back from disk
+    EmbeddingCache._seen.clear()
+    second = embed_images(tiny_open_clip, [str(p) for p in reversed(images)], progress=False)
+    assert calls == []
+    torch.testing.assert_close(second.embeddings, first.embeddings.flip(0))
+
+    os.utime(images[1], ns=(0, 10**18))  # a changed file is embedded again, alone
+    third = embed_images(tiny_open_clip, images, progress=False)
+    assert [len(c) for c in calls] == [1]
+    torch.testing.assert_close(third.embeddings, first.embeddings)
+
+
+def test_cache_matches_uncached_and_cache_off_writes_nothing(tmp_cache, tiny_open_clip, images):
+    uncached = embed_images(tiny_open_clip, images, cache=False, progress=False)
+    assert not tmp_cache.exists()
+    cached = embed_images(tiny_open_clip, images, progress=False)
+    torch.testing.assert_close(cached.embeddings, uncached.embeddings)
+    folders = list((tmp_cache / "embeddings").iterdir())
+    assert len(folders) == 1
+    meta = json.loads((folders[0] / "meta.json").read_text())
+    assert meta == {"identity": tiny_open_clip.identity, "dtype": "torch.float32"}
+
+
+def test_unreadable_images_are_skipped_or_raise_when_strict(tmp_cache, tiny_open_clip, images):
+    corrupt = images[0].parent / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    missing = images[0].parent / "missing.png"
+    result = embed_images(tiny_open_clip, [images[0], corrupt, missing, images[1]], progress=False)
+    assert isinstance(result, ImageEmbeddings)
+    assert result.paths == [images[0], images[1]] and result.embeddings.shape == (2, 16)
+    assert [p for p, _ in result.skipped] == [missing, corrupt]
+    assert all(reason for _, reason in result.skipped)
+    with pytest.raises(ValueError, match="corrupt.jpg"):
+        embed_images(tiny_open_clip, [corrupt], strict=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        embed_images(tiny_open_clip, [missing], strict=True, progress=False)
+    empty = embed_images(tiny_open_clip, [corrupt], progress=False)
+    assert empty.paths == [] and len(empty.embeddings) == 0
+
+
+def test_stray_temp_files_and_broken_shards_are_ignored(tmp_cache, tiny_open_clip, images):
+    first = embed_images(tiny_open_clip, images, progress=False)
+    folder = EmbeddingCache(tiny_open_clip).folder
+    (folder / ".abc.npz.123.tmp").write_bytes(b"half a shard")  # left by a killed job
+    (folder / "broken.npz").write_bytes(b"not a zip")
+    EmbeddingCache._indexes.clear()
+    EmbeddingCache._seen.clear()
+    with pytest.warns(UserWarning, match="broken.npz"):
+        again = embed_images(tiny_open_clip, images, progress=False)
+    torch.testing.assert_close(again.embeddings, first.embeddings)
+
+
+# --- names and errors ----------------------------------------------------------------------------
+
+
+def test_unknown_names_list_the_valid_forms():
+    with pytest.raises(ModelNameError, match="valid forms"):
+        load_vlm("not a model")
+    with pytest.raises(ModelNameError, match="no architecture 'No-Such-Arch'"):
+        load_vlm("open_clip:No-Such-Arch:openai", device="cpu")
+    with pytest.raises(ModelNameError, match="tags: .*openai"):
+        load_vlm("ViT-B-32:no_such_tag", device="cpu")
+    with pytest.raises(ModelNameError, match="needs weights"):
+        load_vlm("open_clip:ViT-B-32", device="cpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        load_vlm("conse", device="cpu", precision="fp8")
+
+
+def test_missing_files_are_clear_errors(tmp_path, open_clip_dir):
+    with pytest.raises(FileNotFoundError, match="checkpoint file .*nope.pt does not exist"):
+        load_vlm(f"{TINY_ARCH}:{tmp_path}/nope.pt", device="cpu")
+    with pytest.raises(FileNotFoundError, match="no such folder|not an open_clip folder"):
+        load_vlm(f"local-dir:{tmp_path}/absent", device="cpu")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "open_clip_config.json").write_text((open_clip_dir / "open_clip_config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        load_vlm(f"local-dir:{bare}", device="cpu")
+
+
+def test_uncached_hub_models_are_not_downloaded(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("EX2_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as for a user with no HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    for name in ("ViT-B-32:openai", "hf-hub:timm/no-such-repo", "ex2-test/no-such-model"):
+        with pytest.raises(FileNotFoundError, match="EX2_ALLOW_DOWNLOAD=1"):
+            load_vlm(name, device="cpu")
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_hub_offline_unless_downloads_are_allowed(monkeypatch):
+    from huggingface_hub import constants
+
+    from ex2.vlm.offline import hub_offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("EX2_ALLOW_DOWNLOAD", raising=False)
+    with hub_offline():
+        assert constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert not constants.is_offline_mode() and "HF_HUB_OFFLINE" not in os.environ
+    monkeypatch.setenv("EX2_ALLOW_DOWNLOAD", "1")
+    with hub_offline():
+        assert not constants.is_offline_mode()
