@@ -22,9 +22,15 @@ from ex2.io import atomic_write_text
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, *, secret: bool = False, short: str | None = None) -> Any:
-    """A config field with a help string; ``secret`` fields are never written to disk."""
-    meta = {"help": help, "secret": secret, "short": short}
+def option(
+    default: Any, help: str, *, secret: bool = False, short: str | None = None, positional: bool = False
+) -> Any:
+    """A config field with a help string.
+
+    ``secret`` fields are never written to disk; a ``positional`` list field also takes bare
+    arguments (``ex2 report RUN1 RUN2``) besides its flag.
+    """
+    meta = {"help": help, "secret": secret, "short": short, "positional": positional}
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -64,6 +70,14 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: An
     if "action" not in kwargs:
         kwargs["metavar"] = field.name.upper()
     parser.add_argument(*flags, **kwargs)
+    if field.metadata.get("positional"):
+        parser.add_argument(
+            f"{field.name}__positional",
+            nargs="*",
+            type=kwargs.get("type", str),
+            metavar=field.name.upper(),
+            help=f"same as {flags[0]}",
+        )
 
 
 def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -122,6 +136,10 @@ def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:
             parser.error(str(err))
     args = vars(parser.parse_args(argv))
     args.pop("config")
+    for key in [k for k in args if k.endswith("__positional")]:
+        bare = args.pop(key)
+        if bare:
+            args[key.removesuffix("__positional")] = bare
     try:
         return config_cls(**args)
     except (ConfigError, ValueError, TypeError) as err:

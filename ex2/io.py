@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 
 def cache_dir() -> Path:
@@ -59,7 +59,9 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: str | Path, required: Iterable[str] = (), tolerate_torn_tail: bool = False) -> list[dict]:
+def read_jsonl(
+    path: str | Path, required: Iterable[str] = (), tolerate_torn_tail: bool = False
+) -> list[dict]:
     """Read a JSONL file; errors name the file, the line and what was expected.
 
     ``tolerate_torn_tail`` drops an unterminated last line, as left by a job killed mid-write.
@@ -79,7 +81,9 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (), tolerate_torn_tai
         except json.JSONDecodeError as err:
             if torn and number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); expected one JSON object per line") from err
+            raise ValueError(
+                f"{path}:{number}: not valid JSON ({err.msg}); expected one JSON object per line"
+            ) from err
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         missing = [key for key in required if key not in record]

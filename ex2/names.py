@@ -99,7 +99,9 @@ def parse_llm_name(name: str) -> LLMSpec:
         return LLMSpec("gguf", str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNameError(f"LLM folder {path} has no config.json; expected a transformers model folder")
+            raise ModelNameError(
+                f"LLM folder {path} has no config.json; expected a transformers model folder"
+            )
         return LLMSpec("transformers", str(path))
     if HUB_ID.match(name):
         return LLMSpec("transformers", name)
