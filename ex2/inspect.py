@@ -1,0 +1,202 @@
+"""``ex2 inspect``: label each description as spurious, visual or non-visual, then report the shares.
+
+EX2 asks of every description whether it would increase a student's knowledge of the concept; those
+that would not are *spurious*. Informative ones are *visual* (seen in a photo) or *non-visual*::
+
+    category     attribute                                     example (concept: goldfinch)
+    spurious     none                                          "Click to enlarge photo of a goldfinch."
+                                                               "goldfinch stock photos", "A photo of a goldfinch."
+                                                               "Oh goldfinch, little song of joy, ..." (a poem)
+    visual       color shape size pattern texture parts        "The male has bright lemon-yellow plumage."
+    non_visual   habitat behavior diet origin history use other  "It feeds almost entirely on thistle seeds."
+
+``docs/taxonomy.md`` gives the full taxonomy with examples. Each input record (``descriptions.jsonl``
+from ``ex2 generate``, or any JSONL with ``concept`` and ``description``) is written to
+``categories.jsonl`` with ``informative``, ``category``, ``attribute``, ``explanation``,
+``judge_backend``, ``judge_model``, ``judge_prompt_version`` and ``judge_requests`` added; a description
+the judge could not answer for gets ``category: "unparsed"``. Judges (:mod:`ex2.judges`,
+:mod:`ex2.categorize`)::
+
+    ex2 inspect --input runs/gen/descriptions.jsonl                      # embedded: MiniLM + cues, offline
+    ex2 inspect --input d.jsonl --backend hf --model smollm2             # a local chat model as judge
+    ex2 inspect --input d.jsonl --backend openai --model gpt-4o-mini     # OPENAI_API_KEY from the environment
+    ex2 inspect --input d.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 --model MODEL
+
+Results are appended as they arrive, keyed by (judge backend, model, prompt version, concept,
+description); a rerun judges only what is missing. The report (``summary.json``, ``summary.md`` and
+PNG plots, see :mod:`ex2.inspect_report`) goes to ``--report-dir`` (default ``inspect_report/`` beside
+the output).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from ex2.config import option, save_config
+from ex2.io import append_jsonl, read_jsonl, write_jsonl
+from ex2.judges import Judgement
+
+JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
+DEFAULT_MODELS = {"embedded": "all-MiniLM-L6-v2", "hf": "smollm2", "openai": ""}
+
+
+@dataclass
+class Config:
+    """Label descriptions as spurious, visual or non-visual (with an attribute) and report the shares."""
+
+    input: str = option("", "descriptions JSONL (from ex2 generate, or any JSONL with concept and description)")
+    output: str = option("", "categories JSONL to append to (default: categories.jsonl beside --input)")
+    backend: Literal["embedded", "openai", "hf"] = option("embedded", "judge: embedded (offline), openai, hf")
+    model: str = option("", "judge model: a served model name (openai) or an LLM name (hf, default smollm2)")
+    base_url: str = option("", "OpenAI-compatible server URL (default $OPENAI_BASE_URL, else api.openai.com)")
+    api_key: str = option("", "API key (default $OPENAI_API_KEY; never written to disk)", secret=True)
+    concurrency: int = option(4, "requests in flight at once (openai backend)")
+    max_retries: int = option(3, "retries per request on 429/5xx/timeouts, and per unusable answer")
+    timeout: float = option(120.0, "seconds before one request times out (openai backend)")
+    max_tokens: int = option(128, "longest judge answer, in tokens (openai and hf backends)")
+    json_mode: bool = option(True, "ask the server for JSON mode; dropped automatically when refused")
+    device: str = option("", "device for the embedded and hf judges (default: cuda if available, else cpu)")
+    batch_size: int = option(64, "descriptions per batch (embedded backend)")
+    limit: int = option(0, "judge only the first N input records (0: all)")
+    dataset: str = option("", "dataset name for records that carry none (used by the report)")
+    vlm: str = option("", "VLM name for records that carry none (used by the report)")
+    report: bool = option(True, "write summary.json, summary.md and plots after judging")
+    report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
+
+    def __post_init__(self):
+        if not self.input:
+            raise ValueError("--input is required: a descriptions JSONL with concept and description fields")
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise ValueError("--concurrency and --batch-size must be at least 1")
+        if self.max_retries < 0 or self.limit < 0:
+            raise ValueError("--max-retries and --limit must be 0 or more")
+        self.model = self.model or DEFAULT_MODELS[self.backend]
+        if self.backend == "openai" and not self.model:
+            raise ValueError("--backend openai needs --model: the model name the server serves")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output) if self.output else Path(self.input).parent / "categories.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report_dir) if self.report_dir else self.output_path.parent / "inspect_report"
+
+
+def make_judge(config: Config):
+    """The judge a config names; heavy imports happen only for the chosen backend."""
+    if config.backend == "embedded":
+        from ex2.categorize import EmbeddedJudge
+
+        return EmbeddedJudge(device=config.device or None)
+    if config.backend == "hf":
+        from ex2.judges import HFJudge
+
+        return HFJudge(config.model, config.max_retries, config.max_tokens, device=config.device or None)
+    from ex2.judges import OpenAIJudge
+
+    return OpenAIJudge(
+        config.model,
+        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL"),
+        api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
+        max_retries=config.max_retries, timeout=config.timeout, max_tokens=config.max_tokens,
+        json_mode=config.json_mode,
+    )
+
+
+def record_key(record: dict) -> tuple:
+    """What makes a judgement: the judge (backend, model, prompt version), the concept and the text."""
+    return tuple(record.get(f) for f in JUDGE_FIELDS) + (record["concept"], record["description"])
+
+
+def load_inputs(config: Config) -> list[dict]:
+    records = read_jsonl(config.input, required=("concept", "description"))
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record["concept"], str) or not isinstance(record["description"], str):
+            raise ValueError(f"{config.input}: record {number}: concept and description must be strings")
+        if config.dataset:
+            record.setdefault("dataset", config.dataset)
+        if config.vlm:
+            record.setdefault("vlm", config.vlm)
+    return records[: config.limit] if config.limit else records
+
+
+def load_done(path: Path) -> list[dict]:
+    """Records already written; a torn last line (a kill mid-write) is dropped from the file."""
+    if not path.is_file():
+        return []
+    done = read_jsonl(path, required=("concept", "description"), tolerate_torn_tail=True)
+    if not path.read_text().endswith("\n") and path.stat().st_size:
+        write_jsonl(path, done)
+    return done
+
+
+def _judge_parallel(judge, pending: list[tuple[str, str]], config: Config):
+    """Yield ``((concept, description), judgement)`` as answers arrive."""
+    if hasattr(judge, "judge_batch"):
+        size = config.batch_size
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            yield from zip(chunk, judge.judge_batch(chunk), strict=True)
+        return
+    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+        futures = {pool.submit(judge.judge, *pair): pair for pair in pending}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def judge_records(config: Config, judge, records: list[dict], output: Path) -> list[dict]:
+    """Judge every record not yet in ``output`` and append it there; returns this judge's records."""
+    ident = (judge.backend, judge.model, judge.prompt_version)
+    by_pair: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        by_pair[(record["concept"], record["description"])].append(record)
+    written: dict[tuple, int] = defaultdict(int)
+    for record in load_done(output):
+        if record_key(record)[:3] == ident:
+            written[record_key(record)[3:]] += 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for pair, count in written.items():  # a kill between copies of one description's records
+        for record in by_pair.get(pair, [])[count:]:
+            append_jsonl(output, {**record, **_judgement_of(output, ident, pair)})
+    pending = [pair for pair in by_pair if pair not in written]
+    progress = tqdm(total=len(by_pair), initial=len(by_pair) - len(pending), desc=f"inspect ({judge.backend})",
+                    unit="desc")
+    for pair, judgement in _judge_parallel(judge, pending, config):
+        for record in by_pair[pair]:
+            append_jsonl(output, {**record, **judgement.fields()})
+        progress.update(1)
+    progress.close()
+    return [r for r in read_jsonl(output) if record_key(r)[:3] == ident]
+
+
+def _judgement_of(output: Path, ident: tuple, pair: tuple) -> dict:
+    for record in read_jsonl(output):
+        if record_key(record) == ident + pair:
+            return {k: record[k] for k in Judgement.__dataclass_fields__ if k in record}
+    raise ValueError(f"{output}: no judgement for {pair!r}")
+
+
+def run(config: Config) -> Path:
+    """Judge the input descriptions into ``categories.jsonl``, then write the report."""
+    records = load_inputs(config)
+    output = config.output_path
+    judge = make_judge(config)
+    judged = judge_records(config, judge, records, output)
+    save_config(config, output.parent, name="inspect_config.yaml")
+    if config.report:
+        from ex2.inspect_report import write_report
+
+        write_report(judged, config.report_path, source=str(output))
+    return output
