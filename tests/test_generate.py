@@ -345,3 +345,12 @@ def test_vllm_sampler_on_gpu(tiny, tmp_cache, tmp_path):
     assert len(records) == len(CONCEPTS) * len(TEMPLATES)
     again = generate(tiny, tmp_path / "w.jsonl", "--sampler", "vllm", "--adapter", str(tiny.adapter))
     assert [r["raw"] for r in again] == [r["raw"] for r in records]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("generate*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    from ex2.config import parse_config
+    from ex2.generate import Config
+
+    config = parse_config(Config, ["--config", str(path)], prog="ex2 generate")
+    assert config.max_new_tokens == 32 and config.top_k == 0 and config.top_p == 1.0
