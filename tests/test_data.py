@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,12 @@ def rel(ds, root: Path) -> list[tuple[str, int]]:
 
 def make_cub(root: Path) -> Path:
     base = root / "CUB_200_2011"
-    files = ["001.Black_footed_Albatross/a.jpg", "001.Black_footed_Albatross/b.jpg",
-             "002.Laysan_Albatross/c.jpg", "002.Laysan_Albatross/d.jpg"]
+    files = [
+        "001.Black_footed_Albatross/a.jpg",
+        "001.Black_footed_Albatross/b.jpg",
+        "002.Laysan_Albatross/c.jpg",
+        "002.Laysan_Albatross/d.jpg",
+    ]
     write(base / "images.txt", "".join(f"{i} {f}\n" for i, f in enumerate(files, start=1)))
     write(base / "classes.txt", "2 002.Laysan_Albatross\n1 001.Black_footed_Albatross\n")
     write(base / "image_class_labels.txt", "1 1\n2 1\n3 2\n4 2\n")
@@ -63,19 +68,35 @@ def test_cub_official_layout(tmp_path):
     test = load_dataset("cub", tmp_path)  # the parent of CUB_200_2011/ works too
     assert test.split == "test" and test.root == base
     assert test.classnames == ["Black footed Albatross", "Laysan Albatross"]
-    assert rel(test, base / "images") == [("001.Black_footed_Albatross/b.jpg", 0), ("002.Laysan_Albatross/c.jpg", 1)]
+    assert rel(test, base / "images") == [
+        ("001.Black_footed_Albatross/b.jpg", 0),
+        ("002.Laysan_Albatross/c.jpg", 1),
+    ]
     train = load_dataset("cub", base, "train")
-    assert rel(train, base / "images") == [("001.Black_footed_Albatross/a.jpg", 0), ("002.Laysan_Albatross/d.jpg", 1)]
+    assert rel(train, base / "images") == [
+        ("001.Black_footed_Albatross/a.jpg", 0),
+        ("002.Laysan_Albatross/d.jpg", 1),
+    ]
     assert len(train) == 2 and train.paths_of(1) == [base / "images/002.Laysan_Albatross/d.jpg"]
 
 
 def make_pets(root: Path) -> Path:
     base = root / "oxford-iiit-pet"
-    write(base / "annotations/trainval.txt",
-          "#Image CLASS-ID SPECIES BREED ID\nAbyssinian_1 1 1 1\namerican_bulldog_10 2 2 1\n")
-    write(base / "annotations/test.txt",
-          "american_bulldog_2 2 2 1\nAbyssinian_5 1 1 1\namerican_bulldog_1 2 2 1\n")
-    for name in ("Abyssinian_1", "Abyssinian_5", "american_bulldog_1", "american_bulldog_2", "american_bulldog_10"):
+    write(
+        base / "annotations/trainval.txt",
+        "#Image CLASS-ID SPECIES BREED ID\nAbyssinian_1 1 1 1\namerican_bulldog_10 2 2 1\n",
+    )
+    write(
+        base / "annotations/test.txt",
+        "american_bulldog_2 2 2 1\nAbyssinian_5 1 1 1\namerican_bulldog_1 2 2 1\n",
+    )
+    for name in (
+        "Abyssinian_1",
+        "Abyssinian_5",
+        "american_bulldog_1",
+        "american_bulldog_2",
+        "american_bulldog_10",
+    ):
         image(base / "images" / f"{name}.jpg")
     return base
 
@@ -85,7 +106,10 @@ def test_pets_official_layout(tmp_path):
     test = load_dataset("pets", tmp_path)
     assert test.classnames == ["Abyssinian", "american bulldog"]
     assert rel(test, base / "images") == [
-        ("Abyssinian_5.jpg", 0), ("american_bulldog_1.jpg", 1), ("american_bulldog_2.jpg", 1)]
+        ("Abyssinian_5.jpg", 0),
+        ("american_bulldog_1.jpg", 1),
+        ("american_bulldog_2.jpg", 1),
+    ]
     assert len(load_dataset("pets", base, "trainval")) == 2
 
 
@@ -105,7 +129,9 @@ def test_flowers102_from_mat_files(tmp_path):
     base.mkdir()
     scipy.io.savemat(base / "imagelabels.mat", {"labels": labels})
     ids = np.arange(1, 307)
-    scipy.io.savemat(base / "setid.mat", {"trnid": ids[:102], "valid": ids[102:204], "tstid": ids[204:][::-1]})
+    scipy.io.savemat(
+        base / "setid.mat", {"trnid": ids[:102], "valid": ids[102:204], "tstid": ids[204:][::-1]}
+    )
     jpeg = io.BytesIO()
     PIL.Image.new("RGB", (4, 4)).save(jpeg, "JPEG")
     (base / "jpg").mkdir()
@@ -133,12 +159,24 @@ def test_cars_torchvision_layout(tmp_path):
         image(base / "cars_train" / name)
     test = load_dataset("cars", tmp_path)
     assert test.classnames == ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"]
-    assert rel(test, base) == [("cars_test/00001.jpg", 0), ("cars_test/00002.jpg", 1), ("cars_test/00003.jpg", 1)]
-    assert rel(load_dataset("cars", base, "train"), base) == [("cars_train/00001.jpg", 0), ("cars_train/00003.jpg", 1)]
+    assert rel(test, base) == [
+        ("cars_test/00001.jpg", 0),
+        ("cars_test/00002.jpg", 1),
+        ("cars_test/00003.jpg", 1),
+    ]
+    assert rel(load_dataset("cars", base, "train"), base) == [
+        ("cars_train/00001.jpg", 0),
+        ("cars_train/00003.jpg", 1),
+    ]
 
 
 def make_dogs(root: Path) -> Path:
-    folders = ["n02085620-Chihuahua", "n02099601-golden_retriever", "n02110958-pug", "n02116738-African_hunting_dog"]
+    folders = [
+        "n02085620-Chihuahua",
+        "n02099601-golden_retriever",
+        "n02110958-pug",
+        "n02116738-African_hunting_dog",
+    ]
     for folder in folders:
         for n in (1, 2):
             image(root / "Images" / folder / f"{folder.split('-')[0]}_{n}.jpg")
@@ -185,8 +223,12 @@ def test_imagefolder_with_and_without_split_folders(tmp_path):
     write(tmp_path / "flat" / "tabby" / "notes.txt", "not an image")
     flat = load_dataset("imagefolder", tmp_path / "flat")
     assert flat.classnames == ["golden retriever", "tabby"]
-    assert rel(flat, tmp_path / "flat") == [("golden_retriever/b.png", 0), ("golden_retriever/nested/a.jpg", 0),
-                                            ("tabby/b.png", 1), ("tabby/nested/a.jpg", 1)]
+    assert rel(flat, tmp_path / "flat") == [
+        ("golden_retriever/b.png", 0),
+        ("golden_retriever/nested/a.jpg", 0),
+        ("tabby/b.png", 1),
+        ("tabby/nested/a.jpg", 1),
+    ]
     assert len(load_dataset("imagefolder", tmp_path / "split", "val")) == 2
     with pytest.raises(DatasetError, match=r"split folder\(s\) val but no test/"):
         load_dataset("imagefolder", tmp_path / "split")
@@ -203,8 +245,10 @@ def test_csv_manifest(tmp_path):
     image(tmp_path / "imgs" / "1.png")
     image(tmp_path / "imgs" / "2.png")
     image(tmp_path / "3.png")
-    manifest = write(tmp_path / "m.csv", "path,label,split\nimgs/2.png,sea_otter,test\n"
-                                         "imgs/1.png,beaver,test\n3.png,sea_otter,train\n")
+    manifest = write(
+        tmp_path / "m.csv",
+        "path,label,split\nimgs/2.png,sea_otter,test\nimgs/1.png,beaver,test\n3.png,sea_otter,train\n",
+    )
     test = load_dataset("csv", manifest)
     assert test.classnames == ["beaver", "sea otter"]
     assert test.items == [(tmp_path / "imgs/1.png", 0), (tmp_path / "imgs/2.png", 1)]
@@ -226,11 +270,20 @@ def test_csv_folder_of_split_files(tmp_path):
 def make_hf(root: Path):
     datasets = pytest.importorskip("datasets")
     pngs = [PIL.Image.new("RGB", (5, 5), (i * 40, 0, 0)) for i in range(4)]
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["sea_otter", "beaver"]),
-                                  "note": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "label": datasets.ClassLabel(names=["sea_otter", "beaver"]),
+            "note": datasets.Value("string"),
+        }
+    )
     data = {"img": pngs, "label": [1, 0, 1, 0], "note": ["a", "b", "c", "d"]}
-    splits = datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features),
-                                   "train": datasets.Dataset.from_dict(data, features=features).select([0, 1])})
+    splits = datasets.DatasetDict(
+        {
+            "test": datasets.Dataset.from_dict(data, features=features),
+            "train": datasets.Dataset.from_dict(data, features=features).select([0, 1]),
+        }
+    )
     splits.save_to_disk(str(root))
     return pngs
 
@@ -254,15 +307,27 @@ def test_hf_disk_materialises_images_once(tmp_path, tmp_cache):
 
 
 def test_registry_and_bad_names_or_splits(tmp_path):
-    assert {"samples", "cub", "pets", "flowers102", "cars", "dogs", "aircraft", "imagefolder", "csv",
-            "hf_disk"} <= set(DATASETS)
+    assert {
+        "samples",
+        "cub",
+        "pets",
+        "flowers102",
+        "cars",
+        "dogs",
+        "aircraft",
+        "imagefolder",
+        "csv",
+        "hf_disk",
+    } <= set(DATASETS)
     for name, loader in DATASETS.items():
         assert loader.__doc__ and len(loader.__doc__.strip().splitlines()) == 1, name
     with pytest.raises(DatasetError, match=r"unknown dataset 'imagenet'; valid names: samples, cub"):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match=r"cub has no split 'val'; valid splits: test, train"):
         load_dataset("cub", tmp_path, "val")
-    with pytest.raises(DatasetError, match=r"cub: no root given; pass the folder holding the CUB-200-2011 layout"):
+    with pytest.raises(
+        DatasetError, match=r"cub: no root given; pass the folder holding the CUB-200-2011 layout"
+    ):
         load_dataset("cub")
 
 
@@ -278,7 +343,10 @@ def test_concept_names(tmp_path):
     assert len(concept_names("flowers102")) == 102
     make_cub(tmp_path)
     assert concept_names(f"cub:{tmp_path}") == ["Black footed Albatross", "Laysan Albatross"]
-    assert concept_names(str(write(tmp_path / "c.txt", "# mine\nsea otter\n\nbeaver\n"))) == ["sea otter", "beaver"]
+    assert concept_names(str(write(tmp_path / "c.txt", "# mine\nsea otter\n\nbeaver\n"))) == [
+        "sea otter",
+        "beaver",
+    ]
     with pytest.raises(ValueError, match="listed twice: otter"):
         concept_names(str(write(tmp_path / "d.txt", "otter\notter\n")))
     with pytest.raises(ValueError, match="neither a concept file"):
@@ -298,8 +366,10 @@ def ten_per_class(tmp_path):
 
 def test_sample_per_class_first_n_in_sorted_order(ten_per_class, tmp_path):
     chosen = sample_per_class(ten_per_class, 3)
-    assert chosen == {0: [tmp_path / f"a/{i:02d}.png" for i in range(3)],
-                      1: [tmp_path / f"b/{i:02d}.png" for i in range(3)]}
+    assert chosen == {
+        0: [tmp_path / f"a/{i:02d}.png" for i in range(3)],
+        1: [tmp_path / f"b/{i:02d}.png" for i in range(3)],
+    }
     assert sample_per_class(ten_per_class, None)[1] == ten_per_class.paths_of(1)
     assert len(sample_per_class(ten_per_class, 50)[0]) == 10
     with pytest.raises(ValueError, match="at least 1"):
@@ -325,7 +395,11 @@ def test_image_modes_convert_to_rgb(tmp_path):
     assert PIL.Image.open(tmp_path / "deep.png").mode == "I;16"
     rgb = load_image(tmp_path / "deep.png")
     assert rgb.mode == "RGB" and [rgb.getpixel(xy) for xy in ((0, 0), (1, 0), (0, 1), (1, 1))] == [
-        (0, 0, 0), (100, 100, 100), (255, 255, 255), (200, 200, 200)]
+        (0, 0, 0),
+        (100, 100, 100),
+        (255, 255, 255),
+        (200, 200, 200),
+    ]
     rgba = PIL.Image.new("RGBA", (2, 1), (0, 0, 255, 255))
     rgba.putpixel((1, 0), (0, 0, 0, 0))
     rgba.save(tmp_path / "rgba.png")
@@ -367,8 +441,28 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch, pixels):
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a mere warning would let the image through
-        with pytest.raises(ImageError, match=r"bomb.png: refusing an image over PIL's decompression-bomb limit"):
+        before = list(warnings.filters)
+        with pytest.raises(
+            ImageError, match=r"bomb.png: refusing an image over PIL's decompression-bomb limit"
+        ):
             load_image(path)
+        assert warnings.filters == before
+
+
+def test_images_load_from_threads_beside_a_bomb(tmp_path, monkeypatch):
+    good = [image(tmp_path / f"{i}.png", color=(i, 0, 0)) for i in range(16)]
+    bomb = image(tmp_path / "bomb.png", size=(30, 30))
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
+
+    def load(path):
+        try:
+            return load_image(path, strict=True).getpixel((0, 0))
+        except ImageError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(load, [bomb, *good, bomb]))
+    assert results == ["refused", *[(i, 0, 0) for i in range(16)], "refused"]
 
 
 # --- the embedded samples -------------------------------------------------------------------
@@ -400,7 +494,16 @@ def test_augmented_views_are_deterministic_and_distinct():
 @pytest.mark.slow
 def test_samples_dataset_is_built_once(tmp_cache, monkeypatch):
     ds = load_dataset("samples")
-    assert ds.classnames == ["cat", "espresso", "rocket", "tripod", "motorcycle", "helmet", "temple", "dahlia"]
+    assert ds.classnames == [
+        "cat",
+        "espresso",
+        "rocket",
+        "tripod",
+        "motorcycle",
+        "helmet",
+        "temple",
+        "dahlia",
+    ]
     assert ds.root == tmp_cache / "datasets" / "samples-v1"
     assert len(ds) == 80 and all(len(ds.paths_of(c)) == 10 for c in range(8))
     assert ds.paths_of(0)[0] == ds.root / "cat" / "00.png"

@@ -40,8 +40,16 @@ def test_json_list_file_loads_as_is(tmp_path):
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("two.txt", "Describe a {}.\nCompare a {} with a {}.\n", r"two.txt:2: template 'Compare a {} with a {}.'"),
-        ("none.txt", "Describe a photo.\n", r"none.txt:1: template 'Describe a photo.' must hold exactly one"),
+        (
+            "two.txt",
+            "Describe a {}.\nCompare a {} with a {}.\n",
+            r"two.txt:2: template 'Compare a {} with a {}.'",
+        ),
+        (
+            "none.txt",
+            "Describe a photo.\n",
+            r"none.txt:1: template 'Describe a photo.' must hold exactly one",
+        ),
         ("named.txt", "ok {}\nDescribe a {name} and {}.\n", r"named.txt:2: template"),
         ("list.json", '["ok {}", "no slot"]', r"list.json: item 2: template 'no slot'"),
         ("dict.json", '{"a": "b {}"}', r"dict.json: expected a JSON list of strings"),
@@ -57,5 +65,7 @@ def test_bad_template_files_name_file_and_line(tmp_path, name, text, message):
 
 
 def test_unknown_set_lists_the_valid_ones():
-    with pytest.raises(TemplateError, match=r"unknown template set or file 'menon'; sets: ex2, clip, clip_ensemble"):
+    with pytest.raises(
+        TemplateError, match=r"unknown template set or file 'menon'; sets: ex2, clip, clip_ensemble"
+    ):
         load_templates("menon")

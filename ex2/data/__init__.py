@@ -1,11 +1,11 @@
 """Image datasets, image loading and query templates.
 
-    from ex2.data import load_dataset, load_image, load_templates, sample_per_class
-    ds = load_dataset("samples")                          # embedded, offline, smoke-scale
-    ds = load_dataset("cub", "/data/CUB_200_2011")        # EX2's datasets from a local copy
-    per_class = sample_per_class(ds, 8)                   # {class id: first 8 image files}
-    images = [load_image(p) for p in per_class[0]]        # RGB, None for unreadable files
-    questions = load_templates("ex2")                     # 25 "Describe a photo of a {}."-style
+from ex2.data import load_dataset, load_image, load_templates, sample_per_class
+ds = load_dataset("samples")                          # embedded, offline, smoke-scale
+ds = load_dataset("cub", "/data/CUB_200_2011")        # EX2's datasets from a local copy
+per_class = sample_per_class(ds, 8)                   # {class id: first 8 image files}
+images = [load_image(p) for p in per_class[0]]        # RGB, None for unreadable files
+questions = load_templates("ex2")                     # 25 "Describe a photo of a {}."-style
 """
 
 from __future__ import annotations
@@ -29,8 +29,18 @@ from ex2.data.samples import SAMPLE_CONCEPTS, load_samples
 from ex2.data.templates import TEMPLATE_SETS, TemplateError, load_templates
 
 __all__ = [
-    "DATASETS", "DatasetError", "ImageDataset", "ImageError", "TEMPLATE_SETS", "TemplateError",
-    "concept_names", "load_dataset", "load_image", "load_templates", "sample_per_class", "to_rgb",
+    "DATASETS",
+    "DatasetError",
+    "ImageDataset",
+    "ImageError",
+    "TEMPLATE_SETS",
+    "TemplateError",
+    "concept_names",
+    "load_dataset",
+    "load_image",
+    "load_templates",
+    "sample_per_class",
+    "to_rgb",
 ]
 
 # name -> loader(root, split); each loader's docstring is its line in `ex2 ls`

@@ -20,6 +20,8 @@ class DatasetError(ValueError):
 
 @dataclass
 class ImageDataset:
+    """Labelled image files of one split; loaders build it with :func:`build_dataset`."""
+
     name: str  # e.g. "samples", "pets"
     split: str  # e.g. "test"
     root: Path
@@ -79,8 +81,9 @@ def load_mat(path: Path) -> dict:
     return scipy.io.loadmat(path, squeeze_me=True)
 
 
-def build_dataset(name: str, split: str, root: Path, classnames: list[str],
-                  items: Iterable[tuple[Path, int]]) -> ImageDataset:
+def build_dataset(
+    name: str, split: str, root: Path, classnames: list[str], items: Iterable[tuple[Path, int]]
+) -> ImageDataset:
     """Sort the items and check that every class has an image and every image exists."""
     items = sorted(items, key=lambda item: (item[1], str(item[0])))
     counts = [0] * len(classnames)

@@ -106,7 +106,8 @@ def load_cars(root: Path | None, split: str) -> ImageDataset:
         raise DatasetError(f"cars: {base} has no {annos_file.relative_to(base)}; expected {CARS_LAYOUT}")
     annotations = np.atleast_1d(load_mat(annos_file)["annotations"])
     items = [(images / str(a["fname"]), int(a["class"]) - 1) for a in annotations]
-    classnames = [clean_name(str(n)) for n in np.atleast_1d(load_mat(base / "devkit" / "cars_meta.mat")["class_names"])]
+    names = np.atleast_1d(load_mat(base / "devkit" / "cars_meta.mat")["class_names"])
+    classnames = [clean_name(str(name)) for name in names]
     return build_dataset("cars", split, base, classnames, items)
 
 

@@ -55,7 +55,9 @@ def _read_manifest(path: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:
-            raise DatasetError(f"csv: {path} lacks column(s) {', '.join(sorted(missing))}; expected a header path,label")
+            raise DatasetError(
+                f"csv: {path} lacks column(s) {', '.join(sorted(missing))}; expected a header path,label"
+            )
         rows = list(reader)
     for number, row in enumerate(rows, start=2):
         if not (row["path"] or "").strip() or not (row["label"] or "").strip():
@@ -107,9 +109,10 @@ def _image_suffix(data: bytes, name: str | None) -> str:
 def _write_hf_images(ds, image_col: str, label_col: str, out: Path) -> None:
     """Every image as a file ``out/LABEL/ROW.ext``, with its original encoded bytes."""
     import datasets
+    from tqdm.auto import tqdm
 
     rows = ds.select_columns([image_col, label_col]).cast_column(image_col, datasets.Image(decode=False))
-    for index, row in enumerate(rows):
+    for index, row in enumerate(tqdm(rows, desc=f"writing images to {out.parent}", unit="img")):
         label, image = row[label_col], row[image_col]
         if label is None or label < 0 or image is None:
             continue  # an unlabelled row or a missing image
@@ -126,7 +129,9 @@ def load_hf_disk(root: Path | None, split: str) -> ImageDataset:
 
     root = _need_root("hf_disk", root, "a folder written by datasets' save_to_disk")
     if not (root / "dataset_dict.json").is_file() and not (root / "state.json").is_file():
-        raise DatasetError(f"hf_disk: {root} has no dataset_dict.json or state.json; expected a save_to_disk folder")
+        raise DatasetError(
+            f"hf_disk: {root} has no dataset_dict.json or state.json; expected a save_to_disk folder"
+        )
     ds = datasets.load_from_disk(str(root))
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:

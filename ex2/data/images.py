@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import PIL.Image
 
 WHITE = (255, 255, 255)
+_OPEN_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -45,6 +47,14 @@ def _refuse_bomb(path: Path, err: Exception) -> ImageError:
     )
 
 
+def _open(path: Path) -> PIL.Image.Image:
+    """``PIL.Image.open`` with its decompression-bomb warning raised as an error. The warning filter
+    is process-wide, so threads take turns here; decoding (``load``) happens outside the lock."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+        return PIL.Image.open(path)
+
+
 def load_image(path: Path, strict: bool = False) -> PIL.Image.Image | None:
     """The image at ``path`` as RGB; a corrupt or truncated file gives None and a warning (an
     :class:`ImageError` when ``strict``). Decompression bombs are always an ImageError."""
@@ -52,11 +62,9 @@ def load_image(path: Path, strict: bool = False) -> PIL.Image.Image | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(path) as image:
-                image.load()
-                return to_rgb(image)
+        with _open(path) as image:
+            image.load()
+            return to_rgb(image)
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
         raise _refuse_bomb(path, err) from err
     except (OSError, SyntaxError, ValueError) as err:  # unidentified, truncated or corrupt data

@@ -29,7 +29,9 @@ SIZE = 256  # every view is SIZE x SIZE pixels
 SEED = 1234
 
 
-def _skimage(name: str, box: tuple[int, int, int, int] | None = None, index: int | None = None) -> PIL.Image.Image:
+def _skimage(
+    name: str, box: tuple[int, int, int, int] | None = None, index: int | None = None
+) -> PIL.Image.Image:
     import skimage.data
 
     array = getattr(skimage.data, name)()
@@ -113,6 +115,7 @@ def _write_samples(out: Path) -> None:
 @splits("test")
 def load_samples(root: Path | None, split: str) -> ImageDataset:
     """Embedded offline default: 8 concepts from scikit-image/scikit-learn photos, 10 views each."""
+    # a root, if given, is the folder to hold (or holding) the views instead of the cache
     folder = Path(root).expanduser() if root else cache_dir() / "datasets" / VERSION
     materialise(folder, _write_samples)
     classnames = list(SAMPLE_CONCEPTS)

@@ -46,8 +46,11 @@ def parse_templates(text: str, source: str) -> list[str]:
         templates = [_check(item, f"{source}: item {i}") for i, item in enumerate(data, start=1)]
     else:
         lines = enumerate(text.splitlines(), start=1)
-        templates = [_check(line.strip(), f"{source}:{n}") for n, line in lines
-                     if line.strip() and not line.lstrip().startswith("#")]
+        templates = [
+            _check(line.strip(), f"{source}:{n}")
+            for n, line in lines
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     if not templates:
         raise TemplateError(f"{source}: no templates found; expected one template with {{}} a line")
     return templates
@@ -56,7 +59,8 @@ def parse_templates(text: str, source: str) -> list[str]:
 def load_templates(name_or_path: str = "ex2") -> list[str]:
     """A shipped template set (see ``TEMPLATE_SETS``) or a user file of templates."""
     if name_or_path in TEMPLATE_SETS:
-        text = resources.files("ex2.data").joinpath(f"templates_{name_or_path}.txt").read_text(encoding="utf-8")
+        shipped = resources.files("ex2.data").joinpath(f"templates_{name_or_path}.txt")
+        text = shipped.read_text(encoding="utf-8")
         return parse_templates(text, f"template set {name_or_path}")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
