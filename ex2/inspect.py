@@ -146,14 +146,24 @@ def _judge_parallel(judge, pending: list[tuple[str, str]], config: Config):
             chunk = pending[start : start + size]
             yield from zip(chunk, judge.judge_batch(chunk), strict=True)
         return
+    errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
         futures = {pool.submit(judge.judge, *pair): pair for pair in pending}
         try:
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                if future.exception() is not None:  # stop starting work, keep what already finished
+                    errors.append(future.exception())
+                    for other in futures:
+                        other.cancel()
+                    continue
                 yield futures[future], future.result()
         finally:
             for future in futures:
                 future.cancel()
+    if errors:
+        raise errors[0]
 
 
 def judge_records(config: Config, judge, records: list[dict], output: Path) -> list[dict]:
