@@ -1,0 +1,178 @@
+"""``ex2 classify`` end to end through the CLI, on an ImageFolder of synthetic images and a tiny
+random-init open_clip model; the category ablation on a hand-made colour VLM; conse on samples (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
+
+from ex2.classify import evaluate
+from ex2.cli import main
+from ex2.vlm.base import VLM
+
+COLOURS = {"red_apple": (220, 30, 30), "green leaf": (30, 200, 40), "blue sky": (30, 60, 220)}
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """ImageFolder: three colour classes, three noisy images each, one corrupt file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "blue sky" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture
+def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:  # noqa: F811
+    return ["--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
+            "--no-progress"]
+
+
+def _descriptions(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with path.open("w") as handle:
+        for concept, description, category in rows:
+            handle.write(json.dumps({"concept": concept, "class_id": 0, "description": description,
+                                     "model": "smollm2", "adapter": "runs/train/adapter", "category": category,
+                                     "informative": category != "spurious"}) + "\n")
+    return path
+
+
+def test_clip_run_writes_metrics_tables_figures_and_config(base_args, tmp_path):
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--method", "clip", "--templates", "clip_ensemble", "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("dataset", "split", "vlm", "method", "descriptions", "categories", "acc1", "acc5",
+                "mean_per_class_recall", "n_images", "n_classes", "n_skipped_images"):
+        assert key in metrics
+    assert metrics["n_images"] == 9 and metrics["n_classes"] == 3 and metrics["n_skipped_images"] == 1
+    assert metrics["acc5"] == 1.0 and 0 <= metrics["acc1"] <= 1
+    assert metrics["aggregate"] == "mean_embedding" and metrics["texts_per_class"] > 1
+    with (out / "confusion.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][1:] == ["blue sky", "green leaf", "red apple"] and sum(int(v) for r in rows[1:] for v in r[1:]) == 9
+    for name in ("per_class.csv", "predictions.csv", "confusion.png", "per_class.png", "skipped_images.csv"):
+        assert (out / name).stat().st_size > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["templates"] == "clip_ensemble"
+
+
+def test_second_run_reads_image_embeddings_from_the_cache(base_args, tmp_path, monkeypatch):
+    from ex2.vlm.open_clip_backend import OpenClipVLM
+
+    assert main(["classify", *base_args, "--output", str(tmp_path / "a")]) == 0
+    calls = []
+    original = OpenClipVLM._image_features
+    monkeypatch.setattr(OpenClipVLM, "_image_features", lambda self, p: calls.append(len(p)) or original(self, p))
+    assert main(["classify", *base_args, "--output", str(tmp_path / "b")]) == 0
+    assert calls == []
+    first, second = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
+    assert first["acc1"] == second["acc1"]
+
+
+def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_path):
+    source = _descriptions(tmp_path / "categories.jsonl", [
+        ("red apple", "It is red and round.", "visual"), ("Green_Leaf", "It is green.", "visual"),
+        ("blue sky", "It is blue.", "visual"), ("blue sky", "Stock photo.", "spurious"),
+        ("red apple", "Sold at markets.", "non_visual"),
+    ])
+    out = tmp_path / "run"
+    argv = ["classify", *base_args, "--method", "ex2", "--descriptions", str(source), "--output", str(out)]
+    assert main([*argv, "--categories", "spurious,non_visual"]) == 1  # green leaf has neither
+    assert main([*argv, "--categories", "spurious", "non_visual", "--allow-missing", "--explain", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["categories"] == ["spurious", "non_visual"]
+    assert metrics["classes_without_descriptions"] == ["green leaf"]
+    assert metrics["descriptions"]["model"] == "smollm2" and metrics["descriptions"]["adapter"] == "runs/train/adapter"
+    assert metrics["descriptions"]["path"] == str(source.resolve())
+    texts = json.loads((out / "class_texts.json").read_text())
+    assert texts == {"blue sky": ["Stock photo."], "green leaf": ["green leaf"], "red apple": ["Sold at markets."]}
+    assert len(list((out / "explanations").glob("*.png"))) == 2
+
+
+def test_mismatched_concepts_fail_naming_them(base_args, tmp_path, capsys):
+    source = tmp_path / "descriptors.json"
+    source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "blue sky": ["blue"], "zebra": ["x"]}))
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source),
+                 "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "descriptors.json: 1 concept(s) match no class" in err and "'zebra'" in err
+
+
+def test_dclip_and_waffle_runs(base_args, tmp_path):
+    source = tmp_path / "descriptors.json"
+    source.write_text(json.dumps({"Red Apple": ["red skin"], "green leaf": ["has veins"], "blue sky": ["a blue hue"]}))
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source),
+                 "--aggregate", "mean_embedding", "--output", str(tmp_path / "dclip")]) == 0
+    texts = json.loads((tmp_path / "dclip" / "class_texts.json").read_text())
+    assert texts["green leaf"] == ["green leaf, which has veins"] and texts["blue sky"] == ["blue sky, which is a blue hue"]
+    assert json.loads((tmp_path / "dclip" / "metrics.json").read_text())["descriptions"]["format"] == "dclip_json"
+    assert main(["classify", *base_args, "--method", "waffle", "--waffle-seeds", "3", "--waffle-count", "4",
+                 "--explain-misclassified", "--explain", "2", "--output", str(tmp_path / "waffle")]) == 0
+    metrics = json.loads((tmp_path / "waffle" / "metrics.json").read_text())
+    assert len(metrics["per_seed"]) == 3 and metrics["waffle"]["seeds"] == [0, 1, 2]
+    assert metrics["acc1"] == pytest.approx(np.mean([s["acc1"] for s in metrics["per_seed"]]))
+    assert metrics["texts_per_class"] == 8
+
+
+def test_bad_flags_say_how_to_fix_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["classify", "--method", "ex2"])
+    assert "needs --descriptions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", "--method", "ex2", "--descriptions", "d.jsonl", "--categories", "colourful"])
+    assert "unknown categories colourful" in capsys.readouterr().err
+
+
+# --- which texts does the VLM use? a colour VLM makes the answer known ---------------------------------
+
+
+class ColourVLM(VLM):
+    """Images are their mean colour; a text is the colour words it names (plus a constant)."""
+
+    WORDS = ("red", "green", "blue")
+
+    def __init__(self) -> None:
+        super().__init__("colour", torch.device("cpu"), torch.float32, 100.0)
+
+    def preprocess(self, image):
+        return torch.tensor(np.asarray(image, dtype=np.float32).mean((0, 1)))
+
+    def _image_features(self, pixels):
+        return torch.cat([pixels / 255, torch.full((len(pixels), 1), 0.3)], dim=1)
+
+    def _text_features(self, texts):
+        rows = [[float(w in t.lower()) for w in self.WORDS] + [0.3] for t in texts]
+        return torch.tensor(rows)
+
+
+def test_visual_descriptions_classify_where_spurious_ones_cannot():
+    vlm = ColourVLM()
+    images = vlm.encode_images(torch.tensor([[220.0, 30, 30], [30, 200, 40], [30, 60, 220]]))
+    labels = torch.arange(3)
+    visual = [["It is red."], ["It is green."], ["It is blue."]]
+    spurious = [["A stock photo."], ["A stock photo."], ["A stock photo."]]
+    results = evaluate(vlm.encode_texts, [visual, spurious], images, labels, "mean_score")
+    assert results[0].metrics["acc1"] == 1.0
+    assert results[1].metrics["acc1"] < 1.0
+
+
+@pytest.mark.slow
+def test_conse_classifies_the_embedded_samples(shared_cache, tmp_path):
+    out = tmp_path / "run"
+    assert main(["classify", "--dataset", "samples", "--vlm", "conse", "--method", "clip", "--no-progress",
+                 "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_classes"] >= 8 and metrics["n_skipped_images"] == 0
+    assert metrics["acc1"] >= 0.8
