@@ -205,13 +205,32 @@ def test_transformers_siglip_pads_to_max_length_and_keeps_its_bias(hf_siglip_dir
     _assert_unit_rows(vlm.encode_images(pixels), 1, 32)
 
 
-def test_precision_bf16_on_cpu_returns_float32(open_clip_dir, tiny_open_clip):
-    vlm = load_vlm(f"local-dir:{open_clip_dir}", device="cpu", precision="bf16")
-    assert vlm.dtype == torch.bfloat16
-    texts = ["a photo of a cat.", "a rocket"]
-    low, full = vlm.encode_texts(texts), tiny_open_clip.encode_texts(texts)
-    _assert_unit_rows(low, 2, 16)
-    assert (low * full).sum(dim=1).min() > 0.98
+def _name_of(backend: str, open_clip_dir: Path, hf_clip_dir: Path) -> str:
+    return f"local-dir:{open_clip_dir}" if backend == "open_clip" else str(hf_clip_dir)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("backend", ["open_clip", "transformers"])
+def test_half_precision_returns_float32_close_to_fp32(backend, precision, open_clip_dir, hf_clip_dir, images):
+    name = _name_of(backend, open_clip_dir, hf_clip_dir)
+    low, full = load_vlm(name, device="cpu", precision=precision), load_vlm(name, device="cpu")
+    assert low.dtype == getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[precision])
+    pixels = torch.stack([full.preprocess(PIL.Image.open(p).convert("RGB")) for p in images])
+    for encode, arg in (("encode_texts", ["a photo of a cat.", "a rocket"]), ("encode_images", pixels)):
+        half, exact = getattr(low, encode)(arg), getattr(full, encode)(arg)
+        _assert_unit_rows(half, len(arg), 16)
+        assert (half * exact).sum(dim=1).min() > 0.98
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["open_clip", "transformers"])
+def test_cuda_runs_fp16_and_returns_cpu_float32(backend, open_clip_dir, hf_clip_dir, images):
+    vlm = load_vlm(_name_of(backend, open_clip_dir, hf_clip_dir), device="cuda")
+    assert vlm.dtype == torch.float16 and vlm.device.type == "cuda"
+    result = embed_images(vlm, images, cache=False, progress=False)
+    _assert_unit_rows(result.embeddings, len(images), 16)
+    _assert_unit_rows(vlm.encode_texts(["a cat"]), 1, 16)
 
 
 # --- text LRU ------------------------------------------------------------------------------------

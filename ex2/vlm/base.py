@@ -31,9 +31,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}"
-        )
+        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
 
 

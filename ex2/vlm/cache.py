@@ -155,9 +155,7 @@ def _encode_missing(
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
             good, pixels = [], []
-            for path, item in zip(
-                batch, pool.map(lambda p: _prepare(vlm, p, strict), batch), strict=True
-            ):
+            for path, item in zip(batch, pool.map(lambda p: _prepare(vlm, p, strict), batch), strict=True):
                 if isinstance(item, str):
                     skipped.append((path, item))
                 else:
@@ -205,9 +203,7 @@ def embed_images(
     found = store.get(list(keys.values())) if store else {}
     todo = list(dict.fromkeys(p for p, key in keys.items() if key not in found))
     workers = workers or min(4, os.cpu_count() or 1)
-    computed, unreadable = _encode_missing(
-        vlm, todo, keys, store, batch_size, strict, progress, workers
-    )
+    computed, unreadable = _encode_missing(vlm, todo, keys, store, batch_size, strict, progress, workers)
     found.update(computed)
     skipped += unreadable
     kept = [p for p in paths if p in keys and keys[p] in found]

@@ -81,9 +81,7 @@ def _local_dir(model: str) -> tuple[str, Path]:
             "and a weights file (e.g. open_clip_model.safetensors)"
         )
     if not any(p for glob in WEIGHT_GLOBS for p in folder.glob(glob)):
-        raise FileNotFoundError(
-            f"open_clip folder {folder} has no weights file ({', '.join(WEIGHT_GLOBS)})"
-        )
+        raise FileNotFoundError(f"open_clip folder {folder} has no weights file ({', '.join(WEIGHT_GLOBS)})")
     return f"local-dir:{folder}", folder
 
 
@@ -108,9 +106,7 @@ def load_open_clip(spec: VLMSpec, device: torch.device, dtype: torch.dtype) -> O
     import open_clip
 
     name, pretrained, identity = _resolve(spec)
-    from_hub = name.startswith("hf-hub:") or (
-        pretrained is not None and not Path(pretrained).is_file()
-    )
+    from_hub = name.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
     try:
         with hub_offline():
             model, _, transform = open_clip.create_model_and_transforms(

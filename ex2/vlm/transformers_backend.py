@@ -93,14 +93,11 @@ def load_transformers(spec: VLMSpec, device: torch.device, dtype: torch.dtype) -
         if is_folder or downloads_allowed():
             raise
         raise FileNotFoundError(
-            f"VLM {source!r} is neither a local folder nor in the Hugging Face "
-            f"cache ({err}); {DOWNLOAD_HINT}"
+            f"VLM {source!r} is neither a local folder nor in the Hugging Face cache ({err}); {DOWNLOAD_HINT}"
         ) from err
     if not all(hasattr(model, f) for f in ("get_image_features", "get_text_features")):
         raise ValueError(
             f"{source} is a {type(model).__name__}, not an image-text dual encoder; "
             "expected a CLIP, SigLIP or ALIGN model"
         )
-    return TransformersVLM(
-        model.to(device), tokenizer, image_processor, _identity(source), device, dtype
-    )
+    return TransformersVLM(model.to(device), tokenizer, image_processor, _identity(source), device, dtype)
