@@ -14,13 +14,14 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ex2.io import atomic_open, cache_dir, write_json
 from ex2.vlm.base import VLM
@@ -131,42 +132,35 @@ def _prepare(vlm: VLM, path: Path, strict: bool) -> torch.Tensor | str:
         return str(err) or type(err).__name__
 
 
-def _encode_missing(
-    vlm: VLM,
-    paths: list[Path],
-    keys: dict[Path, str],
-    store: EmbeddingCache | None,
-    batch_size: int,
-    strict: bool,
-    progress: bool,
-    workers: int,
-) -> tuple[dict, list]:
-    """Embed ``paths`` batch by batch; returns (key -> embedding, skipped)."""
-    from tqdm.auto import tqdm
+def _prepared_batches(
+    vlm: VLM, paths: list[Path], batch_size: int, strict: bool, workers: int
+) -> Iterator[list[tuple[Path, torch.Tensor | str]]]:
+    """Batches of (path, pixels or reason), decoded by ``workers`` threads one batch ahead, so
+    decoding the next batch overlaps the forward pass of this one."""
+    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
 
+        def submit(batch: list[Path] | None) -> list:
+            return [(path, pool.submit(_prepare, vlm, path, strict)) for path in batch or []]
+
+        pending = submit(batches[0] if batches else None)
+        for following in [*batches[1:], None]:
+            current, pending = pending, submit(following)
+            yield [(path, future.result()) for path, future in current]
+
+
+def _encode_batches(vlm: VLM, batches, keys: dict[Path, str], store: EmbeddingCache | None, bar):
+    """Encode each batch and write it to ``store``; returns (key -> embedding, skipped)."""
     done, skipped = {}, []
-    bar = tqdm(
-        total=len(paths),
-        desc=f"embedding images ({vlm.identity})",
-        unit="img",
-        disable=not progress or not paths,
-    )
-    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
-        for start in range(0, len(paths), batch_size):
-            batch = paths[start : start + batch_size]
-            good, pixels = [], []
-            for path, item in zip(batch, pool.map(lambda p: _prepare(vlm, p, strict), batch), strict=True):
-                if isinstance(item, str):
-                    skipped.append((path, item))
-                else:
-                    good.append(keys[path])
-                    pixels.append(item)
-            if pixels:
-                embeddings = vlm.encode_images(torch.stack(pixels))
-                done.update(zip(good, embeddings, strict=True))
-                if store is not None:
-                    store.put(good, embeddings)
-            bar.update(len(batch))
+    for batch in batches:
+        skipped += [(path, item) for path, item in batch if isinstance(item, str)]
+        good = [(keys[path], item) for path, item in batch if not isinstance(item, str)]
+        if good:
+            embeddings = vlm.encode_images(torch.stack([pixels for _, pixels in good]))
+            done.update(zip([key for key, _ in good], embeddings, strict=True))
+            if store is not None:
+                store.put([key for key, _ in good], embeddings)
+        bar.update(len(batch))
     return done, skipped
 
 
@@ -202,11 +196,18 @@ def embed_images(
     store = EmbeddingCache(vlm) if cache else None
     found = store.get(list(keys.values())) if store else {}
     todo = list(dict.fromkeys(p for p, key in keys.items() if key not in found))
-    workers = workers or min(4, os.cpu_count() or 1)
-    computed, unreadable = _encode_missing(vlm, todo, keys, store, batch_size, strict, progress, workers)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"embedding images ({vlm.identity})",
+        unit="img",
+        disable=not progress or not todo,
+    )
+    with bar:
+        batches = _prepared_batches(vlm, todo, batch_size, strict, workers or min(4, os.cpu_count() or 1))
+        computed, unreadable = _encode_batches(vlm, batches, keys, store, bar)
     found.update(computed)
     skipped += unreadable
     kept = [p for p in paths if p in keys and keys[p] in found]
     rows = [found[keys[p]] for p in kept]
-    embeddings = torch.stack(rows) if rows else torch.empty(0, 0)
+    embeddings = torch.stack(rows) if rows else torch.empty(0, vlm.embedding_dim())
     return ImageEmbeddings(kept, embeddings, skipped)
