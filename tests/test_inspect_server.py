@@ -6,59 +6,20 @@ counted from its access log. A run killed midway and restarted judges every desc
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ex2.cli import main
 from ex2.io import read_jsonl, write_jsonl
+from ex2.judges import local_server
 
 pytestmark = pytest.mark.slow
 ACCESS_LINE = '"POST /v1/chat/completions HTTP/1.1" 200'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def transformers_serve(model_dir: str, log: Path, timeout: float = 180.0):
-    """``transformers serve`` on a free loopback port; yields its base URL, stops it after."""
-    pytest.importorskip("fastapi", reason="transformers serve needs pip install 'ex2[serve]'")
-    pytest.importorskip("uvicorn", reason="transformers serve needs pip install 'ex2[serve]'")
-    port = free_port()
-    cli = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log, "w") as out:
-        server = subprocess.Popen([str(cli), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port),
-                                   "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def served(log: Path) -> int:
@@ -78,7 +39,8 @@ def test_killed_openai_run_resumes_with_each_description_judged_once(tmp_path, s
             "--output", str(output), "--concurrency", "1", "--max-retries", "0", "--max-tokens", "16",
             "--no-report"]
     log = tmp_path / "server.log"
-    with transformers_serve(model_dir, log) as base_url:
+    pytest.importorskip("fastapi", reason="transformers serve needs pip install 'ex2[serve]'")
+    with local_server(model_dir, log) as base_url:
         argv += ["--base-url", base_url, "--api-key", "EMPTY"]
         first = subprocess.Popen([sys.executable, "-m", "ex2.cli", *argv], stderr=subprocess.DEVNULL)
         while first.poll() is None and not (output.is_file() and output.read_text().count("\n")):

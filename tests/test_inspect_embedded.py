@@ -1,0 +1,45 @@
+"""The embedded judge with the real MiniLM: leave-one-concept-out accuracy and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ex2.categorize import EmbeddedJudge, evaluate, labelled_path
+from ex2.cli import main
+from ex2.io import read_jsonl, write_jsonl
+from ex2.judges import CATEGORIES, VISUAL_ATTRIBUTES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return EmbeddedJudge()
+
+
+def test_labelled_set_covers_the_taxonomy():
+    records = read_jsonl(labelled_path())
+    assert len(records) >= 100 and len({r["concept"] for r in records}) >= 8
+    assert {r["category"] for r in records} == set(CATEGORIES)
+
+
+def test_leave_one_concept_out_accuracy(judge):
+    result = evaluate(judge=EmbeddedJudge(exemplars=read_jsonl(labelled_path()), encoder=judge.encoder))
+    assert result["category_accuracy"] >= 0.85 and result["informative_accuracy"] >= 0.9, result
+
+
+def test_cli_writes_categories_and_summary(tmp_path, judge, monkeypatch, tmp_cache):
+    monkeypatch.setattr("ex2.inspect.make_judge", lambda config: judge)
+    rows = [{"concept": "zebra", "description": d, "model": "smollm2", "adapter": a}
+            for d, a in (("Zebra stock photos and wallpapers.", None), ("Its coat has black and white stripes.", "x"),
+                         ("Zebras graze on grasses in the African savanna.", None))]
+    write_jsonl(tmp_path / "descriptions.jsonl", rows)
+    argv = ["inspect", "--input", str(tmp_path / "descriptions.jsonl"), "--dataset", "demo", "--vlm", "conse"]
+    assert main(argv) == 0 and main(argv) == 0  # the rerun finds everything done
+    records = read_jsonl(tmp_path / "categories.jsonl")
+    assert [r["category"] for r in records] == ["spurious", "visual", "non_visual"]
+    assert records[1]["attribute"] in VISUAL_ATTRIBUTES and records[2]["dataset"] == "demo"
+    summary = json.loads((tmp_path / "inspect_report" / "summary.json").read_text())
+    assert summary["judge"]["backend"] == "embedded" and summary["groups"]["vlm"]["conse"]["n"] == 3
