@@ -1,0 +1,85 @@
+"""Planted preference: does ``ex2 train`` learn a preference we put there ourselves?
+
+The ``planted`` reward scores a description by the VLM text encoder's similarity to a fixed
+attribute text (dense, so GRPO groups keep reward variance). The attribute's *share* among
+sampled descriptions, a keyword match, is measured on held-out templates before (adapter off)
+and after training, with the same sampler and seed. Run on the embedded default, CPU::
+
+    python analysis/planted_preference.py --output runs/planted --max-steps 60
+
+It writes ``RUN/planted_share.json`` and prints the shares; training resumes if rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from ex2.io import write_json
+
+ATTRIBUTE = "It lives in the wild, in its natural habitat."
+KEYWORDS = ("habitat", "habitats", "wild", "wilderness", "jungle", "jungles", "forest", "forests", "savanna",
+            "savannah", "natural environment", "in nature")
+_PATTERN = re.compile(r"\b(" + "|".join(re.escape(k) for k in KEYWORDS) + r")\b", re.IGNORECASE)
+
+
+def has_attribute(text: str) -> bool:
+    """Whether a description mentions the planted attribute (a keyword match)."""
+    return _PATTERN.search(text) is not None
+
+
+def share(texts: list[str]) -> float:
+    return sum(map(has_attribute, texts)) / max(len(texts), 1)
+
+
+def measure(eval_json: dict) -> dict:
+    """Attribute share and mean planted reward, base vs. trained, from a run's ``eval.json``."""
+    samples = eval_json["samples"]
+    base, trained = [s["base"] for s in samples], [s["trained"] for s in samples]
+    return {
+        "samples": len(samples),
+        "base_share": share(base), "trained_share": share(trained),
+        "base_mean_reward": eval_json["base_mean_reward"], "trained_mean_reward": eval_json["trained_mean_reward"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import json
+
+    from ex2.train import Config, run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="runs/planted")
+    parser.add_argument("--llm", default="smollm2")
+    parser.add_argument("--vlm", default="conse")
+    parser.add_argument("--dataset", default="samples")
+    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--max-completion-length", type=int, default=32)
+    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--save-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    config = Config(
+        dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=ATTRIBUTE,
+        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        num_generations=args.num_generations, max_completion_length=args.max_completion_length, beta=0.0,
+        eval_samples=args.eval_samples, save_steps=args.save_steps, seed=args.seed, output=str(output),
+        resume=(output / "config.yaml").is_file(),
+    )
+    run(config)
+    result = {"attribute": ATTRIBUTE, "keywords": list(KEYWORDS), "max_steps": args.max_steps,
+              **measure(json.loads((output / "eval.json").read_text()))}
+    write_json(output / "planted_share.json", result)
+    print(f"planted attribute share on held-out templates ({result['samples']} samples): "
+          f"base {result['base_share']:.1%} -> trained {result['trained_share']:.1%} after {args.max_steps} steps; "
+          f"planted reward {result['base_mean_reward']:.2f} -> {result['trained_mean_reward']:.2f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""``ex2 train`` on a tiny random-init Llama and a tiny random-init CLIP: run folder, resume after
+SIGTERM and SIGKILL, RLOO, and two CPU processes under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_CACHE
+
+from ex2.cli import main
+from ex2.config import ConfigError
+from ex2.io import read_jsonl
+from ex2.train import Config, lora_config, prompt_records, quantization_config, split_templates
+
+REPO = Path(__file__).resolve().parents[1]
+LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A 2-layer, 16-wide Llama saved with the smollm2 tokenizer (and its chat template)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ex2.llm import resolve_llm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EX2_CACHE", str(SHARED_CACHE))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A transformers CLIP folder with a character vocabulary and 32-pixel images."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in LETTERS:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(f"{char}</w>", len(vocab))
+    layer = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    text = dict(layer, vocab_size=len(vocab), max_position_embeddings=24, bos_token_id=0, eos_token_id=1,
+                pad_token_id=1)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=dict(layer, image_size=32, patch_size=8),
+                         projection_dim=16)).save_pretrained(folder)
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=24).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:
+    return ["train", "--llm", str(llm), "--vlm", str(vlm), "--dataset", "samples", "--reward", "ex2",
+            "--images-per-class", "2", "--batch-size", "4", "--num-generations", "4",
+            "--max-completion-length", "6", "--heldout-templates", "2", "--eval-samples", "1",
+            "--learning-rate", "1e-2", "--output", str(output), *extra]
+
+
+def subprocess_env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ, EX2_CACHE=str(cache), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early with {process.returncode}: {process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out waiting for training")
+        time.sleep(0.5)
+
+
+def global_step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_prompts_carry_the_concept_in_both_formats():
+    base = prompt_records(["cat", "rocket"], ["Describe a {}.", "What is a {}?"], "base")
+    chat = prompt_records(["cat", "rocket"], ["Describe a {}."], "chat")
+    assert base[0]["prompt"] == "Describe a cat.\n\n" and base[3]["concept"] == "rocket"
+    assert chat[1] == {"prompt": [{"role": "user", "content": "Describe a rocket."}], "concept": "rocket",
+                       "concept_id": 1, "query": "Describe a rocket."}
+    templates = [f"t{i} {{}}" for i in range(25)]
+    train, heldout = split_templates(templates, 5, seed=0)
+    assert len(heldout) == 5 and not set(train) & set(heldout) and split_templates(templates, 5, 0) == (train, heldout)
+    with pytest.raises(ValueError, match="at least one must train"):
+        split_templates(templates[:2], 2)
+
+
+def test_lora_targets_per_architecture():
+    assert sorted(lora_config("llama").target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert lora_config("gpt2").target_modules is None  # peft's default for the architecture
+    custom = lora_config("mistral", r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+    assert (custom.r, custom.lora_alpha, sorted(custom.target_modules)) == (8, 16, ["q_proj", "v_proj"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_quantization_needs_cuda():
+    assert quantization_config("none") is None
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        quantization_config("8bit")
+
+
+def test_config_errors_say_how_to_fix():
+    with pytest.raises(ConfigError, match="multiple of --num-generations"):
+        Config(batch_size=6, num_generations=4)
+    with pytest.raises(ConfigError, match="at least 2"):
+        Config(num_generations=1, batch_size=4)
+
+
+# --- training through the CLI --------------------------------------------------------------------
+
+
+def test_train_writes_a_complete_run_folder(tiny_llm, tiny_clip, tmp_path, tmp_cache, capsys):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", "2", "--save-steps", "1")) == 0
+    for name in ("config.yaml", "log.jsonl", "reward_curve.png", "eval.json", "adapter/adapter_config.json",
+                 "checkpoint-1/adapter_model.safetensors", "checkpoint-2/trainer_state.json"):
+        assert (run / name).is_file(), name
+    log = read_jsonl(run / "log.jsonl", required=("step", "reward", "reward_std", "kl", "samples"))
+    assert [r["step"] for r in log] == [1, 2] and len(log[0]["samples"]) == 4
+    assert {"concept", "text", "reward"} <= set(log[0]["samples"][0])
+    lora_b = [t for k, t in load_file(run / "adapter/adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # the adapter moved away from its zero init
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["prompts"] == 2 * 8 and "base_mean_reward" in evaluation
+    # an existing run is never overwritten silently
+    assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", "2")) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_rloo_and_base_prompt_format(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    run = tmp_path / "rloo"
+    argv = train_argv(tiny_llm, tiny_clip, run, "--max-steps", "1", "--algorithm", "rloo",
+                      "--prompt-format", "base", "--eval-samples", "0")
+    assert main(argv) == 0
+    assert (run / "adapter/adapter_model.safetensors").is_file() and not (run / "eval.json").exists()
+
+
+def test_sigterm_saves_and_sigkill_loses_at_most_one_interval(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    run = tmp_path / "killed"
+    argv = [sys.executable, "-m", "ex2.cli", *train_argv(tiny_llm, tiny_clip, run, "--max-steps", "6",
+                                                         "--save-steps", "3", "--eval-samples", "0")]
+    env = subprocess_env(tmp_cache)
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*argv, *extra], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    def logged_steps() -> list[int]:
+        path = run / "log.jsonl"
+        return [r["step"] for r in read_jsonl(path, tolerate_torn_tail=True)] if path.is_file() else []
+
+    # SIGTERM after the first step: a checkpoint of that step is written before exiting
+    first = start()
+    wait_for(lambda: logged_steps(), first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    saved = [p.name for p in run.glob("checkpoint-*")]
+    assert len(saved) == 1 and global_step(run / saved[0]) == int(saved[0].split("-")[1])
+    # resume, then SIGKILL once the step-3 checkpoint is complete
+    second = start("--resume")
+    wait_for(lambda: (run / "checkpoint-3" / "trainer_state.json").is_file(), second)
+    second.kill()
+    second.wait(timeout=60)
+    # resume again: it finishes, keeps the earlier checkpoints, and logs every step once
+    assert main([*argv[3:], "--resume"]) == 0
+    assert global_step(run / "checkpoint-6") == 6
+    assert (run / "checkpoint-3").is_dir() and (run / saved[0]).is_dir()
+    assert logged_steps() == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_cpu_processes_with_accelerate(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    run = tmp_path / "ddp"
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(REPO / "configs/accelerate/cpu_2proc.yaml"), "-m", "ex2.cli",
+               *train_argv(tiny_llm, tiny_clip, run, "--max-steps", "2", "--eval-samples", "0")]
+    done = subprocess.run(command, env=subprocess_env(tmp_cache), cwd=REPO, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((run / "checkpoint-2/trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert [r["step"] for r in read_jsonl(run / "log.jsonl")] == [1, 2]  # one writer, not two
+    assert (run / "adapter/adapter_model.safetensors").is_file()
