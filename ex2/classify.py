@@ -141,6 +141,25 @@ def _keep(record: dict, categories: list[str]) -> bool:
     return record.get("category") in wanted or ("informative" in wanted and bool(record.get("informative")))
 
 
+def adapter_vlm(adapter: str | None) -> str | None:
+    """The VLM an adapter was aligned against, from the config.yaml of its training run (the
+    adapter folder or one of its two parents); None when unknown."""
+    if not adapter:
+        return None
+    folder = Path(adapter)
+    for candidate in (folder, *list(folder.parents)[:2]):
+        config = candidate / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            try:
+                data = yaml.safe_load(config.read_text())
+            except yaml.YAMLError:
+                return None
+            return data.get("vlm") if isinstance(data, dict) else None
+    return None
+
+
 def load_descriptions(path: str | Path, categories: list[str] | tuple = ()) -> Descriptions:
     """Descriptions per concept from our JSONL (optionally filtered by inspection category) or
     from DCLIP's JSON; empty and repeated texts are dropped."""
@@ -166,6 +185,7 @@ def load_descriptions(path: str | Path, categories: list[str] | tuple = ()) -> D
             adapter=_one_or_many([r.get("adapter") for r in records]),
         )
         aligned = _one_or_many([r.get("vlm") or r.get("reward_vlm") for r in records])
+        aligned = aligned or _one_or_many([adapter_vlm(r.get("adapter")) for r in records])
         if aligned:
             provenance["aligned_vlm"] = aligned
     return Descriptions({k: list(dict.fromkeys(v)) for k, v in by_concept.items()}, provenance)
@@ -360,6 +380,9 @@ def build_metrics(config: Config, dataset, vlm, results: list[Evaluation], info:
         "n_images": len(images.paths), "n_classes": len(dataset.classnames),
         "n_skipped_images": len(images.skipped),
     }
+    aligned = (info.get("descriptions") or {}).get("aligned_vlm")
+    if isinstance(aligned, str):
+        metrics["cross_vlm"] = aligned != config.vlm  # descriptions aligned against another VLM
     if info.get("classes_without_descriptions"):
         metrics["classes_without_descriptions"] = info["classes_without_descriptions"]
     texts = [len(t) for t in results[0].texts]
@@ -371,17 +394,21 @@ def build_metrics(config: Config, dataset, vlm, results: list[Evaluation], info:
     return metrics
 
 
-def run(config: Config) -> Path:
-    """Classify the dataset's images; write the run folder and return it."""
+def run(config: Config, vlm=None, dataset=None) -> Path:
+    """Classify the dataset's images; write the run folder and return it.
+
+    ``vlm`` and ``dataset`` (already loaded) let one script evaluate many description files
+    without loading the model again; by default both are loaded from the config.
+    """
     from ex2.data import load_dataset
     from ex2.vlm import load_vlm
 
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
-    dataset = load_dataset(config.dataset, config.data_root, config.split)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
     text_sets, info = class_text_sets(config, dataset.classnames)  # bad descriptions fail before any model loads
-    vlm = load_vlm(config.vlm, config.device, config.precision)
+    vlm = vlm or load_vlm(config.vlm, config.device, config.precision)
     images, labels = embed_dataset(vlm, dataset, config)
     results = evaluate(batched_encoder(vlm, config.progress), text_sets, images.embeddings, labels,
                        config.aggregate, vlm.logit_scale, vlm.logit_bias)

@@ -41,11 +41,11 @@ def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:  # noqa: F811
             "--no-progress"]
 
 
-def _descriptions(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+def _descriptions(path: Path, rows: list[tuple[str, str, str]], adapter: str = "runs/train/adapter") -> Path:
     with path.open("w") as handle:
         for concept, description, category in rows:
             handle.write(json.dumps({"concept": concept, "class_id": 0, "description": description,
-                                     "model": "smollm2", "adapter": "runs/train/adapter", "category": category,
+                                     "model": "smollm2", "adapter": adapter, "category": category,
                                      "informative": category != "spurious"}) + "\n")
     return path
 
@@ -82,11 +82,14 @@ def test_second_run_reads_image_embeddings_from_the_cache(base_args, tmp_path, m
 
 
 def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_path):
+    adapter = tmp_path / "train" / "adapter"  # aligned against another VLM: a cross-VLM run
+    adapter.mkdir(parents=True)
+    (tmp_path / "train" / "config.yaml").write_text("vlm: ViT-L-14:openai\nllm: smollm2\n")
     source = _descriptions(tmp_path / "categories.jsonl", [
         ("red apple", "It is red and round.", "visual"), ("Green_Leaf", "It is green.", "visual"),
         ("blue sky", "It is blue.", "visual"), ("blue sky", "Stock photo.", "spurious"),
         ("red apple", "Sold at markets.", "non_visual"),
-    ])
+    ], adapter=str(adapter))
     out = tmp_path / "run"
     argv = ["classify", *base_args, "--method", "ex2", "--descriptions", str(source), "--output", str(out)]
     assert main([*argv, "--categories", "spurious,non_visual"]) == 1  # green leaf has neither
@@ -94,7 +97,8 @@ def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["categories"] == ["spurious", "non_visual"]
     assert metrics["classes_without_descriptions"] == ["green leaf"]
-    assert metrics["descriptions"]["model"] == "smollm2" and metrics["descriptions"]["adapter"] == "runs/train/adapter"
+    assert metrics["descriptions"]["model"] == "smollm2" and metrics["descriptions"]["adapter"] == str(adapter)
+    assert metrics["descriptions"]["aligned_vlm"] == "ViT-L-14:openai" and metrics["cross_vlm"] is True
     assert metrics["descriptions"]["path"] == str(source.resolve())
     texts = json.loads((out / "class_texts.json").read_text())
     assert texts == {"blue sky": ["Stock photo."], "green leaf": ["green leaf"], "red apple": ["Sold at markets."]}

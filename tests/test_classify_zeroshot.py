@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from ex2 import zeroshot
-from ex2.classify import align_descriptions, load_descriptions, waffle_vocabulary
+from ex2.classify import Config, align_descriptions, load_descriptions, waffle_vocabulary
+from ex2.config import parse_config
 
 
 def test_template_texts_fill_each_class_into_each_template():
@@ -152,3 +154,10 @@ def test_unknown_concepts_and_classes_without_descriptions_are_errors(tmp_path):
         align_descriptions(["cat", "dog"], load_descriptions(path))
     texts, missing = align_descriptions(["cat", "dog"], load_descriptions(path), allow_missing=True)
     assert texts == [["whiskers"], []] and missing == ["dog"]
+
+
+@pytest.mark.parametrize("name", ["classify", "classify_descriptions", "classify_dclip", "classify_waffle"])
+def test_shipped_configs_parse(name):
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    config = parse_config(Config, ["--config", str(path), "--descriptions", "d.jsonl"], "ex2 classify")
+    assert config.output.startswith("runs/classify/")
