@@ -18,7 +18,8 @@ Every reward takes trl's call signature, so it can be passed to any ``GRPOTraine
     reward = build_reward("ex2", load_vlm("conse"), load_dataset("samples"))
     GRPOTrainer(model, reward_funcs=reward, train_dataset=prompts, ...)  # prompts carry `concept`
 
-Empty or degenerate completions get the reward's floor (its lowest possible value), never NaN.
+Completions are cleaned as ``ex2 generate`` cleans them (first paragraph). Empty or degenerate
+ones get the reward's floor (its lowest possible value), never NaN.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from ex2.generate import clean_description
 
 REWARDS = ("ex2", "contrastive", "contrastive-softmax", "planted")
 DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
@@ -46,8 +49,9 @@ def completion_text(completion: Any) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Minimal clean-up of a sampled description: whitespace collapsed, ends stripped."""
-    return " ".join(text.split())
+    """The description in a completion, cleaned as ``ex2 generate`` cleans it (first paragraph,
+    special tokens dropped, whitespace collapsed), so training scores what generation keeps."""
+    return clean_description(text)
 
 
 def is_degenerate(text: str) -> bool:

@@ -93,3 +93,9 @@ def test_helpers():
     assert is_degenerate(" ,.- ") and not is_degenerate("ok")
     with pytest.raises(ValueError, match="unknown reward"):
         VLMReward(HashVLM(), torch.zeros(1, 2), ["a"], "clip")
+
+
+def test_only_the_first_paragraph_is_scored():
+    vlm = HashVLM()
+    reward = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower")
+    assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
