@@ -177,6 +177,14 @@ def test_open_clip_name_forms_load_the_same_weights(form, open_clip_dir, tiny_op
         assert vlm.identity.startswith(f"open_clip:{TINY_ARCH}:{open_clip_dir.parent / 'ckpt.pt'}@")
 
 
+def test_openai_weights_get_quick_gelu():
+    from ex2.vlm.open_clip_backend import needs_quick_gelu
+
+    assert needs_quick_gelu("ViT-B-32", "openai")
+    assert not needs_quick_gelu("ViT-B-32-quickgelu", "openai")
+    assert not needs_quick_gelu("ViT-B-32", "laion2b_s34b_b79k")
+
+
 def test_transformers_clip(hf_clip_dir, images):
     from transformers import CLIPModel
 
@@ -304,15 +312,21 @@ def test_unreadable_images_are_skipped_or_raise_when_strict(tmp_cache, tiny_open
     assert empty.paths == [] and empty.embeddings.shape == (0, 16)
 
 
-def test_stray_temp_files_and_broken_shards_are_ignored(tmp_cache, tiny_open_clip, images):
+def test_stray_temp_files_and_broken_shards_are_ignored(monkeypatch, tmp_cache, tiny_open_clip, images):
     first = embed_images(tiny_open_clip, images, progress=False)
     folder = EmbeddingCache(tiny_open_clip).folder
-    (folder / ".abc.npz.123.tmp").write_bytes(b"half a shard")  # left by a killed job
+    (shard,) = folder.glob("*.npz")
+    (folder / "truncated.npz").write_bytes(shard.read_bytes()[:100])  # e.g. a copy cut off
     (folder / "broken.npz").write_bytes(b"not a zip")
+    (folder / ".abc.npz.123.tmp").write_bytes(b"half a shard")  # left by a killed job
     EmbeddingCache._indexes.clear()
     EmbeddingCache._seen.clear()
-    with pytest.warns(UserWarning, match="broken.npz"):
+    calls = _count_calls(monkeypatch, tiny_open_clip, "encode_images")
+    with pytest.warns(UserWarning) as caught:
         again = embed_images(tiny_open_clip, images, progress=False)
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "broken.npz" in messages and "truncated.npz" in messages and ".tmp" not in messages
+    assert calls == []
     torch.testing.assert_close(again.embeddings, first.embeddings)
 
 

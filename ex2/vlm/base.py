@@ -1,9 +1,9 @@
 """The interface every VLM backend implements: preprocess, encode images, encode texts.
 
-Backends supply three methods (``preprocess``, ``_image_features``, ``_text_features``) that
-return raw features on the model's device; this class batches nothing itself but runs them
-under ``torch.inference_mode()`` and autocast, L2-normalises, moves results to CPU float32 and
-keeps an in-memory LRU of text embeddings.
+Backends supply ``preprocess`` and two forward methods (``_image_features``, ``_text_features``)
+returning raw features on the model's device. This class runs the forwards under
+``torch.inference_mode()`` (and autocast in half precision), L2-normalises, returns CPU float32,
+encodes texts in batches of ``text_batch_size`` and keeps an in-memory LRU of text embeddings.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ def file_key(path: Path) -> str:
     return hashlib.sha1(raw).hexdigest()
 
 
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a damaged shard
+
+
 class EmbeddingCache:
     """The shards of one VLM; an index of key -> (shard, row) is kept per process."""
 
@@ -53,9 +57,8 @@ class EmbeddingCache:
     def __init__(self, vlm: VLM, root: Path | None = None) -> None:
         tag = f"{vlm.identity}|{str(vlm.dtype).removeprefix('torch.')}"
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", vlm.identity)[-60:].strip("_")
-        self.folder = (
-            root or cache_dir() / "embeddings"
-        ) / f"{slug}-{hashlib.sha1(tag.encode()).hexdigest()[:12]}"
+        digest = hashlib.sha1(tag.encode()).hexdigest()[:12]
+        self.folder = (root or cache_dir() / "embeddings") / f"{slug}-{digest}"
         self.meta = {"identity": vlm.identity, "dtype": str(vlm.dtype)}
         self.index = self._indexes.setdefault(self.folder, {})
         self.seen = self._seen.setdefault(self.folder, set())
@@ -72,7 +75,7 @@ class EmbeddingCache:
             try:
                 with np.load(self.folder / name) as shard:
                     keys = shard["keys"].tolist()
-            except (OSError, ValueError, KeyError) as err:
+            except UNREADABLE as err:
                 warnings.warn(
                     f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
                 )
@@ -91,7 +94,7 @@ class EmbeddingCache:
             try:
                 with np.load(self.folder / name) as shard:
                     rows = shard["emb"][[self.index[key][1] for key in wanted]]
-            except (OSError, ValueError, KeyError) as err:
+            except UNREADABLE as err:
                 warnings.warn(
                     f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
                 )

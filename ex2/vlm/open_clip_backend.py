@@ -16,7 +16,7 @@ from ex2.names import CHECKPOINT_SUFFIXES, ModelNameError, VLMSpec
 from ex2.vlm.base import VLM
 from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, fingerprint, hub_offline
 
-WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth", "*.pt")
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")  # what open_clip looks for in a local-dir
 
 
 class OpenClipVLM(VLM):
@@ -85,36 +85,48 @@ def _local_dir(model: str) -> tuple[str, Path]:
     return f"local-dir:{folder}", folder
 
 
-def _resolve(spec: VLMSpec) -> tuple[str, str | None, str]:
-    """(open_clip model name, pretrained argument, identity) for a parsed name."""
+def needs_quick_gelu(model: str, tag: str) -> bool:
+    """Weights trained with QuickGELU (OpenAI's) on an architecture built with GELU: open_clip 3
+    only warns, so ``ViT-B-32:openai`` (EX2's spelling) would run with the wrong activation."""
+    import open_clip
+
+    trained_with = (open_clip.get_pretrained_cfg(model, tag) or {}).get("quick_gelu", False)
+    return trained_with and not open_clip.get_model_config(model).get("quick_gelu", False)
+
+
+def _resolve(spec: VLMSpec) -> tuple[dict, str]:
+    """(keyword arguments for ``create_model_and_transforms``, identity) for a parsed name."""
     if spec.model.startswith("local-dir:"):
         name, folder = _local_dir(spec.model)
         weights = [p for glob in WEIGHT_GLOBS for p in folder.glob(glob)]
-        return name, None, f"open_clip:{name}@{fingerprint(weights)}"
+        return {"model_name": name}, f"open_clip:{name}@{fingerprint(weights)}"
     if spec.model.startswith("hf-hub:"):
-        return spec.model, None, f"open_clip:{spec.model}"
+        return {"model_name": spec.model}, f"open_clip:{spec.model}"
     _check_architecture(spec.model)
     pretrained = _check_pretrained(spec.model, spec.pretrained)
-    identity = f"open_clip:{spec.model}:{pretrained}"
     if Path(pretrained).is_file():
-        identity += f"@{fingerprint([Path(pretrained)])}"
-    return spec.model, pretrained, identity
+        identity = f"open_clip:{spec.model}:{pretrained}@{fingerprint([Path(pretrained)])}"
+        return {"model_name": spec.model, "pretrained": pretrained}, identity
+    quick_gelu = needs_quick_gelu(spec.model, pretrained)
+    kwargs = {"model_name": spec.model, "pretrained": pretrained, "force_quick_gelu": quick_gelu}
+    return kwargs, f"open_clip:{spec.model}:{pretrained}"
 
 
 def load_open_clip(spec: VLMSpec, device: torch.device, dtype: torch.dtype) -> OpenClipVLM:
     """Build an open_clip model, its eval transform and tokenizer from local files or the cache."""
     import open_clip
 
-    name, pretrained, identity = _resolve(spec)
-    from_hub = name.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
+    kwargs, identity = _resolve(spec)
+    checkpoint = kwargs.get("pretrained")
+    local = kwargs["model_name"].startswith("local-dir:") or (checkpoint and Path(checkpoint).is_file())
     try:
         with hub_offline():
             model, _, transform = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, require_pretrained=True
+                **kwargs, device=device, require_pretrained=True
             )
-            tokenizer = open_clip.get_tokenizer(name)
+            tokenizer = open_clip.get_tokenizer(kwargs["model_name"])
     except (RuntimeError, OSError) as err:
-        if not from_hub or downloads_allowed():
+        if local or downloads_allowed():
             raise
         raise FileNotFoundError(
             f"VLM {spec.identity!r} is not in the Hugging Face cache and "
