@@ -45,7 +45,6 @@ LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dro
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import signal
 from dataclasses import dataclass
@@ -327,15 +326,11 @@ def run(config: Config) -> Path:
         print(f"stopped by signal {stop.received} at step {trainer.state.global_step}; "
               f"checkpoint saved; rerun with --resume to continue")
         raise SystemExit(128 + stop.received)
+    trainer.save_model(str(run_dir / "adapter"))  # every process: ZeRO-3 gathers the weights
     if trainer.accelerator.is_main_process:
-        trainer.save_model(str(run_dir / "adapter"))
         plot_reward_curve(log_path, run_dir / "reward_curve.png")
         if heldout and config.eval_samples:
             records = prompt_records(dataset.classnames, heldout, prompt_format)
             evaluate_heldout(trainer.model, tokenizer, records, reward, run_dir / "eval.json",
                              config.eval_samples, config.max_completion_length, config.seed)
     return run_dir
-
-
-def config_summary(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
