@@ -208,3 +208,14 @@ def test_two_cpu_processes_with_accelerate(tiny_llm, tiny_clip, tmp_path, tmp_ca
     assert state["global_step"] == 2
     assert [r["step"] for r in read_jsonl(run / "log.jsonl")] == [1, 2]  # one writer, not two
     assert (run / "adapter/adapter_model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_qlora_on_cuda(bits, tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    pytest.importorskip("bitsandbytes")
+    run = tmp_path / bits
+    assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", "1", "--quantization", bits,
+                           "--eval-samples", "0")) == 0
+    assert (run / "adapter/adapter_model.safetensors").is_file()
