@@ -420,7 +420,7 @@ def run(config: Config, vlm=None, dataset=None) -> Path:
         from ex2.explain import explain_run
 
         explain_run(out / "explanations", dataset.classnames, results[0], images, labels,
-                    config.explain, config.explain_misclassified, config.explain_top)
+                    config.explain, config.explain_misclassified, config.explain_top, config.progress)
     metrics = build_metrics(config, dataset, vlm, results, info, images)
     write_json(out / "metrics.json", metrics)
     print(f"{config.method} on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}, "

@@ -90,6 +90,8 @@ def explain_image(path: Path, image: torch.Tensor, classes: dict[str, list[tuple
     plt = _pyplot()
     fig, axes = plt.subplots(1, 1 + len(classes), figsize=(4 + 4.5 * len(classes), 3.6),
                              gridspec_kw={"width_ratios": [1] + [1.2] * len(classes)})
+    for ax in axes[2:]:
+        ax.sharex(axes[1])  # bars of both classes on one scale
     picture = load_image(path)
     if picture is not None:
         axes[0].imshow(picture)
@@ -119,7 +121,7 @@ def choose_images(predictions: torch.Tensor, labels: torch.Tensor, count: int, m
 
 
 def explain_run(folder: Path, classnames: list[str], result, images, labels: torch.Tensor, count: int,
-                misclassified: bool, top: int = 5) -> list[Path]:
+                misclassified: bool, top: int = 5, progress: bool = True) -> list[Path]:
     """Write one explanation PNG per chosen image into ``folder``; returns their paths."""
     from tqdm.auto import tqdm
 
@@ -128,11 +130,13 @@ def explain_run(folder: Path, classnames: list[str], result, images, labels: tor
     owners = owners_of(result.texts)
     predictions = result.logits.argmax(1)
     written = []
-    for i in tqdm(choose_images(predictions, labels, count, misclassified), desc="explanations", unit="img"):
+    chosen = choose_images(predictions, labels, count, misclassified)
+    for i in tqdm(chosen, desc="explanations", unit="img", disable=not progress):
         true_id, pred_id = labels[i].item(), predictions[i].item()
-        shown = {f"predicted: {classnames[pred_id]}": pred_id}
+        class_score = images.embeddings[i] @ result.weights  # the pooled score the prediction used
+        shown = {f"predicted: {classnames[pred_id]} (class score {class_score[pred_id]:.3f})": pred_id}
         if true_id != pred_id:
-            shown[f"true: {classnames[true_id]}"] = true_id
+            shown[f"true: {classnames[true_id]} (class score {class_score[true_id]:.3f})"] = true_id
         classes = {title: top_texts(images.embeddings[i], result.texts[c], result.text_embeddings[owners == c], top)
                    for title, c in shown.items()}
         name = f"{i:05d}_{Path(images.paths[i]).stem[:40]}.png"
