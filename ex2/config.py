@@ -36,6 +36,16 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
+class _RepeatableList(argparse.Action):
+    """A list option: the first use replaces the default, later uses add to it (``--x a --x b c``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_lists_given", set())
+        current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
+        setattr(namespace, self.dest, current + list(values))
+        seen.add(self.dest)
+
+
 class ConfigError(ValueError):
     """A config value or file that cannot be used; the message says how to fix it."""
 
@@ -61,13 +71,13 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: An
         kwargs["action"] = argparse.BooleanOptionalAction
     elif origin is list:
         (item,) = typing.get_args(tp) or (str,)
-        kwargs.update(nargs="+", type=item)
+        kwargs.update(nargs="+", type=item, action=_RepeatableList)
     elif origin is Literal:
         choices = typing.get_args(tp)
         kwargs.update(choices=choices, type=type(choices[0]))
     else:
         kwargs["type"] = tp
-    if "action" not in kwargs:
+    if kwargs.get("action") is not argparse.BooleanOptionalAction:
         kwargs["metavar"] = field.name.upper()
     parser.add_argument(*flags, **kwargs)
     if field.metadata.get("positional"):
@@ -136,6 +146,7 @@ def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:
             parser.error(str(err))
     args = vars(parser.parse_args(argv))
     args.pop("config")
+    args.pop("_lists_given", None)
     for key in [k for k in args if k.endswith("__positional")]:
         bare = args.pop(key)
         if bare:

@@ -71,3 +71,9 @@ def test_saved_config_drops_secrets(tmp_path):
     text = save_config(config, tmp_path).read_text()
     assert "sk-secret" not in text and "api_key" not in text
     assert yaml.safe_load(text)["name"] == "n"
+
+
+def test_list_options_repeat_and_replace_the_default():
+    config = parse_config(DemoConfig, ["--tags", "a", "--tags", "b", "c"], prog="t")
+    assert config.tags == ["a", "b", "c"]
+    assert parse_config(DemoConfig, [], prog="t").tags == ["x"]
