@@ -35,13 +35,13 @@ def list_known() -> str:
     from ex2.names import EMBEDDED_LLMS, EMBEDDED_VLMS, LLM_FORMS, VLM_FORMS
 
     out = ["VLMs (embedded):"]
-    out += [f"  {name:<12} {about}" for name, about in EMBEDDED_VLMS.items()]
+    out += [f"  {name:<14} {about}" for name, about in EMBEDDED_VLMS.items()]
     out += [f"  also: {VLM_FORMS}", "", "LLMs (embedded):"]
-    out += [f"  {name:<12} {about}" for name, about in EMBEDDED_LLMS.items()]
+    out += [f"  {name:<14} {about}" for name, about in EMBEDDED_LLMS.items()]
     out += [f"  also: {LLM_FORMS}", "", "datasets:"]
-    out += [f"  {name:<12} {loader.__doc__.strip().splitlines()[0]}" for name, loader in DATASETS.items()]
+    out += [f"  {name:<14} {loader.__doc__.strip().splitlines()[0]}" for name, loader in DATASETS.items()]
     out += ["", "template sets:"]
-    out += [f"  {name:<12} {about}" for name, about in TEMPLATE_SETS.items()]
+    out += [f"  {name:<14} {about}" for name, about in TEMPLATE_SETS.items()]
     return "\n".join(out)
 
 
