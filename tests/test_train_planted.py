@@ -1,0 +1,39 @@
+"""The planted-preference study end to end at toy scale (tiny Llama, tiny CLIP), and its keyword
+measure. The full-scale numbers come from running the study on smollm2 + conse."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from test_train import tiny_clip, tiny_llm  # noqa: F401  (module fixtures)
+
+STUDY = Path(__file__).resolve().parents[1] / "analysis" / "planted_preference.py"
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("planted_preference", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_attribute_share_is_a_keyword_match():
+    study = load_study()
+    assert study.has_attribute("Tigers live in the wild, in dense Jungles.")
+    assert not study.has_attribute("A wildly popular drink.")  # whole words only
+    assert study.share(["in its natural habitat", "a red cup", "forest green", "metal"]) == 0.5
+
+
+def test_study_measures_base_and_trained_shares(tiny_llm, tiny_clip, tmp_path, tmp_cache):  # noqa: F811
+    study = load_study()
+    output = tmp_path / "planted"
+    result = study.main(["--output", str(output), "--llm", str(tiny_llm), "--vlm", str(tiny_clip),
+                         "--max-steps", "1", "--batch-size", "4", "--num-generations", "4",
+                         "--max-completion-length", "4", "--eval-samples", "1"])
+    saved = json.loads((output / "planted_share.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["samples"] == 8 * 5 and 0.0 <= saved["base_share"] <= 1.0 and saved["max_steps"] == 1
+    log = (output / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["reward"] is not None
