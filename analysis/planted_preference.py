@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--max-completion-length", type=int, default=32)
+    parser.add_argument("--num-iterations", type=int, default=1)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = Config(
         dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=ATTRIBUTE,
         max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        num_generations=args.num_generations, max_completion_length=args.max_completion_length, beta=0.0,
+        num_generations=args.num_generations, num_iterations=args.num_iterations, max_completion_length=args.max_completion_length, beta=0.0,
         eval_samples=args.eval_samples, save_steps=args.save_steps, seed=args.seed, output=str(output),
         resume=(output / "config.yaml").is_file(),
     )
