@@ -296,6 +296,8 @@ def build_trainer(config: Config, run_dir: Path, reward, train_data, tokenizer, 
 
 def run(config: Config) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder."""
+    from accelerate import PartialState
+
     from ex2.data import load_dataset, load_templates
     from ex2.llm import load_tokenizer
     from ex2.reward import build_reward
@@ -315,7 +317,8 @@ def run(config: Config) -> Path:
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
                           config.image_seed, config.planted_text)
     log_path = run_dir / "log.jsonl"
-    trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)
+    if PartialState().is_main_process:
+        trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     stop = StopOnSignal()
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
     trainer = build_trainer(config, run_dir, reward, prompt_dataset(dataset.classnames, train_templates,
