@@ -45,6 +45,7 @@ LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dro
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from dataclasses import dataclass
@@ -296,8 +297,6 @@ def build_trainer(config: Config, run_dir: Path, reward, train_data, tokenizer, 
 
 def run(config: Config) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder."""
-    from accelerate import PartialState
-
     from ex2.data import load_dataset, load_templates
     from ex2.llm import load_tokenizer
     from ex2.reward import build_reward
@@ -317,7 +316,7 @@ def run(config: Config) -> Path:
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
                           config.image_seed, config.planted_text)
     log_path = run_dir / "log.jsonl"
-    if PartialState().is_main_process:
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process (set by accelerate/torchrun)
         trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     stop = StopOnSignal()
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
