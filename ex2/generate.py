@@ -84,8 +84,8 @@ class Config:
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
     templates: str = option("ex2", "query template set (ex2, clip, ...) or a file, one template with {} a line")
     llm: str = option("smollm2", f"base LLM: {LLM_FORMS}")
-    adapter: str | None = option(None, "PEFT LoRA adapter folder from `ex2 train` (a run folder: its latest "
-                                       "checkpoint-N); none: the base model alone")
+    adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
+                                       "else its latest checkpoint-N); none: the base model alone")
     sampler: Literal["transformers", "vllm"] = option("transformers", "transformers (CPU/GPU) or vllm "
                                                       "(GPU, pip install 'ex2[vllm]')")
     output: str = option("runs/generate/descriptions.jsonl", "output JSONL file, one description a line")
@@ -179,26 +179,30 @@ def run_settings(config: Config, adapter: Path | None, prompt_format: str) -> di
 
 
 def load_partial(path: Path, settings: dict[str, Any]) -> list[dict]:
-    """Records of an interrupted run with the same settings; the file is rewritten without a torn tail."""
-    if not path.is_file():
-        write_jsonl(path, [{PARTIAL_HEADER: settings}])
-        return []
-    rows = read_jsonl(path, tolerate_torn_tail=True)
-    if not rows or PARTIAL_HEADER not in rows[0]:
-        raise ValueError(f"{path}: expected a partial descriptions file starting with its settings; "
-                         "delete it to start over")
-    saved = rows[0][PARTIAL_HEADER]
+    """Records of an interrupted run with the same settings; the file is rewritten (settings line
+    first, no line torn by a kill) so that appending can go on after it."""
+    records: list[dict] = []
+    if path.is_file():
+        rows = read_jsonl(path, tolerate_torn_tail=True)
+        if not rows or PARTIAL_HEADER not in rows[0]:
+            raise ValueError(f"{path}: expected a partial descriptions file starting with its settings; "
+                             "delete it to start over")
+        records = rows[1:]
+        if records:
+            _check_partial(path, rows[0][PARTIAL_HEADER], settings, records)
+    write_jsonl(path, [{PARTIAL_HEADER: settings}, *records])
+    return records
+
+
+def _check_partial(path: Path, saved: dict, settings: dict, records: list[dict]) -> None:
     changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
     if changed:
         raise ValueError(f"{path}: left by an interrupted run with other settings ({'; '.join(changed)}); "
                          "rerun with those settings to resume, or delete the file to start over")
-    records = rows[1:]
     for number, record in enumerate(records, start=2):
         missing = [f for f in RECORD_FIELDS if f not in record]
         if missing:
             raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
-    write_jsonl(path, rows)  # drop a line torn by a kill before appending after it
-    return records
 
 
 def make_record(job: Job, raw: str, prompt: str, special_tokens: list[str], settings: dict) -> dict:

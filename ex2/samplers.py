@@ -72,19 +72,22 @@ def encode_prompts(tokenizer, prompts: list[str], prompt_format: str) -> list[li
 
 
 def resolve_adapter(path: str | Path) -> Path:
-    """A PEFT adapter folder: ``path`` itself, or the latest ``checkpoint-N`` folder inside it."""
+    """A PEFT adapter folder: ``path`` itself, or inside an ``ex2 train`` run folder its final
+    ``adapter/`` (else its latest ``checkpoint-N``)."""
     path = Path(path).expanduser()
     if (path / "adapter_config.json").is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"adapter folder {path} does not exist; expected a PEFT adapter folder")
-    checkpoints = [p for p in path.glob("checkpoint-*") if (p / "adapter_config.json").is_file()]
-    numbered = [p for p in checkpoints if p.name.split("-", 1)[1].isdigit()]
+    if (path / "adapter" / "adapter_config.json").is_file():
+        return path / "adapter"
+    numbered = [p for p in path.glob("checkpoint-*")
+                if p.name.split("-", 1)[1].isdigit() and (p / "adapter_config.json").is_file()]
     if numbered:
         return max(numbered, key=lambda p: int(p.name.split("-", 1)[1]))
     raise FileNotFoundError(
-        f"{path} holds no adapter_config.json (nor checkpoint-N folders with one); "
-        "expected a PEFT adapter folder as written by `ex2 train`"
+        f"{path} holds no adapter_config.json (nor adapter/ or checkpoint-N folders with one); "
+        "expected a PEFT adapter folder or an `ex2 train` run folder"
     )
 
 
