@@ -326,6 +326,15 @@ def test_inference_runner(tiny, tmp_cache, tmp_path):
     assert len(records) == 2 and records[0]["adapter"] == str(tiny.adapter)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("generate*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    from ex2.config import parse_config
+    from ex2.generate import Config
+
+    config = parse_config(Config, ["--config", str(path)], prog="ex2 generate")
+    assert config.max_new_tokens == 32 and config.top_k == 0 and config.top_p == 1.0
+
+
 # --- real models ----------------------------------------------------------------------------
 
 
@@ -334,31 +343,31 @@ def test_smollm2_describes_a_sample_concept(shared_cache, tmp_path):
     from ex2.data import load_templates
 
     templates = tmp_path / "templates.txt"
-    templates.write_text("\n".join(load_templates("ex2")[:4]) + "\n")  # 4 of EX2's 25: a lean test
+    templates.write_text("\n".join(load_templates("ex2")[:2]) + "\n")  # 2 of EX2's 25: a lean test
     out = tmp_path / "smollm2.jsonl"
     assert main(["generate", "--dataset", "samples", "--llm", "smollm2", "--limit-concepts", "1",
-                 "--templates", str(templates), "--max-new-tokens", "24", "--output", str(out)]) == 0
+                 "--templates", str(templates), "--max-new-tokens", "16", "--output", str(out)]) == 0
     records = read_jsonl(out)
-    assert len(records) == 4 and {r["prompt_format"] for r in records} == {"chat"}
-    assert sum(bool(r["description"]) for r in records) >= 3
+    assert len(records) == 2 and {r["prompt_format"] for r in records} == {"chat"}
+    assert any(r["description"] for r in records)
     assert not any("<|" in r["description"] or "\n" in r["description"] for r in records)
 
 
 @pytest.mark.gpu
-def test_vllm_sampler_on_gpu(tiny, tmp_cache, tmp_path):
+def test_vllm_sampler_on_gpu(shared_cache, tmp_path):
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    records = generate(tiny, tmp_path / "v.jsonl", "--sampler", "vllm", "--adapter", str(tiny.adapter))
-    assert len(records) == len(CONCEPTS) * len(TEMPLATES)
-    again = generate(tiny, tmp_path / "w.jsonl", "--sampler", "vllm", "--adapter", str(tiny.adapter))
-    assert [r["raw"] for r in again] == [r["raw"] for r in records]
+    from peft import LoraConfig, get_peft_model
 
+    from ex2.llm import load_llm
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("generate*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_parse(path):
-    from ex2.config import parse_config
-    from ex2.generate import Config
-
-    config = parse_config(Config, ["--config", str(path)], prog="ex2 generate")
-    assert config.max_new_tokens == 32 and config.top_k == 0 and config.top_p == 1.0
+    model, _ = load_llm("smollm2", device="cpu")
+    lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    flags = ["--dataset", "samples", "--llm", "smollm2", "--limit-concepts", "2", "--sampler", "vllm",
+             "--adapter", str(tmp_path / "adapter")]
+    assert main(["generate", *flags, "--output", str(tmp_path / "v.jsonl")]) == 0
+    assert main(["generate", *flags, "--output", str(tmp_path / "w.jsonl")]) == 0
+    first, again = read_jsonl(tmp_path / "v.jsonl"), read_jsonl(tmp_path / "w.jsonl")
+    assert len(first) == 2 * 25 and [r["raw"] for r in again] == [r["raw"] for r in first]
