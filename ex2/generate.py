@@ -4,7 +4,7 @@ template about each concept, and keep what it answers.
     ex2 generate --dataset samples --llm smollm2 --output runs/gen/descriptions.jsonl
     ex2 generate --dataset cub:/data/CUB_200_2011 --llm mistralai/Mistral-7B-v0.1 \\
         --adapter runs/train/cub --sampler vllm --output runs/gen/cub.jsonl --legacy-json runs/gen/cub.json
-    ex2 generate --from-legacy ex2_descriptions.json --dataset pets --output pets.jsonl
+    ex2 generate --from-legacy ex2_pets.json --dataset pets:/data/pets --output runs/gen/pets.jsonl
 
 One record per (concept, template, sample) goes to the JSONL output; a run that is killed resumes
 from ``OUTPUT.partial`` and samples only what is missing. Every record draws its random numbers from
@@ -319,11 +319,22 @@ def convert(config: Config) -> Path:
     return write_outputs(config, Path(config.output), records)
 
 
+def make_sampler(config: Config, adapter: Path | None):
+    from ex2.samplers import SamplingSettings, load_sampler
+
+    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
+    options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
+               "batch_size": config.batch_size}
+    if config.sampler == "vllm":
+        options["seed"] = config.seed
+    return load_sampler(config.sampler, config.llm, adapter, sampling, **options)
+
+
 def generate(config: Config) -> Path:
     """Sample every missing description, then write the output files atomically."""
     from ex2.data import load_templates
     from ex2.llm import load_tokenizer
-    from ex2.samplers import SamplingSettings, load_sampler, resolve_adapter
+    from ex2.samplers import resolve_adapter
 
     output = Path(config.output)
     jobs = plan_jobs(load_concepts(config), load_templates(config.templates), config.samples_per_template)
@@ -333,12 +344,7 @@ def generate(config: Config) -> Path:
     done = {(r["concept"], r["template"], r["sample"]) for r in load_partial(partial, settings)}
     todo = [job for job in jobs if job.key not in done]
     if todo:
-        sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-        options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
-                   "batch_size": config.batch_size}
-        if config.sampler == "vllm":
-            options["seed"] = config.seed
-        sampler = load_sampler(config.sampler, config.llm, adapter, sampling, **options)
+        sampler = make_sampler(config, adapter)
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="desc", desc="generate") as bar:
             for finished in sample_missing(sampler, todo, partial, settings, config.batch_size):
                 bar.update(finished)
