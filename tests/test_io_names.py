@@ -69,3 +69,12 @@ def test_unknown_names_list_valid_forms():
         parse_vlm_name("not a model")
     with pytest.raises(ModelNameError, match="smollm2"):
         parse_llm_name("???")
+
+
+def test_atomic_files_get_usual_permissions(tmp_path):
+    import os
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"a": 1}])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
