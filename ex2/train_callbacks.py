@@ -27,16 +27,20 @@ def _number(value) -> float | None:
 
 
 class JsonlLogger(TrainerCallback):
-    """Appends one record per logged step: reward mean/std, KL, loss and a few sampled completions."""
+    """Appends one record per step: loss, KL and, on steps that generated, reward mean/std and a
+    few sampled completions (steps re-using a generation have ``reward`` None)."""
 
     def __init__(self, path: Path, reward, samples: int = 4) -> None:
         self.path, self.reward, self.samples = Path(path), reward, samples
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "reward" not in logs:
+        if not state.is_world_process_zero or not logs or not ({"reward", "loss"} & set(logs)):
             return
-        record = {"step": state.global_step}
+        record = {"step": state.global_step, "reward": None}
         record.update({name: _number(logs[key]) for key, name in LOGGED.items() if key in logs})
+        if "reward" not in logs:  # a step re-using the last generation (--num-iterations > 1)
+            append_jsonl(self.path, record)
+            return
         last = getattr(self.reward, "last", None) or {}
         rows = zip(last.get("concepts", []), last.get("texts", []), last.get("rewards", []), strict=True)
         record["samples"] = [{"concept": c, "text": t, "reward": _number(r)} for c, t, r in rows][: self.samples]
