@@ -81,6 +81,7 @@ class Config:
     """Sample descriptions of every concept from a base LLM or a base LLM plus a LoRA adapter."""
 
     dataset: str = option("samples", "dataset whose class names are the concepts (NAME or NAME:ROOT)")
+    data_root: str | None = option(None, "folder holding the dataset (same as NAME:ROOT; not needed for samples)")
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
     templates: str = option("ex2", "query template set (ex2, clip, ...) or a file, one template with {} a line")
     llm: str = option("smollm2", f"base LLM: {LLM_FORMS}")
@@ -299,7 +300,8 @@ def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = Non
 def load_concepts(config: Config) -> list[str]:
     from ex2.data import concept_names
 
-    concepts = concept_names(config.concepts or config.dataset)
+    dataset = f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
+    concepts = concept_names(config.concepts or dataset)
     return concepts[: config.limit_concepts] if config.limit_concepts else concepts
 
 

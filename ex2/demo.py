@@ -1,0 +1,205 @@
+"""``ex2 demo``: the whole pipeline on the embedded default, offline, on a laptop CPU.
+
+    ex2 demo --output runs/demo
+
+1. train a LoRA adapter on ``smollm2`` against ``conse`` on ``samples`` (a few dozen GRPO steps);
+2. generate 25 descriptions per concept from the base and the aligned model;
+3. inspect both with the embedded categorizer;
+4. classify with class names, base descriptions, aligned descriptions and each category alone;
+5. build ``report/report.html``.
+
+Every stage is re-entrant: a finished stage (its final output exists) is skipped on the next run,
+an interrupted one resumes from what it saved; ``--force`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ex2.config import ConfigError, option, save_config
+
+CATEGORIES = ("visual", "non_visual", "spurious")
+
+
+@dataclass
+class Config:
+    """Run the whole pipeline (train, generate, inspect, classify, report) on one dataset."""
+
+    output: str = option("runs/demo", "demo folder; each stage writes a subfolder", short="-o")
+    dataset: str = option("samples", "image dataset (see `ex2 ls`)")
+    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
+    vlm: str = option("conse", "VLM giving the reward and classifying (see `ex2 ls`)")
+    llm: str = option("smollm2", "LLM to align and sample from")
+    train_steps: int = option(24, "GRPO steps (a few dozen align smollm2 visibly on 2 CPU cores)")
+    num_generations: int = option(8, "completions per prompt in a GRPO group")
+    images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
+    templates: str = option("ex2", "query templates (25 in the ex2 set)")
+    limit_concepts: int | None = option(None, "only the first N concepts when generating (quick runs)")
+    device: str | None = option(None, "torch device (default: CUDA when available)")
+    seed: int = option(0, "random seed for training and sampling")
+    force: bool = option(False, "redo every stage, even finished ones")
+
+    def __post_init__(self):
+        if self.train_steps < 1:
+            raise ConfigError(f"train_steps must be >= 1, got {self.train_steps}")
+
+
+@dataclass
+class Stage:
+    name: str
+    done_marker: Path  # the stage's final output: present means finished
+    action: Callable[[], object]
+
+
+def stages(config: Config, out: Path) -> list[Stage]:
+    """The pipeline's steps, in order, each with the file that proves it finished."""
+    from ex2 import classify, generate, inspect, report, train
+
+    train_dir = out / "train"
+    plan = [
+        Stage("train", train_dir / "eval.json", lambda: train.run(_train_config(config, train_dir))),
+    ]
+    for variant, adapter in (("base", None), ("aligned", train_dir / "adapter")):
+        descriptions = out / "descriptions" / f"{variant}.jsonl"
+        categories = out / "categories" / f"{variant}.jsonl"
+        report_dir = out / "categories" / f"{variant}_report"
+        plan.append(
+            Stage(
+                f"generate {variant}",
+                descriptions,
+                _bind(generate.run, _generate_config(config, descriptions, adapter)),
+            )
+        )
+        plan.append(
+            Stage(
+                f"inspect {variant}",
+                report_dir / "summary.json",
+                _bind(inspect.run, _inspect_config(config, descriptions, categories, report_dir)),
+            )
+        )
+    plan += [
+        Stage(f"classify {name}", run_dir / "metrics.json", _bind(classify.run, cfg))
+        for name, run_dir, cfg in _classify_runs(config, out)
+    ]
+    plan.append(
+        Stage(
+            "report",
+            out / "report" / "report.html",
+            _bind(report.run, report.Config(runs=[str(out)], output=str(out / "report"), title="ex2 demo")),
+        )
+    )
+    return plan
+
+
+def _bind(func: Callable, config) -> Callable[[], object]:
+    return lambda: func(config)
+
+
+def _train_config(config: Config, run_dir: Path):
+    from ex2 import train
+    from ex2.data import load_templates
+
+    heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of EX2's 25
+    return train.Config(
+        dataset=config.dataset,
+        data_root=config.data_root,
+        vlm=config.vlm,
+        llm=config.llm,
+        reward="ex2",
+        templates=config.templates,
+        images_per_class=config.images_per_class,
+        heldout_templates=heldout, max_steps=config.train_steps,
+        num_generations=config.num_generations,
+        batch_size=config.num_generations,
+        learning_rate=5e-4,
+        save_steps=max(1, config.train_steps // 3),
+        seed=config.seed,
+        output=str(run_dir),
+        resume=(run_dir / "config.yaml").is_file(),
+    )
+
+
+def _dataset_name(config: Config) -> str:
+    return f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
+
+
+def _generate_config(config: Config, output: Path, adapter: Path | None):
+    from ex2 import generate
+
+    return generate.Config(
+        dataset=_dataset_name(config),
+        llm=config.llm,
+        adapter=str(adapter) if adapter else None,
+        templates=config.templates,
+        output=str(output),
+        seed=config.seed,
+        device=config.device,
+        limit_concepts=config.limit_concepts,
+    )
+
+
+def _inspect_config(config: Config, descriptions: Path, categories: Path, report_dir: Path):
+    from ex2 import inspect
+
+    return inspect.Config(
+        input=str(descriptions),
+        output=str(categories),
+        backend="embedded",
+        report_dir=str(report_dir),
+        dataset=config.dataset,
+        vlm=config.vlm,
+    )
+
+
+def _classify_runs(config: Config, out: Path):
+    """(name, run folder, config) for class names, base/aligned descriptions and each category."""
+    from ex2 import classify
+
+    def make(name: str, **kwargs):
+        run_dir = out / "classify" / name
+        cfg = classify.Config(
+            dataset=config.dataset,
+            data_root=config.data_root,
+            vlm=config.vlm,
+            device=config.device,
+            output=str(run_dir),
+            **kwargs,
+        )
+        return name, run_dir, cfg
+
+    some_concepts = config.limit_concepts is not None  # the other classes keep their names alone
+    runs = [make("clip", method="clip")]
+    for variant in ("base", "aligned"):
+        texts = str(out / "categories" / f"{variant}.jsonl")
+        runs.append(make(f"ex2-{variant}", method="ex2", descriptions=texts, allow_missing=some_concepts))
+        for category in CATEGORIES:
+            runs.append(
+                make(f"ex2-{variant}-{category}", method="ex2", descriptions=texts, categories=[category],
+                     allow_missing=True)
+            )
+    return runs
+
+
+def run(config: Config) -> Path:
+    """Run every unfinished stage; returns the demo folder (the report is in ``report/``)."""
+    out = Path(config.output)
+    if config.force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out, name="demo_config.yaml")
+    plan = stages(config, out)
+    for number, stage in enumerate(plan, start=1):
+        prefix = f"[{number}/{len(plan)}] {stage.name}"
+        if stage.done_marker.exists():
+            print(f"{prefix}: done already ({stage.done_marker})", flush=True)
+            continue
+        print(f"{prefix} ...", flush=True)
+        started = time.perf_counter()
+        stage.action()
+        print(f"{prefix}: finished in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"report: {out / 'report' / 'report.html'}", flush=True)
+    return out
