@@ -136,12 +136,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--batch", type=int, default=64, help="responses per reward call")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for part 1 (stable timings)")
     parser.add_argument("--step", action="store_true", help="also time training steps")
     parser.add_argument("--llm", default="tiny", help="tiny (random-init Llama), smollm2 or a model folder")
     parser.add_argument("--vlm", default="conse")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     bench_throughput(args.concepts, args.images, args.dim, args.batch, args.repeats)
+    torch.set_num_threads(threads)
     if args.step:
         bench_step_share(args.llm, args.vlm, args.steps)
 
