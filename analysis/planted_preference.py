@@ -18,28 +18,35 @@ from pathlib import Path
 
 from ex2.io import write_json
 
-ATTRIBUTE = "It lives in the wild, in its natural habitat."
-KEYWORDS = ("habitat", "habitats", "wild", "wilderness", "jungle", "jungles", "forest", "forests", "savanna",
-            "savannah", "natural environment", "in nature")
-_PATTERN = re.compile(r"\b(" + "|".join(re.escape(k) for k in KEYWORDS) + r")\b", re.IGNORECASE)
+# attribute name -> (planted text the reward pulls towards, keywords that count as mentioning it)
+ATTRIBUTES = {
+    "red": ("It is bright red.", ("red", "reds", "reddish", "crimson", "scarlet")),
+    "habitat": ("It lives in the wild, in its natural habitat.",
+                ("habitat", "habitats", "wild", "wilderness", "jungle", "jungles", "forest", "forests",
+                 "savanna", "savannah", "natural environment", "in nature")),
+}
 
 
-def has_attribute(text: str) -> bool:
+def keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern:
+    return re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
+
+
+def has_attribute(text: str, keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1]) -> bool:
     """Whether a description mentions the planted attribute (a keyword match)."""
-    return _PATTERN.search(text) is not None
+    return keyword_pattern(keywords).search(text) is not None
 
 
-def share(texts: list[str]) -> float:
-    return sum(map(has_attribute, texts)) / max(len(texts), 1)
+def share(texts: list[str], keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1]) -> float:
+    return sum(has_attribute(text, keywords) for text in texts) / max(len(texts), 1)
 
 
-def measure(eval_json: dict) -> dict:
+def measure(eval_json: dict, keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1]) -> dict:
     """Attribute share and mean planted reward, base vs. trained, from a run's ``eval.json``."""
     samples = eval_json["samples"]
     base, trained = [s["base"] for s in samples], [s["trained"] for s in samples]
     return {
         "samples": len(samples),
-        "base_share": share(base), "trained_share": share(trained),
+        "base_share": share(base, keywords), "trained_share": share(trained, keywords),
         "base_mean_reward": eval_json["base_mean_reward"], "trained_mean_reward": eval_json["trained_mean_reward"],
     }
 
@@ -63,18 +70,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attribute", choices=sorted(ATTRIBUTES), default="habitat")
     args = parser.parse_args(argv)
+    planted_text, keywords = ATTRIBUTES[args.attribute]
     output = Path(args.output)
     config = Config(
-        dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=ATTRIBUTE,
+        dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=planted_text,
         max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
         num_generations=args.num_generations, num_iterations=args.num_iterations, max_completion_length=args.max_completion_length, beta=0.0,
         eval_samples=args.eval_samples, save_steps=args.save_steps, seed=args.seed, output=str(output),
         resume=(output / "config.yaml").is_file(),
     )
     run(config)
-    result = {"attribute": ATTRIBUTE, "keywords": list(KEYWORDS), "max_steps": args.max_steps,
-              **measure(json.loads((output / "eval.json").read_text()))}
+    result = {"attribute": planted_text, "keywords": list(keywords), "max_steps": args.max_steps,
+              **measure(json.loads((output / "eval.json").read_text()), keywords)}
     write_json(output / "planted_share.json", result)
     print(f"planted attribute share on held-out templates ({result['samples']} samples): "
           f"base {result['base_share']:.1%} -> trained {result['trained_share']:.1%} after {args.max_steps} steps; "

@@ -37,3 +37,9 @@ def test_study_measures_base_and_trained_shares(tiny_llm, tiny_clip, tmp_path, t
     assert saved["samples"] == 8 * 5 and 0.0 <= saved["base_share"] <= 1.0 and saved["max_steps"] == 1
     log = (output / "log.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["reward"] is not None
+
+
+def test_colour_attribute_keywords():
+    study = load_study()
+    _, keywords = study.ATTRIBUTES["red"]
+    assert study.share(["a bright red coat", "crimson petals", "a redwood table", "blue sky"], keywords) == 0.5
