@@ -8,6 +8,20 @@ and after training, with the same sampler and seed. Run on the embedded default,
     python analysis/planted_preference.py --output runs/planted --max-steps 60
 
 It writes ``RUN/planted_share.json`` and prints the shares; training resumes if rerun.
+
+Measured on 2 CPU cores (smollm2 + conse + samples, lr 2e-3, 2 passes per batch, 8 completions of
+16 tokens per step, 40 held-out samples): the planted reward rises clearly, the literal keyword
+share barely moves — the policy drifts towards the attribute's neighbourhood, not its words.
+
+=========  =====  =====================  ===================
+attribute  steps  planted reward         keyword share
+=========  =====  =====================  ===================
+habitat    48     12.48 -> 27.78         0 % -> 2.5 %
+red        32     12.89 -> 30.14         0 % -> 2.5 %
+=========  =====  =====================  ===================
+
+With ``red`` the trained samples are full of "bright", "vibrant", "colorful", "glow", "orange":
+a word list chosen after reading them counts 2.5 % -> 67.5 % (post hoc, so not evidence).
 """
 
 from __future__ import annotations
