@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,12 +64,17 @@ def class_mean_embeddings(vlm, paths_per_class: dict[int, list], progress: bool 
     """``[C, D]`` mean image embedding per class (rows are not renormalised)."""
     from ex2.vlm import embed_images
 
+    class_ids = sorted(paths_per_class)
+    paths = [path for class_id in class_ids for path in paths_per_class[class_id]]
+    owner = {Path(path): class_id for class_id in class_ids for path in paths_per_class[class_id]}
+    images = embed_images(vlm, paths, progress=progress)  # one pass (and one progress bar) for all classes
+    embedded_class = torch.tensor([owner[path] for path in images.paths], dtype=torch.long)
     means = []
-    for class_id in sorted(paths_per_class):
-        images = embed_images(vlm, list(paths_per_class[class_id]), progress=progress)
-        if len(images.paths) == 0:
+    for class_id in class_ids:
+        rows = images.embeddings[embedded_class == class_id]
+        if len(rows) == 0:
             raise ValueError(f"class {class_id}: none of its images could be read, so it has no reward")
-        means.append(images.embeddings.float().mean(dim=0))
+        means.append(rows.float().mean(dim=0))
     return torch.stack(means)
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.reward import VLMReward, completion_text, is_degenerate, per_batch_reward
 
@@ -99,3 +100,29 @@ def test_only_the_first_paragraph_is_scored():
     vlm = HashVLM()
     reward = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower")
     assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
+
+
+def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):  # noqa: F811
+    import numpy as np
+    from PIL import Image
+
+    from ex2.reward import class_mean_embeddings
+    from ex2.vlm import embed_images, load_vlm
+
+    rng = np.random.default_rng(0)
+    paths = {0: [], 1: []}
+    for class_id, count in ((0, 3), (1, 2)):
+        for index in range(count):
+            path = tmp_path / f"c{class_id}_{index}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            paths[class_id].append(path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    paths[1].append(broken)  # skipped, not averaged in
+    vlm = load_vlm(f"local-dir:{open_clip_dir}")
+    means = class_mean_embeddings(vlm, paths, progress=False)
+    for class_id, images in paths.items():
+        expected = embed_images(vlm, images, progress=False).embeddings.mean(dim=0)
+        assert torch.allclose(means[class_id], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="class 2: none of its images"):
+        class_mean_embeddings(vlm, {**paths, 2: [broken]}, progress=False)
