@@ -125,15 +125,12 @@ def _train_config(config: Config, run_dir: Path):
     )
 
 
-def _dataset_name(config: Config) -> str:
-    return f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
-
-
 def _generate_config(config: Config, output: Path, adapter: Path | None):
     from ex2 import generate
 
     return generate.Config(
-        dataset=_dataset_name(config),
+        dataset=config.dataset,
+        data_root=config.data_root,
         llm=config.llm,
         adapter=str(adapter) if adapter else None,
         templates=config.templates,

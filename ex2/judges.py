@@ -84,24 +84,23 @@ def _user_turn(concept: str, description: str) -> str:
     return f"Concept: {concept}\n{FENCE}\n{text}\n{FENCE}"
 
 
-def informative_messages(concept: str, description: str) -> list[dict]:
-    """EX2's question: a knowledgeable teacher, one worked example, a JSON answer."""
+def _messages(system: str, example: tuple[str, str], concept: str, description: str) -> list[dict]:
     return [
-        {"role": "system", "content": INFORMATIVE_SYSTEM},
-        {"role": "user", "content": INFORMATIVE_EXAMPLE[0]},
-        {"role": "assistant", "content": INFORMATIVE_EXAMPLE[1]},
+        {"role": "system", "content": system},
+        {"role": "user", "content": example[0]},
+        {"role": "assistant", "content": example[1]},
         {"role": "user", "content": _user_turn(concept, description)},
     ]
+
+
+def informative_messages(concept: str, description: str) -> list[dict]:
+    """EX2's question: a knowledgeable teacher, one worked example, a JSON answer."""
+    return _messages(INFORMATIVE_SYSTEM, INFORMATIVE_EXAMPLE, concept, description)
 
 
 def category_messages(concept: str, description: str) -> list[dict]:
     """The second question, for informative snippets: visual or not, and which attribute."""
-    return [
-        {"role": "system", "content": CATEGORY_SYSTEM},
-        {"role": "user", "content": CATEGORY_EXAMPLE[0]},
-        {"role": "assistant", "content": CATEGORY_EXAMPLE[1]},
-        {"role": "user", "content": _user_turn(concept, description)},
-    ]
+    return _messages(CATEGORY_SYSTEM, CATEGORY_EXAMPLE, concept, description)
 
 
 _CODE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
