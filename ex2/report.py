@@ -97,9 +97,10 @@ def classify_row(run: str, metrics: dict) -> dict:
 def inspect_row(run: str, summary: dict, config: dict) -> dict:
     judge = summary.get("judge") or {}
     shares = summary["category_shares"]
+    vlms = ", ".join((summary.get("groups") or {}).get("vlm") or {})  # the VLMs the records name
     return {
         "kind": "inspect", "run": run, "source": summary.get("source"),
-        "vlm": config.get("vlm"), "judge": judge.get("model") or judge.get("backend"),
+        "vlm": config.get("vlm") or vlms or None, "judge": judge.get("model") or judge.get("backend"),
         "n_descriptions": summary.get("n_descriptions"), "informative_share": summary.get("informative_share"),
         **{f"share_{name}": shares.get(name) for name in CATEGORY_COLORS},
     }
@@ -176,11 +177,21 @@ def png_base64(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def bar_label(row: dict) -> str:
+    """A classify row's bar: method, whose descriptions (base or aligned model, or the file) and category."""
+    label = row["method"]
+    if row.get("descriptions"):
+        source = ("aligned" if row.get("descriptions_adapter") else "base" if row.get("descriptions_model")
+                  else Path(row["descriptions"]).stem)
+        label += f" · {source}"
+    return label if row["categories"] == "all" else f"{label} [{row['categories']}]"
+
+
 def plot_accuracy(rows: list[dict]) -> str:
-    """Grouped bars: top-1 accuracy per method (and category filter), one colour per dataset × VLM."""
+    """Grouped bars: top-1 accuracy per method, description source and category filter, one colour per
+    dataset × VLM (runs with the same bar and colour are averaged)."""
     plt = _pyplot()
-    labels = list(dict.fromkeys(f"{r['method']}" + ("" if r["categories"] == "all" else f" [{r['categories']}]")
-                                for r in rows))
+    labels = list(dict.fromkeys(bar_label(r) for r in rows))
     series = list(dict.fromkeys(f"{r['dataset']} · {r['vlm']}" for r in rows))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(labels) * max(1, len(series) / 2)), 3.8))
@@ -188,8 +199,7 @@ def plot_accuracy(rows: list[dict]) -> str:
         values = {}
         for r in rows:
             if f"{r['dataset']} · {r['vlm']}" == name:
-                label = f"{r['method']}" + ("" if r["categories"] == "all" else f" [{r['categories']}]")
-                values.setdefault(label, []).append(r["acc1"])
+                values.setdefault(bar_label(r), []).append(r["acc1"])
         xs = [i + (s - (len(series) - 1) / 2) * width for i, label in enumerate(labels) if label in values]
         ys = [sum(values[label]) / len(values[label]) for label in labels if label in values]
         ax.bar(xs, ys, width, label=name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ex2.cli import main
-from ex2.report import collect
+from ex2.report import bar_label, collect
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -65,6 +65,7 @@ def test_collect_finds_every_kind_of_run_recursively(runs):
     found = collect([runs])
     assert sorted(r["run"] for r in found.classify) == ["runs/clip", "runs/clip-b32", "runs/ex2/spurious", "runs/ex2/visual"]
     assert [r["run"] for r in found.inspect] == ["runs/inspect"]
+    assert found.inspect[0]["vlm"] == "conse"  # named by the records when the run's config has none
     assert found.train[0]["steps"] == 5 and found.train[0]["reward_last"] == pytest.approx(0.5)
     assert found.train[0]["llm"] == "smollm2"
     assert len(found.skipped) == 1 and "train/metrics.json" in found.skipped[0]
@@ -129,3 +130,12 @@ def test_page_renders_tables_and_images_in_headless_chromium(runs, tmp_path):
     check = json.loads(found.group(1).replace("&quot;", '"'))
     assert check["tables"] == 3 and check["rows"] == 6
     assert check["images"] == 3 and check["loaded"] == 3 and min(check["widths"]) > 100
+
+
+def test_accuracy_bars_keep_base_and_aligned_descriptions_apart():
+    row = {"method": "ex2", "categories": "all", "descriptions": "out/aligned.jsonl", "descriptions_model": "smollm2"}
+    assert bar_label({**row, "descriptions_adapter": "runs/a/adapter"}) == "ex2 · aligned"
+    assert bar_label({**row, "categories": "visual"}) == "ex2 · base [visual]"
+    hand_written = {**row, "descriptions": "out/hand.jsonl", "descriptions_model": None}
+    assert bar_label(hand_written) == "ex2 · hand"
+    assert bar_label({"method": "clip", "categories": "all", "descriptions": None}) == "clip"
