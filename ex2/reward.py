@@ -11,7 +11,8 @@ computed once and each reward is one dot product. Variants, chosen by name (:dat
 ``ex2``                  the reward above
 ``contrastive``          own-concept reward minus the mean reward over the other concepts
 ``contrastive-softmax``  softmax probability of the own concept over all concepts
-``planted``              ``s · <a, t>`` for a fixed attribute text ``a`` (a known answer, for validation)
+``planted``              ``s · <a, t>`` for a fixed attribute text ``a`` (a known answer, for validation),
+                         plus ``planted_bonus`` when ``t`` names one of ``planted_keywords`` (whole words)
 
 Every reward takes trl's call signature, so it can be passed to any ``GRPOTrainer``::
 
@@ -36,6 +37,13 @@ from ex2.generate import clean_description
 REWARDS = ("ex2", "contrastive", "contrastive-softmax", "planted")
 DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
 _WORD = re.compile(r"[^\W_]{2,}")  # a text needs one word of two letters or digits to be scored
+
+
+def keyword_pattern(keywords: Sequence[str]) -> re.Pattern | None:
+    """A case-insensitive whole-word pattern matching any of ``keywords`` (None for no keywords)."""
+    if not keywords:
+        return None
+    return re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
 
 
 def completion_text(completion: Any) -> str:
@@ -109,6 +117,8 @@ class VLMReward:
         kind: str = "ex2",
         planted_text: str = DEFAULT_PLANTED_TEXT,
         empty_reward: float | None = None,
+        planted_keywords: Sequence[str] = (),
+        planted_bonus: float = 20.0,
     ) -> None:
         if kind not in REWARDS:
             raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
@@ -122,6 +132,8 @@ class VLMReward:
         self.index = {name: i for i, name in enumerate(self.concepts)}
         self.planted_text = planted_text
         self.planted = vlm.encode_texts([planted_text])[0] if kind == "planted" else None
+        self.planted_keywords = keyword_pattern(planted_keywords)
+        self.planted_bonus = float(planted_bonus)
         self.empty_reward = self.floor() if empty_reward is None else float(empty_reward)
         self.__name__ = f"{kind.replace('-', '_')}_reward"  # trl names its metrics after this
         self.last: dict[str, list] = {"texts": [], "concepts": [], "rewards": []}
@@ -152,7 +164,7 @@ class VLMReward:
         """Rewards of non-degenerate texts for the given concept ids."""
         embeddings = self.vlm.encode_texts(texts).float()
         if self.kind == "planted":
-            return self.scale * embeddings @ self.planted.float()
+            return self.scale * embeddings @ self.planted.float() + self.keyword_bonus(texts)
         sims = self.scale * embeddings @ self.class_means.T  # [N, C]
         own = sims[torch.arange(len(texts)), torch.tensor(concept_ids)]
         if self.kind == "ex2":
@@ -160,6 +172,13 @@ class VLMReward:
         if self.kind == "contrastive":
             return own - (sims.sum(dim=1) - own) / (sims.shape[1] - 1)
         return torch.softmax(sims, dim=1)[torch.arange(len(texts)), torch.tensor(concept_ids)]
+
+    def keyword_bonus(self, texts: list[str]) -> torch.Tensor:
+        """``planted_bonus`` for each text naming a planted keyword, else 0 (dense similarity plus a
+        lexical term: the similarity keeps GRPO's groups varied, the bonus rewards the words)."""
+        if self.planted_keywords is None:
+            return torch.zeros(len(texts))
+        return torch.tensor([self.planted_bonus * bool(self.planted_keywords.search(t)) for t in texts])
 
     def rewards(self, texts: list[str], concept_ids: list[int]) -> list[float]:
         """One reward per text; degenerate texts get ``empty_reward``."""
@@ -190,6 +209,8 @@ def build_reward(
     planted_text: str = DEFAULT_PLANTED_TEXT,
     empty_reward: float | None = None,
     progress: bool = True,
+    planted_keywords: Sequence[str] = (),
+    planted_bonus: float = 20.0,
 ) -> VLMReward:
     """A reward over ``dataset``'s concepts, with image embeddings computed (or read from cache) once."""
     from ex2.data import sample_per_class
@@ -200,4 +221,5 @@ def build_reward(
         means = torch.zeros(len(dataset.classnames), 1)
     else:
         means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
-    return VLMReward(vlm, means, dataset.classnames, kind, planted_text, empty_reward)
+    return VLMReward(vlm, means, dataset.classnames, kind, planted_text, empty_reward, planted_keywords,
+                     planted_bonus)

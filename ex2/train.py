@@ -73,6 +73,8 @@ class Config:
     llm: str = option("smollm2", "LLM to align: smollm2, a hub id, a folder or a .gguf file")
     reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
+    planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
+    planted_bonus: float = option(20.0, "planted reward's bonus for naming a keyword (logit-scale units)")
     images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
     image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
     templates: str = option("ex2", "query template set or file (one {} per template)")
@@ -314,7 +316,8 @@ def run(config: Config) -> Path:
     tokenizer = load_tokenizer(config.llm, padding_side="left")
     prompt_format = resolve_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
-                          config.image_seed, config.planted_text)
+                          config.image_seed, config.planted_text, planted_keywords=config.planted_keywords,
+                          planted_bonus=config.planted_bonus)
     log_path = run_dir / "log.jsonl"
     if int(os.environ.get("RANK", "0")) == 0:  # the main process (set by accelerate/torchrun)
         trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)

@@ -89,6 +89,16 @@ def test_planted_reward_prefers_the_attribute_text():
     assert high == pytest.approx(vlm.logit_scale) and low < high
 
 
+def test_planted_keyword_bonus_counts_whole_words_only():
+    vlm = HashVLM()
+    reward = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower",
+                       planted_keywords=["red", "crimson"], planted_bonus=30.0)
+    plain = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower")
+    texts = ["a Red roof", "crimson petals", "a redwood table", "a tall tower"]
+    bonus = [a - b for a, b in zip(reward(completions=texts), plain(completions=texts), strict=True)]
+    assert bonus == pytest.approx([30.0, 30.0, 0.0, 0.0])
+
+
 def test_helpers():
     assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
     assert is_degenerate(" ,.- ") and not is_degenerate("ok")
