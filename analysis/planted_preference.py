@@ -1,48 +1,52 @@
 """Planted preference: does ``ex2 train`` learn a preference we put there ourselves?
 
 The ``planted`` reward scores a description by the VLM text encoder's similarity to a fixed
-attribute text (dense, so GRPO groups keep reward variance). The attribute's *share* among
-sampled descriptions, a keyword match, is measured on held-out templates before (adapter off)
-and after training, with the same sampler and seed. Run on the embedded default, CPU::
+attribute text (dense, so GRPO groups keep reward variance) plus a bonus when it names one of the
+attribute's keywords (lexical, so the words themselves pay). The attribute's *share* among sampled
+descriptions, the same keyword match, is measured on held-out templates before (adapter off) and
+after training, with the same sampler and seed. Run on the embedded default, CPU::
 
-    python analysis/planted_preference.py --output runs/planted --max-steps 60
+    python analysis/planted_preference.py --attribute colour --output runs/planted-colour \
+        --max-steps 48 --num-iterations 2 --learning-rate 2e-3 --batch-size 8 \
+        --max-completion-length 16 --eval-samples 4 --save-steps 8 --seed 1
 
 It writes ``RUN/planted_share.json`` and prints the shares; training resumes if rerun.
 
-Measured on 2 CPU cores (smollm2 + conse + samples, lr 2e-3, 2 passes per batch, 8 completions of
-16 tokens per step, 40 held-out samples): the planted reward rises clearly, the literal keyword
-share barely moves — the policy drifts towards the attribute's neighbourhood, not its words.
+Measured on 2 CPU cores (smollm2 + conse + samples, the command above: 8 completions of 16 tokens a
+step, 2 passes per batch, about 7 s a step; 160 held-out samples; keywords fixed before the run)::
 
-=========  =====  =====================  ===================
-attribute  steps  planted reward         keyword share
-=========  =====  =====================  ===================
-habitat    48     12.48 -> 27.78         0 % -> 2.5 %
-red        32     12.89 -> 30.14         0 % -> 2.5 %
-=========  =====  =====================  ===================
+    attribute  bonus  steps  planted reward    keyword share
+    colour     20     48     17.25 -> 77.30    4.4 % -> 98.8 %
+    red        20     48     11.83 -> 44.14    0.0 % -> 2.5 %
+    red        0      32     12.89 -> 30.14    0.0 % -> 2.5 %   (40 samples)
+    habitat    0      48     12.48 -> 27.78    0.0 % -> 2.5 %   (40 samples)
 
-With ``red`` the trained samples are full of "bright", "vibrant", "colorful", "glow", "orange":
-a word list chosen after reading them counts 2.5 % -> 67.5 % (post hoc, so not evidence).
+GRPO can only reinforce what the sampler already produces: the base model names a colour in 4 % of
+its answers, so the colour bonus is found and taken (the share passes 50 % of the logged samples by
+step 17); it almost never says "red" or "habitat", so those runs climb the dense similarity alone
+and drift to the attribute's neighbourhood ("bright", "vibrant", "glow") without its words.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from ex2.io import write_json
+from ex2.reward import keyword_pattern
 
 # attribute name -> (planted text the reward pulls towards, keywords that count as mentioning it)
+# colour: Berlin & Kay's eleven basic colour terms and the words for colour itself
+BASIC_COLOURS = ("black", "white", "red", "green", "yellow", "blue", "brown", "orange", "pink", "purple",
+                 "grey", "gray")
+COLOUR_WORDS = ("color", "colors", "colour", "colours", "colored", "coloured", "colorful", "colourful")
 ATTRIBUTES = {
+    "colour": ("It is brightly colored, in red, yellow, green and blue.", BASIC_COLOURS + COLOUR_WORDS),
     "red": ("It is bright red.", ("red", "reds", "reddish", "crimson", "scarlet")),
     "habitat": ("It lives in the wild, in its natural habitat.",
                 ("habitat", "habitats", "wild", "wilderness", "jungle", "jungles", "forest", "forests",
                  "savanna", "savannah", "natural environment", "in nature")),
 }
-
-
-def keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern:
-    return re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
 
 
 def has_attribute(text: str, keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1]) -> bool:
@@ -85,18 +89,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attribute", choices=sorted(ATTRIBUTES), default="habitat")
+    parser.add_argument("--bonus", type=float, default=20.0,
+                        help="reward bonus for naming a keyword (0: similarity to the attribute text alone)")
     args = parser.parse_args(argv)
     planted_text, keywords = ATTRIBUTES[args.attribute]
     output = Path(args.output)
     config = Config(
         dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=planted_text,
+        planted_keywords=list(keywords), planted_bonus=args.bonus,
         max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
         num_generations=args.num_generations, num_iterations=args.num_iterations, max_completion_length=args.max_completion_length, beta=0.0,
         eval_samples=args.eval_samples, save_steps=args.save_steps, seed=args.seed, output=str(output),
         resume=(output / "config.yaml").is_file(),
     )
     run(config)
-    result = {"attribute": planted_text, "keywords": list(keywords), "max_steps": args.max_steps,
+    result = {"attribute": planted_text, "keywords": list(keywords), "bonus": args.bonus, "max_steps": args.max_steps,
               **measure(json.loads((output / "eval.json").read_text()), keywords)}
     write_json(output / "planted_share.json", result)
     print(f"planted attribute share on held-out templates ({result['samples']} samples): "

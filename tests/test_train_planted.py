@@ -1,5 +1,5 @@
-"""The planted-preference study end to end at toy scale (tiny Llama, tiny CLIP), and its keyword
-measure. The full-scale numbers come from running the study on smollm2 + conse."""
+"""The planted-preference study end to end at toy scale (tiny Llama, tiny CLIP), its keyword measure,
+and (slow) a scaled-down run on smollm2 + conse that must learn the planted preference."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from test_train import tiny_clip, tiny_llm  # noqa: F401  (module fixtures)
 
 STUDY = Path(__file__).resolve().parents[1] / "analysis" / "planted_preference.py"
@@ -43,3 +44,17 @@ def test_colour_attribute_keywords():
     study = load_study()
     _, keywords = study.ATTRIBUTES["red"]
     assert study.share(["a bright red coat", "crimson petals", "a redwood table", "blue sky"], keywords) == 0.5
+
+
+@pytest.mark.slow
+def test_smollm2_learns_the_planted_colour_preference(shared_cache, tmp_path):
+    """The study scaled down on the embedded default (smollm2 + conse): two thirds of its steps and a quarter of
+    its held-out samples still lift the colour share well above the base model's."""
+    study = load_study()
+    result = study.main(["--attribute", "colour", "--output", str(tmp_path / "colour"), "--max-steps", "32",
+                         "--num-iterations", "2", "--learning-rate", "2e-3", "--batch-size", "8",
+                         "--max-completion-length", "16", "--eval-samples", "1", "--save-steps", "32",
+                         "--seed", "1"])
+    assert result["samples"] == 40
+    assert result["trained_share"] >= result["base_share"] + 0.5, result  # measured 5 % -> 95 %
+    assert result["trained_mean_reward"] > result["base_mean_reward"] + 20, result  # 15.9 -> 65.9
