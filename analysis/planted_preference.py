@@ -17,14 +17,17 @@ step, 2 passes per batch, about 7 s a step; 160 held-out samples; keywords fixed
 
     attribute  bonus  steps  planted reward    keyword share
     colour     20     48     17.25 -> 77.30    4.4 % -> 98.8 %
+    colour     0      48     16.37 -> 21.95    4.4 % -> 4.4 %
     red        20     48     11.83 -> 44.14    0.0 % -> 2.5 %
     red        0      32     12.89 -> 30.14    0.0 % -> 2.5 %   (40 samples)
     habitat    0      48     12.48 -> 27.78    0.0 % -> 2.5 %   (40 samples)
 
 GRPO can only reinforce what the sampler already produces: the base model names a colour in 4 % of
 its answers, so the colour bonus is found and taken (the share passes 50 % of the logged samples by
-step 17); it almost never says "red" or "habitat", so those runs climb the dense similarity alone
-and drift to the attribute's neighbourhood ("bright", "vibrant", "glow") without its words.
+step 17). Without the bonus the same run raises the similarity but not the share: the dense term
+keeps groups varied, the lexical term says what to learn. The base model almost never says "red" or
+"habitat", so those runs climb the similarity alone and drift to the attribute's neighbourhood
+("bright", "vibrant", "glow") without its words.
 """
 
 from __future__ import annotations
