@@ -13,7 +13,8 @@ after training, with the same sampler and seed. Run on the embedded default, CPU
 It writes ``RUN/planted_share.json`` and prints the shares; training resumes if rerun.
 
 Measured on 2 CPU cores (smollm2 + conse + samples, the command above: 8 completions of 16 tokens a
-step, 2 passes per batch, about 7 s a step; 160 held-out samples; keywords fixed before the run)::
+step, 2 passes per batch, about 7 s a step; 160 held-out samples; keywords fixed before the run;
+the red and habitat runs used seed 0)::
 
     attribute  bonus  steps  planted reward    keyword share
     colour     20     48     17.25 -> 77.30    4.4 % -> 98.8 %
