@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +22,22 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+STALE_TEMP_SECONDS = 3600
+
+
+def temp_folder_beside(target: Path) -> Path:
+    """A fresh temp folder beside ``target``, to build it in and rename into place. Temp folders
+    of the same target left by killed builds more than an hour ago are removed first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    folder.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+    return folder
 
 
 @contextlib.contextmanager

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ex2.io import cache_dir
+from ex2.io import cache_dir, temp_folder_beside
 from ex2.names import LLMSpec, parse_llm_name
 from ex2.vlm.offline import hub_offline
 
@@ -52,9 +51,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     model = type(gguf_model)(config)  # plain, unquantised copy: save_pretrained accepts it
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()  # lm_head stays tied to the embeddings and is left out of the file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    tmp.chmod(0o755)
+    tmp = temp_folder_beside(target)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

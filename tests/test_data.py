@@ -481,6 +481,18 @@ def test_materialise_leaves_nothing_when_the_build_fails(tmp_path):
     dataset_module.materialise(tmp_path / "set", lambda out: pytest.fail("rebuilt"))
 
 
+def test_materialise_clears_what_killed_builds_left(tmp_path):
+    import os
+
+    old, fresh = tmp_path / ".set.old.tmp", tmp_path / ".set.fresh.tmp"  # as a SIGKILLed build leaves them
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "half").write_text("x")
+    os.utime(old, (0, 0))
+    dataset_module.materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".set.fresh.tmp", "set"]  # a fresh one may be live
+
+
 def test_augmented_views_are_deterministic_and_distinct():
     photo = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
     views = [samples_module.augmented_view(photo, 3, view) for view in range(4)]

@@ -6,10 +6,11 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ex2.io import temp_folder_beside
 
 Loader = Callable[[Path | None, str], "ImageDataset"]
 
@@ -106,8 +107,7 @@ def materialise(folder: Path, build: Callable[[Path], None]) -> Path:
     place, so a killed build never leaves half a folder; later calls reuse it."""
     if folder.is_dir():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = temp_folder_beside(folder)
     try:
         build(tmp)
         try:
