@@ -216,6 +216,17 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def checkpointing_flag(enabled: bool) -> dict[str, bool]:
+    """Activation checkpointing under the name the installed transformers uses (``gradient_checkpointing``
+    became ``activation_checkpointing`` in 5.x and warns when the old name is set)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def trainer_args(config: Config, run_dir: Path):
     """A ``GRPOConfig`` or ``RLOOConfig`` from our config."""
     import torch
@@ -227,7 +238,7 @@ def trainer_args(config: Config, run_dir: Path):
         num_generations=config.num_generations, num_iterations=config.num_iterations,
         epsilon=config.epsilon, beta=config.beta, max_completion_length=config.max_completion_length,
         temperature=config.temperature, top_p=1.0, top_k=0,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **checkpointing_flag(config.gradient_checkpointing),
         save_strategy="steps", save_steps=config.save_steps, logging_steps=1, report_to="none",
         seed=config.seed, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
