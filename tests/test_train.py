@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_CACHE
+from test_vlm import hf_clip_dir  # noqa: F401  (session fixture)
 
 from ex2.cli import main
 from ex2.config import ConfigError
@@ -21,7 +22,6 @@ from ex2.io import read_jsonl
 from ex2.train import Config, lora_config, prompt_records, quantization_config, split_templates
 
 REPO = Path(__file__).resolve().parents[1]
-LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +46,9 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    """A transformers CLIP folder with a character vocabulary and 32-pixel images."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in LETTERS:
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(f"{char}</w>", len(vocab))
-    layer = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
-    text = dict(layer, vocab_size=len(vocab), max_position_embeddings=24, bos_token_id=0, eos_token_id=1,
-                pad_token_id=1)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=dict(layer, image_size=32, patch_size=8),
-                         projection_dim=16)).save_pretrained(folder)
-    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=24).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+def tiny_clip(hf_clip_dir) -> Path:  # noqa: F811
+    """A transformers CLIP folder with a character vocabulary and 32-pixel images (test_vlm's)."""
+    return hf_clip_dir
 
 
 def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:

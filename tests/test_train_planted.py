@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_train import tiny_clip, tiny_llm  # noqa: F401  (module fixtures)
+from test_vlm import hf_clip_dir  # noqa: F401  (tiny_clip builds on it)
 
 STUDY = Path(__file__).resolve().parents[1] / "analysis" / "planted_preference.py"
 
