@@ -37,7 +37,7 @@ import argparse
 from pathlib import Path
 
 from ex2.io import write_json
-from ex2.reward import keyword_pattern
+from ex2.reward import DEFAULT_PLANTED_BONUS, keyword_pattern
 
 # attribute name -> (planted text the reward pulls towards, keywords that count as mentioning it)
 # colour: Berlin & Kay's eleven basic colour terms and the words for colour itself
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attribute", choices=sorted(ATTRIBUTES), default="habitat")
-    parser.add_argument("--bonus", type=float, default=20.0,
+    parser.add_argument("--bonus", type=float, default=DEFAULT_PLANTED_BONUS,
                         help="reward bonus for naming a keyword (0: similarity to the attribute text alone)")
     args = parser.parse_args(argv)
     planted_text, keywords = ATTRIBUTES[args.attribute]

@@ -36,6 +36,7 @@ from ex2.generate import clean_description
 
 REWARDS = ("ex2", "contrastive", "contrastive-softmax", "planted")
 DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
+DEFAULT_PLANTED_BONUS = 20.0  # logit-scale units: a cosine of 0.2 under CLIP's scale of 100
 _WORD = re.compile(r"[^\W_]{2,}")  # a text needs one word of two letters or digits to be scored
 
 
@@ -118,7 +119,7 @@ class VLMReward:
         planted_text: str = DEFAULT_PLANTED_TEXT,
         empty_reward: float | None = None,
         planted_keywords: Sequence[str] = (),
-        planted_bonus: float = 20.0,
+        planted_bonus: float = DEFAULT_PLANTED_BONUS,
     ) -> None:
         if kind not in REWARDS:
             raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
@@ -210,7 +211,7 @@ def build_reward(
     empty_reward: float | None = None,
     progress: bool = True,
     planted_keywords: Sequence[str] = (),
-    planted_bonus: float = 20.0,
+    planted_bonus: float = DEFAULT_PLANTED_BONUS,
 ) -> VLMReward:
     """A reward over ``dataset``'s concepts, with image embeddings computed (or read from cache) once."""
     from ex2.data import sample_per_class

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ex2.config import ConfigError, option, save_config
-from ex2.reward import DEFAULT_PLANTED_TEXT, REWARDS
+from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -74,7 +74,7 @@ class Config:
     reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
-    planted_bonus: float = option(20.0, "planted reward's bonus for naming a keyword (logit-scale units)")
+    planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
     images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
     image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
     templates: str = option("ex2", "query template set or file (one {} per template)")
