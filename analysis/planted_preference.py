@@ -76,7 +76,7 @@ def measure(eval_json: dict, keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1
 def main(argv: list[str] | None = None) -> dict:
     import json
 
-    from ex2.train import Config, run
+    from ex2.train import TrainConfig, run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="runs/planted")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     planted_text, keywords = ATTRIBUTES[args.attribute]
     output = Path(args.output)
-    config = Config(
+    config = TrainConfig(
         dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=planted_text,
         planted_keywords=list(keywords), planted_bonus=args.bonus,
         max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,

@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "bare":
         seconds = bare(vlm, [p for p, _ in dataset.items], args.batch_size)
     else:
-        config = classify.Config(dataset=args.dataset, data_root=args.data_root, split=args.split, vlm=args.vlm,
+        config = classify.ClassifyConfig(dataset=args.dataset, data_root=args.data_root, split=args.split, vlm=args.vlm,
                                  device=args.device, method=args.method, batch_size=args.batch_size,
                                  progress=False, output=str(Path(args.cache) / f"run-{args.worker}"))
         start = time.perf_counter()

@@ -109,12 +109,12 @@ def bench_step_share(llm: str, vlm_name: str, steps: int) -> None:
     from ex2.data import load_dataset, load_templates
     from ex2.llm import load_tokenizer
     from ex2.reward import build_reward
-    from ex2.train import Config, build_trainer, prompt_dataset, resolve_format
+    from ex2.train import TrainConfig, build_trainer, prompt_dataset, resolve_format
     from ex2.vlm import load_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         llm = tiny_llama(Path(tmp) / "tiny") if llm == "tiny" else llm
-        config = Config(llm=llm, vlm=vlm_name, max_steps=steps, batch_size=16, num_generations=8,
+        config = TrainConfig(llm=llm, vlm=vlm_name, max_steps=steps, batch_size=16, num_generations=8,
                         max_completion_length=32, beta=0.0, save_steps=10**6, output=str(Path(tmp) / "run"))
         dataset = load_dataset(config.dataset)
         tokenizer = load_tokenizer(llm)

@@ -35,7 +35,7 @@ DEFAULT_AGGREGATE = {"clip": "mean_embedding", "dclip": "mean_score", "ex2": "me
 
 
 @dataclass
-class Config:
+class ClassifyConfig:
     """Zero-shot classification with class names (CLIP) or descriptions (DCLIP, EX2, WaffleCLIP)."""
 
     dataset: str = option("samples", "dataset name (see `ex2 ls`)")
@@ -243,7 +243,7 @@ def waffle_vocabulary(path: str | Path | None = None) -> list[str]:
     return words
 
 
-def _description_texts(config: Config, classnames: list[str]) -> tuple[list[list[str]], dict]:
+def _description_texts(config: ClassifyConfig, classnames: list[str]) -> tuple[list[list[str]], dict]:
     descriptions = load_descriptions(config.descriptions, config.categories)
     per_class, missing = align_descriptions(classnames, descriptions, config.allow_missing, config.descriptions)
     if config.method == "dclip":
@@ -258,7 +258,7 @@ def _description_texts(config: Config, classnames: list[str]) -> tuple[list[list
     return texts, info
 
 
-def class_text_sets(config: Config, classnames: list[str]) -> tuple[list[list[list[str]]], dict]:
+def class_text_sets(config: ClassifyConfig, classnames: list[str]) -> tuple[list[list[list[str]]], dict]:
     """The texts of every class, once per seed (waffle) or once; and what they came from."""
     if config.method == "clip":
         from ex2.data import load_templates
@@ -326,7 +326,7 @@ def summarise(results: list[Evaluation]) -> dict:
     return out
 
 
-def embed_dataset(vlm, dataset, config: Config):
+def embed_dataset(vlm, dataset, config: ClassifyConfig):
     """Embeddings of the dataset's readable images and their labels."""
     from ex2.vlm import embed_images
 
@@ -371,7 +371,7 @@ def write_tables(out: Path, classnames: list[str], result: Evaluation, labels: t
     plot_per_class(recall, classnames, out / "per_class.png")
 
 
-def build_metrics(config: Config, dataset, vlm, results: list[Evaluation], info: dict, images) -> dict:
+def build_metrics(config: ClassifyConfig, dataset, vlm, results: list[Evaluation], info: dict, images) -> dict:
     """metrics.json: fixed keys first, then what this method adds."""
     metrics = {
         "dataset": config.dataset, "split": dataset.split, "vlm": config.vlm, "vlm_identity": vlm.identity,
@@ -394,7 +394,7 @@ def build_metrics(config: Config, dataset, vlm, results: list[Evaluation], info:
     return metrics
 
 
-def run(config: Config, vlm=None, dataset=None) -> Path:
+def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     """Classify the dataset's images; write the run folder and return it.
 
     ``vlm`` and ``dataset`` (already loaded) let one script evaluate many description files

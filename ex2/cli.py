@@ -12,14 +12,15 @@ import sys
 
 from ex2.config import parse_config
 
-# stage -> (module holding `Config` and `run(config)`, one-line summary)
+# stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
+# a module may define `parse_args(argv, prog)` to parse its own command line instead.
 STAGES: dict[str, tuple[str, str]] = {
-    "train": ("ex2.train", "RL-align a LoRA adapter on an LLM against a VLM reward"),
-    "generate": ("ex2.generate", "sample descriptions per concept from a base or aligned LLM"),
-    "inspect": ("ex2.inspect", "label descriptions: spurious, visual or non-visual"),
-    "classify": ("ex2.classify", "zero-shot classification with class names or descriptions"),
-    "report": ("ex2.report", "tables, plots and an HTML report across runs"),
-    "demo": ("ex2.demo", "the whole pipeline on the embedded default, offline"),
+    "train": ("ex2.train:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
+    "generate": ("ex2.generate:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
+    "inspect": ("ex2.inspect:InspectConfig", "label descriptions: spurious, visual or non-visual"),
+    "classify": ("ex2.classify:ClassifyConfig", "zero-shot classification with class names or descriptions"),
+    "report": ("ex2.report:ReportConfig", "tables, plots and an HTML report across runs"),
+    "demo": ("ex2.demo:DemoConfig", "the whole pipeline on the embedded default, offline"),
 }
 
 
@@ -57,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     if command not in STAGES:
         print(f"ex2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name = STAGES[command][0]
+    module_name, config_name = STAGES[command][0].split(":")
     if importlib.util.find_spec(module_name) is None:
         print(f"ex2 {command}: this stage is not built yet", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
-    config = parse_config(module.Config, rest, prog=f"ex2 {command}")
+    prog = f"ex2 {command}"
+    if hasattr(module, "parse_args"):
+        config = module.parse_args(rest, prog)
+    else:
+        config = parse_config(getattr(module, config_name), rest, prog=prog)
     try:
         module.run(config)
     except (ValueError, FileNotFoundError) as err:

@@ -26,7 +26,7 @@ CATEGORIES = ("visual", "non_visual", "spurious")
 
 
 @dataclass
-class Config:
+class DemoConfig:
     """Run the whole pipeline (train, generate, inspect, classify, report) on one dataset."""
 
     output: str = option("runs/demo", "demo folder; each stage writes a subfolder", short="-o")
@@ -55,7 +55,7 @@ class Stage:
     action: Callable[[], object]
 
 
-def stages(config: Config, out: Path) -> list[Stage]:
+def stages(config: DemoConfig, out: Path) -> list[Stage]:
     """The pipeline's steps, in order, each with the file that proves it finished."""
     from ex2 import classify, generate, inspect, report, train
 
@@ -89,7 +89,7 @@ def stages(config: Config, out: Path) -> list[Stage]:
         Stage(
             "report",
             out / "report" / "report.html",
-            _bind(report.run, report.Config(runs=[str(out)], output=str(out / "report"), title="ex2 demo")),
+            _bind(report.run, report.ReportConfig(runs=[str(out)], output=str(out / "report"), title="ex2 demo")),
         )
     )
     return plan
@@ -99,12 +99,12 @@ def _bind(func: Callable, config) -> Callable[[], object]:
     return lambda: func(config)
 
 
-def _train_config(config: Config, run_dir: Path):
+def _train_config(config: DemoConfig, run_dir: Path):
     from ex2 import train
     from ex2.data import load_templates
 
     heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of EX2's 25
-    return train.Config(
+    return train.TrainConfig(
         dataset=config.dataset,
         data_root=config.data_root,
         vlm=config.vlm,
@@ -125,10 +125,10 @@ def _train_config(config: Config, run_dir: Path):
     )
 
 
-def _generate_config(config: Config, output: Path, adapter: Path | None):
+def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
     from ex2 import generate
 
-    return generate.Config(
+    return generate.GenerateConfig(
         dataset=config.dataset,
         data_root=config.data_root,
         llm=config.llm,
@@ -141,10 +141,10 @@ def _generate_config(config: Config, output: Path, adapter: Path | None):
     )
 
 
-def _inspect_config(config: Config, descriptions: Path, categories: Path, report_dir: Path):
+def _inspect_config(config: DemoConfig, descriptions: Path, categories: Path, report_dir: Path):
     from ex2 import inspect
 
-    return inspect.Config(
+    return inspect.InspectConfig(
         input=str(descriptions),
         output=str(categories),
         backend="embedded",
@@ -154,13 +154,13 @@ def _inspect_config(config: Config, descriptions: Path, categories: Path, report
     )
 
 
-def _classify_runs(config: Config, out: Path):
+def _classify_runs(config: DemoConfig, out: Path):
     """(name, run folder, config) for class names, base/aligned descriptions and each category."""
     from ex2 import classify
 
     def make(name: str, **kwargs):
         run_dir = out / "classify" / name
-        cfg = classify.Config(
+        cfg = classify.ClassifyConfig(
             dataset=config.dataset,
             data_root=config.data_root,
             vlm=config.vlm,
@@ -183,7 +183,7 @@ def _classify_runs(config: Config, out: Path):
     return runs
 
 
-def run(config: Config) -> Path:
+def run(config: DemoConfig) -> Path:
     """Run every unfinished stage; returns the demo folder (the report is in ``report/``)."""
     out = Path(config.output)
     if config.force and out.exists():

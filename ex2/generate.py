@@ -77,7 +77,7 @@ def clean_description(raw: str, prompt: str | None = None, special_tokens: Itera
 
 
 @dataclass
-class Config:
+class GenerateConfig:
     """Sample descriptions of every concept from a base LLM or a base LLM plus a LoRA adapter."""
 
     dataset: str = option("samples", "dataset whose class names are the concepts (NAME or NAME:ROOT)")
@@ -173,7 +173,7 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def run_settings(config: Config, adapter: Path | None, prompt_format: str) -> dict[str, Any]:
+def run_settings(config: GenerateConfig, adapter: Path | None, prompt_format: str) -> dict[str, Any]:
     values = dataclasses.asdict(config) | {"adapter": str(adapter) if adapter else None,
                                            "prompt_format": prompt_format}
     return {name: values[name] for name in RUN_SETTINGS}
@@ -297,7 +297,7 @@ def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = Non
 # --- the stage ------------------------------------------------------------------------------
 
 
-def load_concepts(config: Config) -> list[str]:
+def load_concepts(config: GenerateConfig) -> list[str]:
     from ex2.data import concept_names
 
     dataset = f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
@@ -305,7 +305,7 @@ def load_concepts(config: Config) -> list[str]:
     return concepts[: config.limit_concepts] if config.limit_concepts else concepts
 
 
-def write_outputs(config: Config, output: Path, records: list[dict]) -> Path:
+def write_outputs(config: GenerateConfig, output: Path, records: list[dict]) -> Path:
     write_jsonl(output, records)
     if config.legacy_json:
         write_json(config.legacy_json, legacy_view(records))
@@ -313,7 +313,7 @@ def write_outputs(config: Config, output: Path, records: list[dict]) -> Path:
     return output
 
 
-def convert(config: Config) -> Path:
+def convert(config: GenerateConfig) -> Path:
     """``--from-legacy``: EX2's JSON into our JSONL, sampling nothing."""
     from ex2.data import load_templates
 
@@ -321,7 +321,7 @@ def convert(config: Config) -> Path:
     return write_outputs(config, Path(config.output), records)
 
 
-def make_sampler(config: Config, adapter: Path | None):
+def make_sampler(config: GenerateConfig, adapter: Path | None):
     from ex2.samplers import SamplingSettings, load_sampler
 
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
@@ -332,7 +332,7 @@ def make_sampler(config: Config, adapter: Path | None):
     return load_sampler(config.sampler, config.llm, adapter, sampling, **options)
 
 
-def generate(config: Config) -> Path:
+def generate(config: GenerateConfig) -> Path:
     """Sample every missing description, then write the output files atomically."""
     from ex2.data import load_templates
     from ex2.llm import load_tokenizer
@@ -356,6 +356,6 @@ def generate(config: Config) -> Path:
     return output
 
 
-def run(config: Config) -> Path:
+def run(config: GenerateConfig) -> Path:
     """``ex2 generate``: the output JSONL file."""
     return convert(config) if config.from_legacy else generate(config)

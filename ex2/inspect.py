@@ -48,7 +48,7 @@ DEFAULT_MODELS = {"embedded": "all-MiniLM-L6-v2", "hf": "smollm2", "openai": ""}
 
 
 @dataclass
-class Config:
+class InspectConfig:
     """Label descriptions as spurious, visual or non-visual (with an attribute) and report the shares."""
 
     input: str = option("", "descriptions JSONL (from ex2 generate, or any JSONL with concept and description)")
@@ -90,7 +90,7 @@ class Config:
         return Path(self.report_dir) if self.report_dir else self.output_path.parent / "inspect_report"
 
 
-def make_judge(config: Config):
+def make_judge(config: InspectConfig):
     """The judge a config names; heavy imports happen only for the chosen backend."""
     if config.backend == "embedded":
         from ex2.categorize import EmbeddedJudge
@@ -116,7 +116,7 @@ def record_key(record: dict) -> tuple:
     return tuple(record.get(f) for f in JUDGE_FIELDS) + (record["concept"], record["description"])
 
 
-def load_inputs(config: Config) -> list[dict]:
+def load_inputs(config: InspectConfig) -> list[dict]:
     records = read_jsonl(config.input, required=("concept", "description"))
     for number, record in enumerate(records, start=1):
         if not isinstance(record["concept"], str) or not isinstance(record["description"], str):
@@ -138,7 +138,7 @@ def load_done(path: Path) -> list[dict]:
     return done
 
 
-def _judge_parallel(judge, pending: list[tuple[str, str]], config: Config):
+def _judge_parallel(judge, pending: list[tuple[str, str]], config: InspectConfig):
     """Yield ``((concept, description), judgement)`` as answers arrive."""
     if hasattr(judge, "judge_batch"):
         size = config.batch_size
@@ -166,7 +166,7 @@ def _judge_parallel(judge, pending: list[tuple[str, str]], config: Config):
         raise errors[0]
 
 
-def judge_records(config: Config, judge, records: list[dict], output: Path) -> list[dict]:
+def judge_records(config: InspectConfig, judge, records: list[dict], output: Path) -> list[dict]:
     """Judge every record not yet in ``output`` and append it there; returns this judge's records."""
     ident = (judge.backend, judge.model, judge.prompt_version)
     by_pair: dict[tuple, list[dict]] = defaultdict(list)
@@ -198,7 +198,7 @@ def _judgement_of(output: Path, ident: tuple, pair: tuple) -> dict:
     raise ValueError(f"{output}: no judgement for {pair!r}")
 
 
-def run(config: Config) -> Path:
+def run(config: InspectConfig) -> Path:
     """Judge the input descriptions into ``categories.jsonl``, then write the report."""
     records = load_inputs(config)
     output = config.output_path

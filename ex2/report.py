@@ -33,7 +33,7 @@ CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2
 
 
 @dataclass
-class Config:
+class ReportConfig:
     """Tables, plots and an HTML report from classify, inspect and train run folders."""
 
     runs: list[str] = option([], "run folders to search recursively (also as bare arguments)", positional=True)
@@ -319,7 +319,7 @@ def render_html(runs: Runs, title: str) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def run(config: Config) -> Path:
+def run(config: ReportConfig) -> Path:
     """Collect the runs and write summary.csv, report.html and the resolved config."""
     out = Path(config.output)
     runs = collect(config.runs, exclude=out.resolve() if out.exists() else None)

@@ -63,7 +63,7 @@ LORA_TARGETS: dict[str, list[str]] = {
 
 
 @dataclass
-class Config:
+class TrainConfig:
     """RL-align a LoRA adapter on an LLM against a VLM reward (trl GRPO or RLOO)."""
 
     dataset: str = option("samples", "image dataset whose class names are the concepts (see `ex2 ls`)")
@@ -196,7 +196,7 @@ def quantization_config(mode: str):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def check_vllm(config: Config) -> None:
+def check_vllm(config: TrainConfig) -> None:
     if not config.use_vllm:
         return
     import importlib.util
@@ -227,7 +227,7 @@ def checkpointing_flag(enabled: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def trainer_args(config: Config, run_dir: Path):
+def trainer_args(config: TrainConfig, run_dir: Path):
     """A ``GRPOConfig`` or ``RLOOConfig`` from our config."""
     import torch
 
@@ -273,7 +273,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def prepare_run_dir(config: Config) -> tuple[Path, Path | None]:
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from; refuses to overwrite a run without --resume."""
     run_dir = Path(config.output).expanduser()
     found = checkpoints(run_dir) if run_dir.is_dir() else []
@@ -284,7 +284,7 @@ def prepare_run_dir(config: Config) -> tuple[Path, Path | None]:
     return run_dir, (found[-1] if found and config.resume else None)
 
 
-def build_trainer(config: Config, run_dir: Path, reward, train_data, tokenizer, callbacks: list):
+def build_trainer(config: TrainConfig, run_dir: Path, reward, train_data, tokenizer, callbacks: list):
     """The trl trainer, with LoRA applied and our callbacks in place of the default progress output."""
     from transformers import AutoConfig
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -308,7 +308,7 @@ def build_trainer(config: Config, run_dir: Path, reward, train_data, tokenizer, 
     return trainer
 
 
-def run(config: Config) -> Path:
+def run(config: TrainConfig) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder."""
     from ex2.data import load_dataset, load_templates
     from ex2.llm import load_tokenizer

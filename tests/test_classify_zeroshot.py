@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ex2 import zeroshot
-from ex2.classify import Config, align_descriptions, load_descriptions, waffle_vocabulary
+from ex2.classify import ClassifyConfig, align_descriptions, load_descriptions, waffle_vocabulary
 from ex2.config import parse_config
 
 
@@ -159,5 +159,5 @@ def test_unknown_concepts_and_classes_without_descriptions_are_errors(tmp_path):
 @pytest.mark.parametrize("name", ["classify", "classify_descriptions", "classify_dclip", "classify_waffle"])
 def test_shipped_configs_parse(name):
     path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
-    config = parse_config(Config, ["--config", str(path), "--descriptions", "d.jsonl"], "ex2 classify")
+    config = parse_config(ClassifyConfig, ["--config", str(path), "--descriptions", "d.jsonl"], "ex2 classify")
     assert config.output.startswith("runs/classify/")

@@ -329,9 +329,9 @@ def test_inference_runner(tiny, tmp_cache, tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("generate*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     from ex2.config import parse_config
-    from ex2.generate import Config
+    from ex2.generate import GenerateConfig
 
-    config = parse_config(Config, ["--config", str(path)], prog="ex2 generate")
+    config = parse_config(GenerateConfig, ["--config", str(path)], prog="ex2 generate")
     assert config.max_new_tokens == 32 and config.top_k == 0 and config.top_p == 1.0
 
 

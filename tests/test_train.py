@@ -19,7 +19,7 @@ from test_vlm import hf_clip_dir  # noqa: F401  (session fixture)
 from ex2.cli import main
 from ex2.config import ConfigError
 from ex2.io import read_jsonl
-from ex2.train import Config, lora_config, prompt_records, quantization_config, split_templates
+from ex2.train import TrainConfig, lora_config, prompt_records, quantization_config, split_templates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,9 +112,9 @@ def test_quantization_needs_cuda():
 
 def test_config_errors_say_how_to_fix():
     with pytest.raises(ConfigError, match="multiple of --num-generations"):
-        Config(batch_size=6, num_generations=4)
+        TrainConfig(batch_size=6, num_generations=4)
     with pytest.raises(ConfigError, match="at least 2"):
-        Config(num_generations=1, batch_size=4)
+        TrainConfig(num_generations=1, batch_size=4)
 
 
 # --- training through the CLI --------------------------------------------------------------------
