@@ -24,6 +24,7 @@ import numpy as np
 
 from ex2.io import read_jsonl
 from ex2.judges import ATTRIBUTES, CATEGORIES, Judgement
+from ex2.text import mask_concept
 
 LABELLED_FILE = "labelled_descriptions.jsonl"
 RULES_VERSION = "1"
@@ -81,15 +82,6 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def labelled_path() -> Path:
     return Path(str(resources.files("ex2") / "inspect_data" / LABELLED_FILE))
-
-
-def mask_concept(description: str, concept: str) -> str:
-    """The description with the concept's name (and its plural) replaced by ``X``."""
-    words = [re.escape(w) for w in concept.lower().split()]
-    if not words:
-        return description
-    pattern = r"\b" + r"[\s\-_]+".join(words) + r"(?:e?s)?\b"
-    return re.sub(pattern, "X", description, flags=re.IGNORECASE)
 
 
 def cue_counts(masked: str) -> dict[str, float]:

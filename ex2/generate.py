@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from ex2.config import ConfigError, option, save_config
 from ex2.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from ex2.names import LLM_FORMS
+from ex2.text import clean_description
 
 RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model", "adapter",
                  "sample", "seed", "prompt_format")
@@ -34,43 +34,6 @@ RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens",
                 "temperature", "top_p", "top_k")
 PARTIAL_HEADER = "ex2_partial_settings"
-
-# special tokens of common chat/base vocabularies: <|im_end|>, <|eot_id|>, </s>, [INST], <end_of_turn>
-SPECIAL_TOKEN = re.compile(
-    r"<\|[^|<>\s]{1,40}\|>|</?s>|<pad>|<unk>|<eos>|<bos>|<(?:start|end)_of_turn>|\[/?INST\]"
-)
-PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-
-
-# --- clean-up -------------------------------------------------------------------------------
-
-
-def _special_pattern(special_tokens: Iterable[str]) -> re.Pattern:
-    extra = sorted((t for t in special_tokens if t), key=len, reverse=True)
-    if not extra:
-        return SPECIAL_TOKEN
-    return re.compile("|".join([*map(re.escape, extra), SPECIAL_TOKEN.pattern]))
-
-
-def clean_description(raw: str, prompt: str | None = None, special_tokens: Iterable[str] = ()) -> str:
-    """The description inside one raw completion.
-
-    Drops an echoed ``prompt``, leading special tokens, everything from the first special token on
-    (an end-of-turn token ends the answer), keeps the first paragraph and collapses whitespace.
-    ``special_tokens`` adds a tokenizer's own (``tokenizer.all_special_tokens``) to the known ones.
-    """
-    text = raw
-    if prompt:
-        if text.startswith(prompt):
-            text = text[len(prompt):]
-        elif prompt.strip() and text.lstrip().startswith(prompt.strip()):
-            text = text.lstrip()[len(prompt.strip()):]
-    pattern = _special_pattern(special_tokens)
-    while (match := pattern.match(text.lstrip())) is not None:  # leading specials
-        text = text.lstrip()[match.end():]
-    text = pattern.split(text, maxsplit=1)[0]
-    text = PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)[0]
-    return " ".join(text.split())
 
 
 # --- config ---------------------------------------------------------------------------------

@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from ex2.io import atomic_write_text, write_json
 from ex2.judges import ATTRIBUTES, CATEGORIES, UNPARSED
+from ex2.text import mask_concept
 
 SCHEMA = "ex2.inspect.summary/v1"
 ALL_CATEGORIES = (*CATEGORIES, UNPARSED)
@@ -56,10 +56,7 @@ def shares(records: list[dict]) -> dict:
 
 def spurious_phrasing(record: dict) -> str:
     """A spurious text with the concept masked, lower-cased, so phrasings can be counted across concepts."""
-    words = [re.escape(w) for w in str(record["concept"]).lower().split()]
-    text = record["description"].lower()
-    if words:
-        text = re.sub(r"\b" + r"[\s\-_]+".join(words) + r"(?:e?s)?\b", "{concept}", text)
+    text = mask_concept(record["description"].lower(), str(record["concept"]), "{concept}")
     return " ".join(text.split()).strip(" .!")
 
 

@@ -17,11 +17,12 @@ so ``image @ column`` equals the mean of the per-text cosine similarities (DCLIP
 from __future__ import annotations
 
 import random
-import re
 import string
 from collections.abc import Callable, Sequence
 
 import torch
+
+from ex2.text import normalise_name  # noqa: F401  (class-name matching, used with these classifiers)
 
 AGGREGATES = ("mean_score", "mean_embedding")
 Encode = Callable[[list[str]], torch.Tensor]
@@ -103,11 +104,6 @@ def waffle_texts(
     """WaffleCLIP's prompts: "A photo of a {class}, which (is/has) {random descriptor}."."""
     shared = waffle_descriptors(classnames, kind, count, seed, vocabulary)
     return [[f"A photo of a {name}, {descriptor_sentence(d)}." for d in shared] for name in classnames]
-
-
-def normalise_name(name: str) -> str:
-    """Class-name key for matching: case, underscores and runs of whitespace ignored."""
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip().casefold()
 
 
 # --- the classifier ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ex2 generate: clean-up, samplers, resumable runs, EX2's format, the runner script."""
+"""ex2 generate: samplers, resumable runs, EX2's format, the runner script."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from conftest import SHARED_CACHE
 
 from ex2.cli import main
-from ex2.generate import RECORD_FIELDS, clean_description, partial_path, record_seed
+from ex2.generate import RECORD_FIELDS, partial_path, record_seed
 from ex2.io import read_jsonl
 from ex2.samplers import (
     SamplingSettings,
@@ -78,28 +78,6 @@ def generate(tiny, output: Path, *extra: str) -> list[dict]:
 
 def keys(records: list[dict]) -> list[tuple]:
     return [(r["concept"], r["template"], r["sample"]) for r in records]
-
-
-# --- clean-up -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("raw", "prompt", "expected"), [
-    ("A cat has whiskers.<|im_end|>", None, "A cat has whiskers."),
-    ("  A cat has\nwhiskers.\n\nSecond paragraph.", None, "A cat has whiskers."),
-    ("Describe a cat.\n\nA small feline.</s>", "Describe a cat.\n\n", "A small feline."),
-    ("<s> A small feline.</s><s>junk", None, "A small feline."),
-    ("<|im_start|>user\nDescribe a cat.<|im_end|>\n<|im_start|>assistant\nFurry.<|im_end|>",
-     "<|im_start|>user\nDescribe a cat.<|im_end|>\n<|im_start|>assistant\n", "Furry."),
-    ("\n\n  Striped fur  \n \n more", None, "Striped fur"),
-    ("Wings.[EOT] more", None, "Wings.[EOT] more"),
-    ("<|eot_id|>", None, ""),
-])
-def test_clean_description(raw, prompt, expected):
-    assert clean_description(raw, prompt=prompt) == expected
-
-
-def test_clean_description_takes_the_tokenizers_special_tokens():
-    assert clean_description("Wings.[EOT] more", special_tokens=["[EOT]"]) == "Wings."
 
 
 def test_record_seed_depends_on_the_description_not_the_batch():

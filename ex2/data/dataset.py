@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ex2.io import temp_folder_beside
+from ex2.text import clean_name  # noqa: F401  (the loaders' class-name clean-up)
 
 Loader = Callable[[Path | None, str], "ImageDataset"]
 
@@ -47,11 +47,6 @@ def splits(*names: str) -> Callable[[Loader], Loader]:
         return loader
 
     return mark
-
-
-def clean_name(raw: str) -> str:
-    """EX2's class-name processing: underscores become spaces, runs of spaces one."""
-    return re.sub(r"\s+", " ", raw.replace("_", " ")).strip()
 
 
 def find_root(name: str, root: Path | None, marker: str, folders: Iterable[str], layout: str) -> Path:

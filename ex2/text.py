@@ -1,0 +1,79 @@
+"""Text helpers every stage shares: the description inside a raw completion, class-name clean-up
+and matching, and masking a concept's name in a text.
+
+    clean_description("<|im_start|> Red wings.\\n\\nMore.")   -> "Red wings."
+    clean_name("Black_footed__Albatross ")                   -> "Black footed Albatross"
+    normalise_name("Black_footed  albatross")                -> "black footed albatross"
+    mask_concept("Two Golden Retrievers.", "golden retriever") -> "Two X."
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# special tokens of common chat/base vocabularies: <|im_end|>, <|eot_id|>, </s>, [INST], <end_of_turn>
+SPECIAL_TOKEN = re.compile(
+    r"<\|[^|<>\s]{1,40}\|>|</?s>|<pad>|<unk>|<eos>|<bos>|<(?:start|end)_of_turn>|\[/?INST\]"
+)
+PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_SPACES = re.compile(r"\s+")
+
+
+# --- descriptions ----------------------------------------------------------------------------
+
+
+def _special_pattern(special_tokens: Iterable[str]) -> re.Pattern:
+    extra = sorted((t for t in special_tokens if t), key=len, reverse=True)
+    if not extra:
+        return SPECIAL_TOKEN
+    return re.compile("|".join([*map(re.escape, extra), SPECIAL_TOKEN.pattern]))
+
+
+def clean_description(raw: str, prompt: str | None = None, special_tokens: Iterable[str] = ()) -> str:
+    """The description inside one raw completion.
+
+    Drops an echoed ``prompt``, leading special tokens, everything from the first special token on
+    (an end-of-turn token ends the answer), keeps the first paragraph and collapses whitespace.
+    ``special_tokens`` adds a tokenizer's own (``tokenizer.all_special_tokens``) to the known ones.
+    """
+    text = raw
+    if prompt:
+        if text.startswith(prompt):
+            text = text[len(prompt):]
+        elif prompt.strip() and text.lstrip().startswith(prompt.strip()):
+            text = text.lstrip()[len(prompt.strip()):]
+    pattern = _special_pattern(special_tokens)
+    while (match := pattern.match(text.lstrip())) is not None:  # leading specials
+        text = text.lstrip()[match.end():]
+    text = pattern.split(text, maxsplit=1)[0]
+    text = PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)[0]
+    return " ".join(text.split())
+
+
+# --- class names -----------------------------------------------------------------------------
+
+
+def clean_name(raw: str) -> str:
+    """EX2's class-name processing: underscores become spaces, runs of spaces one."""
+    return _SPACES.sub(" ", raw.replace("_", " ")).strip()
+
+
+def normalise_name(name: str) -> str:
+    """Class-name key for matching: case, underscores and runs of whitespace ignored."""
+    return clean_name(name).casefold()
+
+
+def concept_pattern(concept: str) -> re.Pattern | None:
+    """A case-insensitive pattern for ``concept``'s name as whole words, its words joined by spaces,
+    hyphens or underscores, with an optional plural ``s``/``es``; None for an empty name."""
+    words = [re.escape(w) for w in concept.lower().split()]
+    if not words:
+        return None
+    return re.compile(r"\b" + r"[\s\-_]+".join(words) + r"(?:e?s)?\b", re.IGNORECASE)
+
+
+def mask_concept(text: str, concept: str, mask: str = "X") -> str:
+    """``text`` with the concept's name (and its plural) replaced by ``mask``."""
+    pattern = concept_pattern(concept)
+    return text if pattern is None else pattern.sub(lambda _: mask, text)
