@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ex2.reward import VLMReward, per_batch_reward
+from ex2.reward import EX2Reward, per_batch_reward
 
 
 class TableVLM:
@@ -54,7 +54,7 @@ def bench_throughput(concepts: int, images: int, dim: int, batch: int, repeats: 
     classes = torch.randint(0, concepts, (batch,), generator=gen)
     vlm = TableVLM(texts, text_embeddings)
     means = torch.stack([torch.stack(image_cache[c * images:(c + 1) * images]).mean(0) for c in range(concepts)])
-    reward = VLMReward(vlm, means, [f"c{i}" for i in range(concepts)], "ex2")
+    reward = EX2Reward(vlm, means, [f"c{i}" for i in range(concepts)])
     involved = sorted(set(classes.tolist()))
 
     def original() -> torch.Tensor:  # gather the involved classes' cached images, full matrix, masked means

@@ -6,18 +6,24 @@ EX2's reward for a description ``t`` of concept ``c`` is the mean, over ``N`` im
     r(t, c) = 1/N · Σ_i  s · <img_i, t>  =  s · <mean_i img_i, t>
 
 It is linear in the image embeddings, so the class-mean image embedding (not renormalised) is
-computed once and each reward is one dot product. Variants, chosen by name (:data:`REWARDS`):
+computed once and each reward is one dot product. The rewards, by name (:data:`REWARDS`):
 
-``ex2``                  the reward above
-``contrastive``          own-concept reward minus the mean reward over the other concepts
-``contrastive-softmax``  softmax probability of the own concept over all concepts
-``planted``              ``s · <a, t>`` for a fixed attribute text ``a`` (a known answer, for validation),
-                         plus ``planted_bonus`` when ``t`` names one of ``planted_keywords`` (whole words)
+``ex2``                  :class:`EX2Reward`, the reward above
+``contrastive``          :class:`ContrastiveReward`: own-concept reward minus the mean reward over
+                         the other concepts
+``contrastive-softmax``  :class:`ContrastiveSoftmaxReward`: softmax probability of the own concept
+                         over all concepts
+``planted``              :class:`PlantedReward`: ``s · <a, t>`` for a fixed attribute text ``a`` (a
+                         known answer, for validation), plus ``planted_bonus`` when ``t`` names one of
+                         ``planted_keywords`` (whole words); it looks at no image
 
-Every reward takes trl's call signature, so it can be passed to any ``GRPOTrainer``::
+Each is a plain trl reward callable, ``reward(prompts=…, completions=…, concept=…, **columns)`` ->
+one float per completion, so it can be passed to any ``GRPOTrainer``. :func:`build_reward` builds
+one by name from a dataset (:data:`BUILDERS` maps each name to its builder)::
 
     reward = build_reward("ex2", load_vlm("conse"), load_dataset("samples"))
     GRPOTrainer(model, reward_funcs=reward, train_dataset=prompts, ...)  # prompts carry `concept`
+    EX2Reward(vlm, class_means, concepts)(completions=["a red crest"], concept=["cardinal"])
 
 Completions are cleaned as ``ex2 generate`` cleans them (first paragraph). Empty or degenerate
 ones get the reward's floor (its lowest possible value), never NaN.
@@ -25,16 +31,17 @@ ones get the reward's floor (its lowest possible value), never NaN.
 
 from __future__ import annotations
 
+import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ex2.generate import clean_description
+from ex2.text import clean_description
 
-REWARDS = ("ex2", "contrastive", "contrastive-softmax", "planted")
 DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
 DEFAULT_PLANTED_BONUS = 20.0  # logit-scale units: a cosine of 0.2 under CLIP's scale of 100
 _WORD = re.compile(r"[^\W_]{2,}")  # a text needs one word of two letters or digits to be scored
@@ -103,57 +110,54 @@ def per_batch_reward(
     return rewards
 
 
-class VLMReward:
-    """A trl reward callable: ``reward(prompts=…, completions=…, concept=…) -> list[float]``.
+# --- the rewards ---------------------------------------------------------------------------
+
+
+class ConceptReward(abc.ABC):
+    """A trl reward callable for descriptions of concepts:
+    ``reward(prompts=…, completions=…, concept=…, concept_id=…, **columns) -> list[float]``.
 
     ``concept`` (a dataset column) holds concept names or class ids; ``concept_id`` is used if given.
-    ``last`` keeps the latest batch (texts, concepts, rewards) for logging.
+    Completions are cleaned as ``ex2 generate`` cleans them; degenerate ones, and NaN scores, get
+    ``empty_reward`` (the reward's :attr:`floor` unless given). ``last`` keeps the latest batch
+    (texts, concepts, rewards) for logging. Subclasses define :meth:`score` and :attr:`floor`, and
+    name trl's metrics with ``__name__``.
     """
 
-    def __init__(
-        self,
-        vlm,
-        class_means: torch.Tensor,
-        concepts: list[str],
-        kind: str = "ex2",
-        planted_text: str = DEFAULT_PLANTED_TEXT,
-        empty_reward: float | None = None,
-        planted_keywords: Sequence[str] = (),
-        planted_bonus: float = DEFAULT_PLANTED_BONUS,
-    ) -> None:
-        if kind not in REWARDS:
-            raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
-        if class_means.shape[0] != len(concepts):
-            raise ValueError(f"{class_means.shape[0]} class-mean rows for {len(concepts)} concepts")
-        if kind.startswith("contrastive") and len(concepts) < 2:
-            raise ValueError(f"the {kind} reward compares concepts, so it needs at least two; got {concepts}")
-        self.vlm, self.kind, self.concepts = vlm, kind, list(concepts)
-        self.class_means = class_means.float()
+    __name__ = "concept_reward"
+    needs_concept: ClassVar[bool] = True  # False: scores do not depend on the concept column
+
+    def __init__(self, vlm, concepts: Sequence[str], empty_reward: float | None = None) -> None:
+        self.vlm, self.concepts = vlm, list(concepts)
         self.scale = float(vlm.logit_scale)
         self.index = {name: i for i, name in enumerate(self.concepts)}
-        self.planted_text = planted_text
-        self.planted = vlm.encode_texts([planted_text])[0] if kind == "planted" else None
-        self.planted_keywords = keyword_pattern(planted_keywords)
-        self.planted_bonus = float(planted_bonus)
-        self.empty_reward = self.floor() if empty_reward is None else float(empty_reward)
-        self.__name__ = f"{kind.replace('-', '_')}_reward"  # trl names its metrics after this
+        self.empty_reward = self.floor if empty_reward is None else float(empty_reward)
         self.last: dict[str, list] = {"texts": [], "concepts": [], "rewards": []}
 
+    @property
+    @abc.abstractmethod
     def floor(self) -> float:
         """The lowest value this reward can take (cosines are at least -1)."""
-        return {"contrastive": -2 * self.scale, "contrastive-softmax": 0.0}.get(self.kind, -self.scale)
 
-    def concept_ids(self, concept: Sequence | None, concept_id: Sequence | None, count: int) -> list[int]:
+    @abc.abstractmethod
+    def score(self, texts: list[str], concept_ids: list[int | None]) -> torch.Tensor:
+        """Rewards of non-degenerate texts for the given concept ids."""
+
+    def concept_ids(self, concept: Sequence | None, concept_id: Sequence | None, count: int) -> list[int | None]:
+        """Class ids from the ``concept_id`` column, else the ``concept`` column (names or ids)."""
+        if not self.needs_concept and (not self.concepts or (concept is None and concept_id is None)):
+            return [None] * count
         if concept_id is not None:
             ids = [int(i) for i in concept_id]
         elif concept is not None:
             ids = [c if isinstance(c, int) else self._lookup(c) for c in concept]
-        elif self.kind == "planted":
-            ids = [0] * count
         else:
             raise ValueError("the reward needs a `concept` (or `concept_id`) column in the prompt dataset")
         if len(ids) != count:
             raise ValueError(f"{len(ids)} concepts for {count} completions")
+        outside = [i for i in ids if not 0 <= i < len(self.concepts)]
+        if outside:
+            raise ValueError(f"concept id {outside[0]} is outside 0..{len(self.concepts) - 1}")
         return ids
 
     def _lookup(self, name: str) -> int:
@@ -161,28 +165,8 @@ class VLMReward:
             raise ValueError(f"concept {name!r} is not one of the reward's concepts: {', '.join(self.concepts)}")
         return self.index[name]
 
-    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
-        """Rewards of non-degenerate texts for the given concept ids."""
-        embeddings = self.vlm.encode_texts(texts).float()
-        if self.kind == "planted":
-            return self.scale * embeddings @ self.planted.float() + self.keyword_bonus(texts)
-        sims = self.scale * embeddings @ self.class_means.T  # [N, C]
-        own = sims[torch.arange(len(texts)), torch.tensor(concept_ids)]
-        if self.kind == "ex2":
-            return own
-        if self.kind == "contrastive":
-            return own - (sims.sum(dim=1) - own) / (sims.shape[1] - 1)
-        return torch.softmax(sims, dim=1)[torch.arange(len(texts)), torch.tensor(concept_ids)]
-
-    def keyword_bonus(self, texts: list[str]) -> torch.Tensor:
-        """``planted_bonus`` for each text naming a planted keyword, else 0 (dense similarity plus a
-        lexical term: the similarity keeps GRPO's groups varied, the bonus rewards the words)."""
-        if self.planted_keywords is None:
-            return torch.zeros(len(texts))
-        return torch.tensor([self.planted_bonus * bool(self.planted_keywords.search(t)) for t in texts])
-
-    def rewards(self, texts: list[str], concept_ids: list[int]) -> list[float]:
-        """One reward per text; degenerate texts get ``empty_reward``."""
+    def rewards(self, texts: list[str], concept_ids: list[int | None]) -> list[float]:
+        """One reward per (cleaned) text; degenerate texts get ``empty_reward``."""
         out = [self.empty_reward] * len(texts)
         keep = [i for i, text in enumerate(texts) if not is_degenerate(text)]
         if keep:
@@ -197,8 +181,138 @@ class VLMReward:
         texts = [clean_text(completion_text(c)) for c in completions]
         ids = self.concept_ids(concept, concept_id, len(texts))
         rewards = self.rewards(texts, ids)
-        self.last = {"texts": texts, "concepts": [self.concepts[i] for i in ids], "rewards": rewards}
+        names = [None if i is None else self.concepts[i] for i in ids]
+        self.last = {"texts": texts, "concepts": names, "rewards": rewards}
         return rewards
+
+
+class ClassMeanReward(ConceptReward):
+    """A reward read from ``s · <class mean image embedding, t>`` for every concept (``[N, C]``)."""
+
+    compares: ClassVar[bool] = False  # True: the score compares concepts, so it needs two
+
+    def __init__(self, vlm, class_means: torch.Tensor, concepts: Sequence[str],
+                 empty_reward: float | None = None) -> None:
+        self.check_concepts(concepts)
+        if class_means.shape[0] != len(concepts):
+            raise ValueError(f"{class_means.shape[0]} class-mean rows for {len(concepts)} concepts")
+        super().__init__(vlm, concepts, empty_reward)
+        self.class_means = class_means.float()
+
+    @classmethod
+    def check_concepts(cls, concepts: Sequence[str]) -> None:
+        if cls.compares and len(concepts) < 2:
+            raise ValueError(f"{cls.__name__} compares concepts, so it needs at least two; got {list(concepts)}")
+
+    def similarities(self, texts: list[str]) -> torch.Tensor:
+        """``[N, C]`` logit-scaled similarity of each text to each concept's mean image."""
+        return self.scale * self.vlm.encode_texts(texts).float() @ self.class_means.T
+
+
+class EX2Reward(ClassMeanReward):
+    """EX2's reward: the mean similarity of the text to its own concept's images."""
+
+    __name__ = "ex2_reward"
+
+    @property
+    def floor(self) -> float:
+        return -self.scale
+
+    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
+        return self.similarities(texts)[torch.arange(len(texts)), torch.tensor(concept_ids)]
+
+
+class ContrastiveReward(ClassMeanReward):
+    """Own-concept reward minus the mean reward over the other concepts."""
+
+    __name__ = "contrastive_reward"
+    compares = True
+
+    @property
+    def floor(self) -> float:
+        return -2 * self.scale
+
+    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
+        sims = self.similarities(texts)
+        own = sims[torch.arange(len(texts)), torch.tensor(concept_ids)]
+        return own - (sims.sum(dim=1) - own) / (sims.shape[1] - 1)
+
+
+class ContrastiveSoftmaxReward(ClassMeanReward):
+    """Softmax probability of the own concept over all concepts."""
+
+    __name__ = "contrastive_softmax_reward"
+    compares = True
+
+    @property
+    def floor(self) -> float:
+        return 0.0
+
+    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
+        probabilities = torch.softmax(self.similarities(texts), dim=1)
+        return probabilities[torch.arange(len(texts)), torch.tensor(concept_ids)]
+
+
+class PlantedReward(ConceptReward):
+    """``s · <a, t>`` for a fixed attribute text ``a``, plus ``planted_bonus`` for each text naming
+    one of ``planted_keywords`` (dense similarity plus a lexical term: the similarity keeps GRPO's
+    groups varied, the bonus rewards the words). It looks at no image; ``concepts`` (optional) only
+    name the concept column's values in ``last``."""
+
+    __name__ = "planted_reward"
+    needs_concept = False
+
+    def __init__(self, vlm, concepts: Sequence[str] = (), planted_text: str = DEFAULT_PLANTED_TEXT,
+                 planted_keywords: Sequence[str] = (), planted_bonus: float = DEFAULT_PLANTED_BONUS,
+                 empty_reward: float | None = None) -> None:
+        super().__init__(vlm, concepts, empty_reward)
+        self.planted_text = planted_text
+        self.planted = vlm.encode_texts([planted_text])[0].float()
+        self.planted_keywords = keyword_pattern(planted_keywords)
+        self.planted_bonus = float(planted_bonus)
+
+    @property
+    def floor(self) -> float:
+        return -self.scale
+
+    def score(self, texts: list[str], concept_ids: list[int | None]) -> torch.Tensor:
+        return self.scale * self.vlm.encode_texts(texts).float() @ self.planted + self.keyword_bonus(texts)
+
+    def keyword_bonus(self, texts: list[str]) -> torch.Tensor:
+        """``planted_bonus`` for each text naming a planted keyword, else 0."""
+        if self.planted_keywords is None:
+            return torch.zeros(len(texts))
+        return torch.tensor([self.planted_bonus * bool(self.planted_keywords.search(t)) for t in texts])
+
+
+# --- building a reward by name ------------------------------------------------------------------
+
+
+def _from_class_means(reward_class: type[ClassMeanReward], vlm, dataset, images_per_class: int | None = 256,
+                      seed: int | None = None, progress: bool = True, empty_reward: float | None = None,
+                      **_) -> ClassMeanReward:
+    from ex2.data import sample_per_class
+
+    reward_class.check_concepts(dataset.classnames)  # before embedding any image
+    means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
+    return reward_class(vlm, means, dataset.classnames, empty_reward)
+
+
+def _planted(vlm, dataset, planted_text: str = DEFAULT_PLANTED_TEXT, planted_keywords: Sequence[str] = (),
+             planted_bonus: float = DEFAULT_PLANTED_BONUS, empty_reward: float | None = None,
+             **_) -> PlantedReward:
+    return PlantedReward(vlm, dataset.classnames, planted_text, planted_keywords, planted_bonus, empty_reward)
+
+
+RewardBuilder = Callable[..., ConceptReward]
+# name -> builder(vlm, dataset, **options); each builder takes the options it needs, ignores the rest
+BUILDERS: dict[str, RewardBuilder] = {
+    "ex2": partial(_from_class_means, EX2Reward),
+    "contrastive": partial(_from_class_means, ContrastiveReward),
+    "contrastive-softmax": partial(_from_class_means, ContrastiveSoftmaxReward),
+    "planted": _planted,
+}
+REWARDS = tuple(BUILDERS)
 
 
 def build_reward(
@@ -212,15 +326,11 @@ def build_reward(
     progress: bool = True,
     planted_keywords: Sequence[str] = (),
     planted_bonus: float = DEFAULT_PLANTED_BONUS,
-) -> VLMReward:
-    """A reward over ``dataset``'s concepts, with image embeddings computed (or read from cache) once."""
-    from ex2.data import sample_per_class
-
-    if kind not in REWARDS:
+) -> ConceptReward:
+    """The reward named ``kind`` over ``dataset``'s concepts, with image embeddings computed (or read
+    from cache) once."""
+    if kind not in BUILDERS:
         raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
-    if kind == "planted":  # the planted reward looks at no image
-        means = torch.zeros(len(dataset.classnames), 1)
-    else:
-        means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
-    return VLMReward(vlm, means, dataset.classnames, kind, planted_text, empty_reward, planted_keywords,
-                     planted_bonus)
+    return BUILDERS[kind](vlm, dataset, images_per_class=images_per_class, seed=seed, planted_text=planted_text,
+                          empty_reward=empty_reward, progress=progress, planted_keywords=planted_keywords,
+                          planted_bonus=planted_bonus)

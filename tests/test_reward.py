@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
-from ex2.reward import VLMReward, completion_text, is_degenerate, per_batch_reward
+from ex2.reward import (
+    REWARDS,
+    ContrastiveReward,
+    ContrastiveSoftmaxReward,
+    EX2Reward,
+    PlantedReward,
+    build_reward,
+    completion_text,
+    is_degenerate,
+    per_batch_reward,
+)
 
 
 class HashVLM:
@@ -34,7 +45,7 @@ def test_class_mean_reward_equals_per_batch_similarity(scale):
     vlm = HashVLM(logit_scale=scale)
     images, labels = random_images(classes=5, per_class=7, dim=vlm.dim)
     means = torch.stack([images[labels == c].mean(0) for c in range(5)])
-    reward = VLMReward(vlm, means, [f"c{i}" for i in range(5)], "ex2")
+    reward = EX2Reward(vlm, means, [f"c{i}" for i in range(5)])
     texts = [f"a description number {i}" for i in range(12)]
     concept = [i % 5 for i in range(12)]
     fast = torch.tensor(reward(prompts=["p"] * 12, completions=texts, concept=concept))
@@ -46,7 +57,7 @@ def test_chat_completions_and_concept_names():
     vlm = HashVLM()
     images, labels = random_images(3, 4, vlm.dim)
     means = torch.stack([images[labels == c].mean(0) for c in range(3)])
-    reward = VLMReward(vlm, means, ["cat", "dog", "rocket"], "ex2")
+    reward = EX2Reward(vlm, means, ["cat", "dog", "rocket"])
     chat = [[{"role": "assistant", "content": "  a small   furry pet "}], [{"role": "assistant", "content": "tall"}]]
     plain = ["a small furry pet", "tall"]
     assert reward(completions=chat, concept=["cat", "rocket"]) == reward(completions=plain, concept=[0, 2])
@@ -55,45 +66,51 @@ def test_chat_completions_and_concept_names():
         reward(completions=plain, concept=["cat", "zebra"])
 
 
-@pytest.mark.parametrize("kind", ["ex2", "contrastive", "contrastive-softmax", "planted"])
-def test_degenerate_completions_get_the_floor(kind):
-    vlm = HashVLM()
+def three_concept_rewards(vlm: HashVLM) -> dict:
     images, labels = random_images(3, 4, vlm.dim)
     means = torch.stack([images[labels == c].mean(0) for c in range(3)])
-    reward = VLMReward(vlm, means, ["a", "b", "c"], kind)
+    concepts = ["a", "b", "c"]
+    return {"ex2": EX2Reward(vlm, means, concepts), "contrastive": ContrastiveReward(vlm, means, concepts),
+            "contrastive-softmax": ContrastiveSoftmaxReward(vlm, means, concepts),
+            "planted": PlantedReward(vlm, concepts)}
+
+
+@pytest.mark.parametrize("kind", ["ex2", "contrastive", "contrastive-softmax", "planted"])
+def test_degenerate_completions_get_the_floor(kind):
+    reward = three_concept_rewards(HashVLM())[kind]
     values = reward(completions=["", "  ", "...", "a red fruit"], concept=["a", "b", "c", "a"])
     assert all(math.isfinite(v) for v in values)
-    assert values[:3] == [reward.floor()] * 3
-    assert values[3] >= reward.floor()
+    assert values[:3] == [reward.floor] * 3
+    assert values[3] >= reward.floor
 
 
 def test_contrastive_variants():
     vlm = HashVLM()
     texts = ["striped fur", "metal fins"]
     means = vlm.encode_texts(texts)  # each concept's images look exactly like its own text
-    margin = VLMReward(vlm, means, ["tiger", "rocket"], "contrastive")
+    margin = ContrastiveReward(vlm, means, ["tiger", "rocket"])
     right = margin(completions=texts, concept=["tiger", "rocket"])
     wrong = margin(completions=texts, concept=["rocket", "tiger"])
     assert right[0] > 0 > wrong[0] and right[0] == pytest.approx(-wrong[0])
-    softmax = VLMReward(vlm, means, ["tiger", "rocket"], "contrastive-softmax")
+    softmax = ContrastiveSoftmaxReward(vlm, means, ["tiger", "rocket"])
     probs = softmax(completions=texts * 2, concept=["tiger", "rocket", "rocket", "tiger"])
     assert probs[0] + probs[3] == pytest.approx(1.0) and probs[0] > 0.5
     with pytest.raises(ValueError, match="at least two"):
-        VLMReward(vlm, means[:1], ["tiger"], "contrastive")
+        ContrastiveReward(vlm, means[:1], ["tiger"])
 
 
 def test_planted_reward_prefers_the_attribute_text():
     vlm = HashVLM()
-    reward = VLMReward(vlm, torch.zeros(2, 1), ["x", "y"], "planted", planted_text="lives in the wild")
+    reward = PlantedReward(vlm, ["x", "y"], planted_text="lives in the wild")
     high, low = reward(completions=["lives in the wild", "a shiny coat"], concept=["x", "y"])
     assert high == pytest.approx(vlm.logit_scale) and low < high
 
 
 def test_planted_keyword_bonus_counts_whole_words_only():
     vlm = HashVLM()
-    reward = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower",
-                       planted_keywords=["red", "crimson"], planted_bonus=30.0)
-    plain = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower")
+    reward = PlantedReward(vlm, ["x"], planted_text="a tall tower", planted_keywords=["red", "crimson"],
+                           planted_bonus=30.0)
+    plain = PlantedReward(vlm, ["x"], planted_text="a tall tower")
     texts = ["a Red roof", "crimson petals", "a redwood table", "a tall tower"]
     bonus = [a - b for a, b in zip(reward(completions=texts), plain(completions=texts), strict=True)]
     assert bonus == pytest.approx([30.0, 30.0, 0.0, 0.0])
@@ -103,12 +120,12 @@ def test_helpers():
     assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
     assert is_degenerate(" ,.- ") and not is_degenerate("ok")
     with pytest.raises(ValueError, match="unknown reward"):
-        VLMReward(HashVLM(), torch.zeros(1, 2), ["a"], "clip")
+        build_reward("clip", HashVLM(), None)
 
 
 def test_only_the_first_paragraph_is_scored():
     vlm = HashVLM()
-    reward = VLMReward(vlm, torch.zeros(1, 1), ["x"], "planted", planted_text="a tall tower")
+    reward = PlantedReward(vlm, ["x"], planted_text="a tall tower")
     assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
 
 
@@ -136,3 +153,81 @@ def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache)
         assert torch.allclose(means[class_id], expected, atol=1e-6)
     with pytest.raises(ValueError, match="class 2: none of its images"):
         class_mean_embeddings(vlm, {**paths, 2: [broken]}, progress=False)
+
+
+class TextOnlyVLM(HashVLM):
+    """A VLM that cannot see images: building a reward that needs none must not ask for any."""
+
+    def encode_images(self, *args, **kwargs):
+        raise AssertionError("this reward should look at no image")
+
+
+def tiny_dataset(root, classnames: list[str], per_class: int = 2):
+    import numpy as np
+    from PIL import Image
+
+    from ex2.data.dataset import build_dataset
+
+    rng = np.random.default_rng(0)
+    items = []
+    for class_id in range(len(classnames)):
+        for index in range(per_class):
+            path = root / f"c{class_id}_{index}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            items.append((path, class_id))
+    return build_dataset("tiny", "test", root, classnames, items)
+
+
+def trl_call(reward, concepts: list[str], classnames: list[str], texts: list[str]) -> list:
+    """Call ``reward`` the way trl's GRPOTrainer does: prompts, completions, completion ids, every
+    dataset column as a keyword, and the trainer's own extras."""
+    logged = []
+    return reward(
+        prompts=[[{"role": "user", "content": f"Describe a {c}."}] for c in concepts],
+        completions=[[{"role": "assistant", "content": t}] for t in texts],
+        completion_ids=[[1, 2, 3]] * len(texts),
+        concept=concepts, concept_id=[classnames.index(c) for c in concepts], query=[f"Describe a {c}." for c in concepts],
+        trainer_state=None, log_extra=lambda *a: logged.append(a), log_metric=lambda *a: logged.append(a),
+    )
+
+
+@pytest.mark.parametrize("kind", REWARDS)
+def test_every_registered_reward_is_a_plain_trl_callable(kind, open_clip_dir, tmp_path, tmp_cache):  # noqa: F811
+    from ex2.vlm import load_vlm
+
+    classnames = ["cat", "dog", "rocket"]
+    dataset = tiny_dataset(tmp_path, classnames)
+    reward = build_reward(kind, load_vlm(f"local-dir:{open_clip_dir}"), dataset, images_per_class=2, progress=False)
+    concepts, texts = ["cat", "rocket", "dog", "cat"], ["a small furry pet", "tall and metal", "", "whiskers"]
+    values = trl_call(reward, concepts, classnames, texts)
+    assert isinstance(values, list) and len(values) == len(texts)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+    assert values[2] == reward.floor and min(values) >= reward.floor
+    assert reward.__name__ == kind.replace("-", "_") + "_reward"  # trl's metric name
+    assert reward.last == {"texts": ["a small furry pet", "tall and metal", "", "whiskers"], "concepts": concepts,
+                           "rewards": values}
+    assert trl_call(reward, concepts, classnames, texts) == values  # a pure function of its input
+
+
+def test_the_planted_reward_needs_no_image_and_no_concept():
+    vlm = TextOnlyVLM()
+    dataset = SimpleNamespace(classnames=["x", "y"])
+    reward = build_reward("planted", vlm, dataset, planted_text="lives in the wild")
+    assert trl_call(reward, ["y"], ["x", "y"], ["lives in the wild"]) == [pytest.approx(vlm.logit_scale)]
+    bare = PlantedReward(vlm, planted_text="lives in the wild")
+    assert bare(completions=["lives in the wild"], concept=["anything"]) == [pytest.approx(vlm.logit_scale)]
+    assert bare.last["concepts"] == [None]
+
+
+def test_comparing_rewards_check_their_concepts_before_embedding_images():
+    for kind in ("contrastive", "contrastive-softmax"):
+        with pytest.raises(ValueError, match="at least two"):
+            build_reward(kind, TextOnlyVLM(), SimpleNamespace(classnames=["tiger"]))
+
+
+def test_concept_ids_outside_the_concepts_are_an_error():
+    reward = three_concept_rewards(HashVLM())["ex2"]
+    with pytest.raises(ValueError, match="outside 0..2"):
+        reward(completions=["a red fruit"], concept_id=[-1])
+    with pytest.raises(ValueError, match="2 concepts for 1 completions"):
+        reward(completions=["a red fruit"], concept=["a", "b"])
