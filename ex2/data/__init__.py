@@ -13,10 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.data.benchmarks import (
+    imagenet_classnames,
+    load_food101,
+    load_imagenet,
+    load_imagenetv2,
+)
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
     flowers102_classnames,
     load_aircraft,
+    load_aircraft_family,
     load_cars,
     load_cub,
     load_dogs,
@@ -52,6 +59,10 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
     "cars": load_cars,
     "dogs": load_dogs,
     "aircraft": load_aircraft,
+    "aircraft_family": load_aircraft_family,
+    "imagenet": load_imagenet,
+    "imagenetv2": load_imagenetv2,
+    "food101": load_food101,
     "imagefolder": load_imagefolder,
     "csv": load_csv,
     "hf_disk": load_hf_disk,
@@ -61,6 +72,8 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
 KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
     "samples": lambda: list(SAMPLE_CONCEPTS),
     "flowers102": flowers102_classnames,
+    "imagenet": imagenet_classnames,
+    "imagenetv2": imagenet_classnames,
 }
 
 
