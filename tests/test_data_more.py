@@ -130,11 +130,123 @@ def test_food101_official_layout(tmp_path):
         load_dataset("food101", base)
 
 
-def test_food101_names_are_dclips_keys():
-    dclip = reference_keys("dclip/descriptors_food101.json")
-    assert len(dclip) == 101 and dclip == sorted(dclip)  # torchvision's order: sorted folder names
-    folders = [name.replace(" ", "_") for name in dclip]  # the official classes.txt, as folders
-    assert [name.replace("_", " ") for name in folders] == dclip
+# --- DTD, EuroSAT, Places365 ------------------------------------------------------------------
+
+
+def test_dtd_official_layout(tmp_path):
+    base = tmp_path / "dtd"  # torchvision's root/dtd/dtd works too: the parent of this folder
+    for name in ("banded/banded_0002.jpg", "banded/banded_0004.jpg", "zigzagged/zigzagged_0001.jpg"):
+        image(base / "images" / name)
+    write(base / "labels" / "test1.txt", "zigzagged/zigzagged_0001.jpg\nbanded/banded_0002.jpg\n")
+    write(base / "labels" / "train1.txt", "banded/banded_0004.jpg\nzigzagged/zigzagged_0001.jpg\n")
+    test = load_dataset("dtd", tmp_path)
+    assert test.split == "test" and test.classnames == ["banded", "zigzagged"]
+    assert rel(test, base / "images") == [("banded/banded_0002.jpg", 0), ("zigzagged/zigzagged_0001.jpg", 1)]
+    assert len(load_dataset("dtd", base, "train")) == 2
+    with pytest.raises(DatasetError, match=r"val1.txt does not exist"):
+        load_dataset("dtd", base, "val")
+    write(base / "labels" / "test1.txt", "dotted/dotted_0001.jpg\n")
+    with pytest.raises(DatasetError, match=r"test1.txt entry dotted/dotted_0001.jpg names no folder"):
+        load_dataset("dtd", base)
+
+
+EUROSAT_FOLDERS = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
+
+
+def test_eurosat_torchvision_layout_and_split(tmp_path):
+    base = tmp_path / "eurosat" / "2750"
+    for folder in EUROSAT_FOLDERS:
+        for i in range(1, 7):
+            image(base / folder / f"{folder}_{i}.jpg")
+    test = load_dataset("eurosat", tmp_path)
+    assert test.root == base and test.classnames[:3] == [
+        "annual crop land",
+        "forest",
+        "brushland or shrubland",
+    ]
+    assert test.classnames[-1] == "lake or sea" and len(test.classnames) == 10
+    assert rel(test, base)[:2] == [("AnnualCrop/AnnualCrop_1.jpg", 0), ("AnnualCrop/AnnualCrop_6.jpg", 0)]
+    train = load_dataset("eurosat", base, "train")
+    assert (
+        len(test) == 20 and len(train) == 40 and not {p for p, _ in test.items} & {p for p, _ in train.items}
+    )
+    assert len(load_dataset("eurosat", base, "all")) == 60
+    image(base / "Glacier" / "x.jpg")
+    with pytest.raises(DatasetError, match=r"folder\(s\) Glacier that are no EuroSAT class"):
+        load_dataset("eurosat", base)
+    with pytest.raises(DatasetError, match=r"no class folders such as AnnualCrop/; expected the EuroSAT"):
+        load_dataset("eurosat", tmp_path / "empty")
+
+
+CATEGORIES = "/a/airfield 0\n/a/apartment_building/outdoor 1\n/b/bakery/shop 2\n"
+
+
+def test_places365_torchvision_layout(tmp_path):
+    base = tmp_path / "places365"
+    write(base / "categories_places365.txt", CATEGORIES)
+    write(
+        base / "places365_val.txt",
+        "Places365_val_00000002.jpg 2\nPlaces365_val_00000001.jpg 0\nPlaces365_val_00000003.jpg 1\n",
+    )
+    write(
+        base / "places365_train_standard.txt",
+        "/a/airfield/00000001.jpg 0\n/b/bakery/shop/00000001.jpg 2\n/a/apartment_building/outdoor/00000001.jpg 1\n",
+    )
+    for n in (1, 2, 3):
+        image(base / "val_256" / f"Places365_val_0000000{n}.jpg")
+    for folder in ("a/airfield", "b/bakery/shop", "a/apartment_building/outdoor"):
+        image(base / "data_256_standard" / folder / "00000001.jpg")
+    val = load_dataset("places365", tmp_path)
+    assert val.split == "val" and val.classnames == ["airfield", "apartment building outdoor", "bakery shop"]
+    assert rel(val, base / "val_256") == [
+        ("Places365_val_00000001.jpg", 0),
+        ("Places365_val_00000003.jpg", 1),
+        ("Places365_val_00000002.jpg", 2),
+    ]
+    assert rel(load_dataset("places365", base, "train"), base / "data_256_standard")[2] == (
+        "b/bakery/shop/00000001.jpg",
+        2,
+    )
+    write(base / "places365_val.txt", "Places365_val_00000001.jpg 365\n")
+    with pytest.raises(DatasetError, match=r"line 'Places365_val_00000001.jpg 365' names no class"):
+        load_dataset("places365", base)
+
+
+def test_places365_easy_format(tmp_path):
+    base = tmp_path / "places365_standard"
+    write(base / "categories_places365.txt", CATEGORIES)
+    write(
+        base / "val.txt", "val/bakery-shop/b.jpg\nval/airfield/a.jpg\nval/apartment_building-outdoor/c.jpg\n"
+    )
+    write(
+        base / "train.txt", "/a/airfield/1.jpg\n/b/bakery/shop/2.jpg\n/a/apartment_building/outdoor/3.jpg\n"
+    )
+    for name in ("bakery-shop/b.jpg", "airfield/a.jpg", "apartment_building-outdoor/c.jpg"):
+        image(base / "val" / name)
+    for name in ("a/airfield/1.jpg", "b/bakery/shop/2.jpg", "a/apartment_building/outdoor/3.jpg"):
+        image(base / "train" / name)
+    val = load_dataset("places365", tmp_path)
+    assert val.root == base and val.classnames == ["airfield", "apartment building outdoor", "bakery shop"]
+    assert rel(val, base) == [
+        ("val/airfield/a.jpg", 0),
+        ("val/apartment_building-outdoor/c.jpg", 1),
+        ("val/bakery-shop/b.jpg", 2),
+    ]
+    assert [label for _, label in load_dataset("places365", base, "train").items] == [0, 1, 2]
+    write(base / "val.txt", "val/cave/x.jpg\n")
+    with pytest.raises(DatasetError, match=r"val.txt: line 'val/cave/x.jpg' names no class"):
+        load_dataset("places365", base)
 
 
 # --- FGVC-Aircraft families -----------------------------------------------------------------
@@ -167,9 +279,15 @@ def test_aircraft_family_level(tmp_path):
         load_dataset("aircraft_family", tmp_path)
 
 
-def test_aircraft_family_is_waffleclips_level():
-    keys = reference_keys("waffleclip/descriptors_fgvcaircraft.json")
-    assert len(keys) == 70 and keys[:3] == ["A300", "A310", "A320"] and "BAE 146" in keys
+def test_aircraft_family_names_are_waffleclips_as_written(tmp_path):
+    keys = reference_keys("waffleclip/descriptors_fgvcaircraft.json")  # families.txt order
+    assert len(keys) == 70 and "BAE 146" in keys and "F/A-18" in keys
+    data = tmp_path / "data"
+    write(data / "families.txt", "".join(f"{k}\n" for k in keys))
+    write(data / "images_family_test.txt", "".join(f"{i} {k}\n" for i, k in enumerate(keys)))
+    for i in range(70):
+        image(data / "images" / f"{i}.jpg")
+    assert load_dataset("aircraft_family", tmp_path).classnames == keys
 
 
 # --- Flowers102 names -----------------------------------------------------------------------
@@ -195,9 +313,9 @@ def test_flowers102_names_against_ex2_and_cupl():
 
 
 def test_new_datasets_are_registered_with_one_line_docs():
-    new = {"imagenet", "imagenetv2", "food101", "aircraft_family"}
+    new = {"imagenet", "imagenetv2", "food101", "aircraft_family", "dtd", "eurosat", "places365"}
     assert new <= set(DATASETS)
-    assert {"imagenet", "imagenetv2"} <= set(KNOWN_CLASSNAMES)
+    assert {"imagenet", "imagenetv2", "eurosat"} <= set(KNOWN_CLASSNAMES)
     for name in new:
         assert len(DATASETS[name].__doc__.strip().splitlines()) == 1, name
         with pytest.raises(DatasetError, match=rf"^{name}: no root given; pass the folder holding"):

@@ -14,10 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ex2.data.benchmarks import (
+    EUROSAT_CLASSNAMES,
     imagenet_classnames,
+    load_dtd,
+    load_eurosat,
     load_food101,
     load_imagenet,
     load_imagenetv2,
+    load_places365,
 )
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
@@ -63,6 +67,9 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
     "imagenet": load_imagenet,
     "imagenetv2": load_imagenetv2,
     "food101": load_food101,
+    "dtd": load_dtd,
+    "eurosat": load_eurosat,
+    "places365": load_places365,
     "imagefolder": load_imagefolder,
     "csv": load_csv,
     "hf_disk": load_hf_disk,
@@ -74,6 +81,7 @@ KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
     "flowers102": flowers102_classnames,
     "imagenet": imagenet_classnames,
     "imagenetv2": imagenet_classnames,
+    "eurosat": lambda: list(EUROSAT_CLASSNAMES.values()),
 }
 
 
