@@ -63,6 +63,7 @@ def test_imagenet_synset_folders_any_subset_in_standard_order(tmp_path):
         image(base / "val" / wnid / f"ILSVRC2012_val_{wnid}.JPEG")
     image(base / "train" / "n01440764" / "n01440764_1.JPEG")
     image(base / "train" / "n01440764" / "n01440764_2.JPEG")
+    image(base / "train" / ".cache" / "x.JPEG")  # hidden folders are no class
     val = load_dataset("imagenet", tmp_path)  # the parent of imagenet/ works too
     assert val.split == "val" and val.classnames == ["tench", "Golden Retriever", "toilet paper"]
     assert rel(val, base / "val") == [

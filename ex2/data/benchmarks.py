@@ -93,7 +93,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _index_folders(name: str, split: str, tree: Path, index_of: dict[str, int], layout: str) -> ImageDataset:
     """Class folders named in ``index_of`` (folder -> standard class index) -> ImageNet classes."""
-    folders = sorted((d for d in tree.iterdir() if d.is_dir()), key=lambda d: index_of.get(d.name, -1))
+    folders = [d for d in tree.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    folders.sort(key=lambda d: index_of.get(d.name, -1))
     unknown = [d.name for d in folders if d.name not in index_of]
     if unknown:
         raise DatasetError(
