@@ -12,7 +12,6 @@ import PIL.Image
 import pytest
 import torch
 import yaml
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.classify import evaluate
 from ex2.cli import main
@@ -36,7 +35,7 @@ def folder(tmp_path) -> Path:
 
 
 @pytest.fixture
-def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:  # noqa: F811
+def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:
     return ["--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
             "--no-progress"]
 
