@@ -86,6 +86,21 @@ def test_open_clip_name_forms_load_the_same_weights(form, open_clip_dir, tiny_op
         assert vlm.identity.startswith(f"open_clip:{TINY_ARCH}:{open_clip_dir.parent / 'ckpt.pt'}@")
 
 
+def test_open_clip_accepts_every_argument_we_pass(open_clip_dir):
+    import inspect
+
+    import open_clip
+
+    from ex2.names import parse_vlm_name
+    from ex2.vlm.open_clip_backend import _resolve
+
+    accepted = set(inspect.signature(open_clip.create_model_and_transforms).parameters)
+    checkpoint = open_clip_dir.parent / "ckpt.pt"
+    for name in (f"local-dir:{open_clip_dir}", f"{TINY_ARCH}:{checkpoint}", "ViT-B-32:openai", "hf-hub:org/name"):
+        kwargs, _ = _resolve(parse_vlm_name(name))
+        assert set(kwargs) <= accepted, name
+
+
 def test_openai_weights_get_quick_gelu():
     from ex2.vlm.open_clip_backend import needs_quick_gelu
 
