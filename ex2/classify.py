@@ -26,8 +26,9 @@ from typing import Literal
 import torch
 
 from ex2 import zeroshot
-from ex2.config import option, save_config
+from ex2.config import data_root_option, dataset_option, option, save_config, split_option, vlm_option
 from ex2.io import atomic_open, read_jsonl, write_json
+from ex2.names import split_dataset_name
 
 METHODS = ("clip", "dclip", "ex2", "waffle")
 CATEGORIES = ("spurious", "visual", "non_visual", "informative")
@@ -38,10 +39,10 @@ DEFAULT_AGGREGATE = {"clip": "mean_embedding", "dclip": "mean_score", "ex2": "me
 class ClassifyConfig:
     """Zero-shot classification with class names (CLIP) or descriptions (DCLIP, EX2, WaffleCLIP)."""
 
-    dataset: str = option("samples", "dataset name (see `ex2 ls`)")
-    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
-    split: str | None = option(None, "dataset split; default: the dataset's evaluation split")
-    vlm: str = option("conse", "VLM that scores images against texts (see `ex2 ls`)")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    split: str | None = split_option()
+    vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
     method: Literal["clip", "dclip", "ex2", "waffle"] = option("clip", "how each class's texts are made")
@@ -76,6 +77,7 @@ class ClassifyConfig:
     output: str = option("runs/classify", "run folder to write")
 
     def __post_init__(self) -> None:
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
         unknown = sorted(set(self.categories) - set(CATEGORIES))
         if unknown:

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ex2.config import ConfigError, option, save_config
+from ex2.config import (
+    ConfigError,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    save_config,
+    vlm_option,
+)
+from ex2.names import split_dataset_name
 
 CATEGORIES = ("visual", "non_visual", "spurious")
 
@@ -30,10 +39,10 @@ class DemoConfig:
     """Run the whole pipeline (train, generate, inspect, classify, report) on one dataset."""
 
     output: str = option("runs/demo", "demo folder; each stage writes a subfolder", short="-o")
-    dataset: str = option("samples", "image dataset (see `ex2 ls`)")
-    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
-    vlm: str = option("conse", "VLM giving the reward and classifying (see `ex2 ls`)")
-    llm: str = option("smollm2", "LLM to align and sample from")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    vlm: str = vlm_option()
+    llm: str = llm_option()
     train_steps: int = option(20, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
     num_generations: int = option(8, "completions per prompt in a GRPO group")
     images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
@@ -44,6 +53,7 @@ class DemoConfig:
     force: bool = option(False, "redo every stage, even finished ones")
 
     def __post_init__(self):
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         if self.train_steps < 1:
             raise ConfigError(f"train_steps must be >= 1, got {self.train_steps}")
 

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from ex2.config import ConfigError, option, save_config
+from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
 from ex2.io import append_jsonl, read_jsonl, write_json, write_jsonl
-from ex2.names import LLM_FORMS
+from ex2.names import split_dataset_name
 from ex2.text import clean_description
 
 RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model", "adapter",
@@ -43,11 +43,11 @@ PARTIAL_HEADER = "ex2_partial_settings"
 class GenerateConfig:
     """Sample descriptions of every concept from a base LLM or a base LLM plus a LoRA adapter."""
 
-    dataset: str = option("samples", "dataset whose class names are the concepts (NAME or NAME:ROOT)")
-    data_root: str | None = option(None, "folder holding the dataset (same as NAME:ROOT; not needed for samples)")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
     templates: str = option("ex2", "query template set (ex2, clip, ...) or a file, one template with {} a line")
-    llm: str = option("smollm2", f"base LLM: {LLM_FORMS}")
+    llm: str = llm_option()
     adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
                                        "else its latest checkpoint-N); none: the base model alone")
     sampler: Literal["transformers", "vllm"] = option("transformers", "transformers (CPU/GPU) or vllm "
@@ -70,6 +70,7 @@ class GenerateConfig:
     from_legacy: str | None = option(None, "convert an original EX2 output (JSON) into --output; samples nothing")
 
     def __post_init__(self) -> None:
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         positive = {"samples_per_template": self.samples_per_template, "max_new_tokens": self.max_new_tokens,
                     "batch_size": self.batch_size}
         for name, value in positive.items():
@@ -263,8 +264,7 @@ def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = Non
 def load_concepts(config: GenerateConfig) -> list[str]:
     from ex2.data import concept_names
 
-    dataset = f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
-    concepts = concept_names(config.concepts or dataset)
+    concepts = concept_names(config.concepts) if config.concepts else concept_names(config.dataset, config.data_root)
     return concepts[: config.limit_concepts] if config.limit_concepts else concepts
 
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from ex2.config import option, save_config
 from ex2.io import append_jsonl, read_jsonl, write_jsonl
 from ex2.judges import Judgement
+from ex2.names import split_dataset_name
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 DEFAULT_MODELS = {"embedded": "all-MiniLM-L6-v2", "hf": "smollm2", "openai": ""}
@@ -65,7 +66,7 @@ class InspectConfig:
     device: str = option("", "device for the embedded and hf judges (default: cuda if available, else cpu)")
     batch_size: int = option(64, "descriptions per batch (embedded backend)")
     limit: int = option(0, "judge only the first N input records (0: all)")
-    dataset: str = option("", "dataset name for records that carry none (used by the report)")
+    dataset: str = option("", "dataset name for records that carry none (used by the report; NAME:ROOT keeps NAME)")
     vlm: str = option("", "VLM name for records that carry none (used by the report)")
     report: bool = option(True, "write summary.json, summary.md and plots after judging")
     report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
@@ -78,6 +79,7 @@ class InspectConfig:
         if self.max_retries < 0 or self.limit < 0:
             raise ValueError("--max-retries and --limit must be 0 or more")
         self.model = self.model or DEFAULT_MODELS[self.backend]
+        self.dataset = split_dataset_name(self.dataset)[0]
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model: the model name the server serves")
 

@@ -1,4 +1,4 @@
-"""One grammar for model names, parsed in one place.
+"""One grammar for model and dataset names, parsed in one place.
 
 VLMs
     ``conse``                              the embedded ConSE encoder (EfficientNet-Lite0 + MiniLM)
@@ -12,6 +12,10 @@ LLMs
     ``smollm2``                            the embedded SmolLM2-135M-Instruct
     ``ORG/NAME`` or a local folder         a transformers causal LM
     ``path/to/model.gguf``                 a GGUF file, dequantised by transformers
+
+Datasets
+    ``NAME``                               a dataset of ``ex2 ls``; its root from ``--data-root``
+    ``NAME:ROOT``                          the same with its root (everything after the first colon)
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ LLM_FORMS = "smollm2 | ORG/NAME (hub id) | a local model folder | a .gguf file"
 
 class ModelNameError(ValueError):
     """A model name that fits no known form; the message lists the valid ones."""
+
+
+class DatasetNameError(ValueError):
+    """A dataset given as ``NAME:ROOT`` that cannot be read, or whose root contradicts ``--data-root``."""
 
 
 @dataclass(frozen=True)
@@ -106,3 +114,26 @@ def parse_llm_name(name: str) -> LLMSpec:
     if HUB_ID.match(name):
         return LLMSpec("transformers", name)
     raise ModelNameError(f"unknown LLM {name!r}; valid forms: {LLM_FORMS}")
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def split_dataset_name(dataset: str, root: str | Path | None = None) -> tuple[str, str | None]:
+    """``NAME:ROOT`` -> ``(NAME, ROOT)``; a plain ``NAME`` keeps ``root`` (the ``--data-root``).
+
+    Names never hold a colon, so everything after the first one is the root (relative, ``~`` or
+    with colons of its own). A root given both ways must be the same folder.
+    """
+    name, colon, inline = dataset.partition(":")
+    given = str(root) if root is not None and str(root) != "" else None
+    if not colon:
+        return dataset, given
+    if not name or not inline:
+        raise DatasetNameError(
+            f"dataset {dataset!r}: expected NAME or NAME:ROOT (e.g. pets:/data/oxford-iiit-pet)")
+    if given is not None and not _same_folder(inline, given):
+        raise DatasetNameError(
+            f"dataset root given twice: {inline!r} in {dataset!r} and {given!r} as --data-root; give it once")
+    return name, inline

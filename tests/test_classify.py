@@ -12,7 +12,6 @@ import PIL.Image
 import pytest
 import torch
 import yaml
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.classify import evaluate
 from ex2.cli import main
@@ -36,7 +35,7 @@ def folder(tmp_path) -> Path:
 
 
 @pytest.fixture
-def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:  # noqa: F811
+def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:
     return ["--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
             "--no-progress"]
 
@@ -180,3 +179,20 @@ def test_conse_classifies_the_embedded_samples(shared_cache, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_classes"] >= 8 and metrics["n_skipped_images"] == 0
     assert metrics["acc1"] >= 0.8
+
+
+def test_dataset_given_as_name_colon_root(folder, open_clip_dir, tmp_cache, tmp_path, capsys):
+    vlm = ["--vlm", f"local-dir:{open_clip_dir}", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["classify", "--dataset", f"imagefolder:{folder}", *vlm, "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "imagefolder" and metrics["n_images"] == 9 and metrics["n_classes"] == 3
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["dataset"], saved["data_root"]) == ("imagefolder", str(folder))
+    clash = tmp_path / "clash"
+    with pytest.raises(SystemExit):
+        main(["classify", "--dataset", f"imagefolder:{folder}", "--data-root", str(tmp_path), *vlm,
+              "--output", str(clash)])
+    err = capsys.readouterr().err
+    assert "given twice" in err and str(folder) in err and str(tmp_path) in err
+    assert not clash.exists()

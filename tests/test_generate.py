@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -258,10 +259,12 @@ def test_from_legacy_rejects_bad_files(tiny, tmp_path, capsys, content, message)
 
 
 def test_vllm_requests(tiny):
-    settings = SamplingSettings()
+    settings = SamplingSettings(max_new_tokens=7, temperature=0.5, top_p=0.9)
     kwargs = vllm_sampling_kwargs(settings, seed=123, eos_ids=[2])
-    assert kwargs == {"n": 1, "max_tokens": 32, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
-                      "seed": 123, "stop_token_ids": [2], "skip_special_tokens": False}
+    assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["top_p"]) == (7, 0.5, 0.9)
+    assert kwargs["n"] == 1 and kwargs["seed"] == 123 and kwargs["stop_token_ids"] == [2]
+    assert kwargs["skip_special_tokens"] is False  # clean_description strips them, knowing which they were
+    assert kwargs["top_k"] == -1  # top_k 0 (off) is -1 for vllm
     assert vllm_sampling_kwargs(SamplingSettings(top_k=5), 1, [2])["top_k"] == 5
     engine = vllm_engine_kwargs("/models/base", tiny.adapter, seed=3, dtype="bf16")
     assert engine["enable_lora"] is True and engine["max_lora_rank"] == 8  # rank 4 rounds up
@@ -271,6 +274,35 @@ def test_vllm_requests(tiny):
     assert vllm_lora_args(None) is None
     assert vllm_prompts([[1, 2], [3]]) == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     assert [vllm_max_lora_rank(r) for r in (1, 2, 16, 17, 512)] == [1, 8, 16, 32, 512]
+
+
+def test_vllm_accepts_every_argument_we_pass(tiny):
+    vllm = pytest.importorskip("vllm")
+    import inspect
+
+    sampling = set(inspect.signature(vllm.SamplingParams).parameters)
+    assert set(vllm_sampling_kwargs(SamplingSettings(), 0, [2])) <= sampling
+    engine = {f.name for f in dataclasses.fields(vllm.EngineArgs)} | set(inspect.signature(vllm.LLM).parameters)
+    assert set(vllm_engine_kwargs("/models/base", tiny.adapter, seed=3)) <= engine
+
+
+def test_concepts_from_name_colon_root(tmp_path):
+    import PIL.Image
+
+    from ex2.generate import GenerateConfig, load_concepts
+
+    for cls in ("golden_retriever", "tabby"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        PIL.Image.new("RGB", (4, 4)).save(tmp_path / "tree" / cls / "0.png")
+    tree = tmp_path / "tree"
+    joined = load_concepts(GenerateConfig(dataset=f"imagefolder:{tree}"))
+    assert joined == load_concepts(GenerateConfig(dataset="imagefolder", data_root=str(tree)))
+    assert joined == ["golden retriever", "tabby"]
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("otter\n")
+    assert load_concepts(GenerateConfig(dataset=f"imagefolder:{tree}", concepts=str(concepts))) == ["otter"]
+    with pytest.raises(ValueError, match="given twice"):
+        GenerateConfig(dataset=f"imagefolder:{tree}", data_root=str(tmp_path))
 
 
 def test_prompts_match_between_samplers(tiny):

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.reward import (
     REWARDS,
@@ -129,7 +128,7 @@ def test_only_the_first_paragraph_is_scored():
     assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
 
 
-def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):  # noqa: F811
+def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):
     import numpy as np
     from PIL import Image
 
