@@ -44,7 +44,7 @@ class ClassifyConfig:
     split: str | None = split_option()
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
-    precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
+    precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     method: Literal["clip", "dclip", "ex2", "waffle"] = option("clip", "how each class's texts are made")
     templates: str = option("clip", "class-name templates for clip: clip, clip_ensemble or a file")
     descriptions: str | None = option(

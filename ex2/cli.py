@@ -11,6 +11,7 @@ import importlib.util
 import sys
 
 from ex2.config import parse_config
+from ex2.registry import split_reference
 
 # stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
 # a module may define `parse_args(argv, prog)` to parse its own command line instead.
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in STAGES:
         print(f"ex2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, config_name = STAGES[command][0].split(":")
+    module_name, config_name = split_reference(STAGES[command][0])
     if importlib.util.find_spec(module_name) is None:
         print(f"ex2 {command}: this stage is not built yet", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
-from ex2.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from ex2.io import append_jsonl, read_jsonl, repair_jsonl, write_json, write_jsonl
 from ex2.names import split_dataset_name
 from ex2.text import clean_description
 
@@ -61,7 +61,7 @@ class GenerateConfig:
     seed: int = option(0, "random seed; the same seed gives the same file")
     batch_size: int = option(32, "prompts per generation batch")
     device: str | None = option(None, "torch device for the transformers sampler (default: cuda if available)")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "model dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "model dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     merge_adapter: bool = option(False, "merge the adapter into the weights in memory (faster sampling)")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the tokenizer's chat template; auto: chat if it has one")
@@ -144,18 +144,19 @@ def run_settings(config: GenerateConfig, adapter: Path | None, prompt_format: st
 
 
 def load_partial(path: Path, settings: dict[str, Any]) -> list[dict]:
-    """Records of an interrupted run with the same settings; the file is rewritten (settings line
-    first, no line torn by a kill) so that appending can go on after it."""
+    """Records of an interrupted run with the same settings, so that appending can go on after them.
+    A line torn by a kill is dropped; a file without records starts over with these settings."""
     records: list[dict] = []
     if path.is_file():
-        rows = read_jsonl(path, tolerate_torn_tail=True)
+        rows = repair_jsonl(path)
         if not rows or PARTIAL_HEADER not in rows[0]:
             raise ValueError(f"{path}: expected a partial descriptions file starting with its settings; "
                              "delete it to start over")
         records = rows[1:]
         if records:
             _check_partial(path, rows[0][PARTIAL_HEADER], settings, records)
-    write_jsonl(path, [{PARTIAL_HEADER: settings}, *records])
+    if not records:
+        write_jsonl(path, [{PARTIAL_HEADER: settings}])
     return records
 
 

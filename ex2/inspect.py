@@ -40,11 +40,18 @@ from typing import Literal
 from tqdm import tqdm
 
 from ex2.config import option, save_config
-from ex2.io import append_jsonl, read_jsonl, write_jsonl
+from ex2.io import append_jsonl, read_jsonl, repair_jsonl
 from ex2.judges import Judgement
 from ex2.names import split_dataset_name
+from ex2.registry import LazyRegistry
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
+# judge backend -> "module:Class", imported only when chosen
+JUDGES = LazyRegistry("judge backend", {
+    "embedded": "ex2.categorize:EmbeddedJudge",
+    "hf": "ex2.judges:HFJudge",
+    "openai": "ex2.judges:OpenAIJudge",
+})
 DEFAULT_MODELS = {"embedded": "all-MiniLM-L6-v2", "hf": "smollm2", "openai": ""}
 
 
@@ -92,25 +99,25 @@ class InspectConfig:
         return Path(self.report_dir) if self.report_dir else self.output_path.parent / "inspect_report"
 
 
+def judge_options(config: InspectConfig) -> dict:
+    """The constructor arguments of the judge ``config.backend`` names."""
+    if config.backend == "embedded":
+        return {"device": config.device or None}
+    if config.backend == "hf":
+        return {"model": config.model, "max_retries": config.max_retries, "max_tokens": config.max_tokens,
+                "device": config.device or None}
+    return {
+        "model": config.model,
+        "base_url": config.base_url or os.environ.get("OPENAI_BASE_URL"),
+        "api_key": config.api_key or os.environ.get("OPENAI_API_KEY"),
+        "max_retries": config.max_retries, "timeout": config.timeout, "max_tokens": config.max_tokens,
+        "json_mode": config.json_mode,
+    }
+
+
 def make_judge(config: InspectConfig):
     """The judge a config names; heavy imports happen only for the chosen backend."""
-    if config.backend == "embedded":
-        from ex2.categorize import EmbeddedJudge
-
-        return EmbeddedJudge(device=config.device or None)
-    if config.backend == "hf":
-        from ex2.judges import HFJudge
-
-        return HFJudge(config.model, config.max_retries, config.max_tokens, device=config.device or None)
-    from ex2.judges import OpenAIJudge
-
-    return OpenAIJudge(
-        config.model,
-        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL"),
-        api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
-        max_retries=config.max_retries, timeout=config.timeout, max_tokens=config.max_tokens,
-        json_mode=config.json_mode,
-    )
+    return JUDGES.load(config.backend)(**judge_options(config))
 
 
 def record_key(record: dict) -> tuple:
@@ -134,10 +141,7 @@ def load_done(path: Path) -> list[dict]:
     """Records already written; a torn last line (a kill mid-write) is dropped from the file."""
     if not path.is_file():
         return []
-    done = read_jsonl(path, required=("concept", "description"), tolerate_torn_tail=True)
-    if not path.read_text().endswith("\n") and path.stat().st_size:
-        write_jsonl(path, done)
-    return done
+    return repair_jsonl(path, required=("concept", "description"))
 
 
 def _judge_parallel(judge, pending: list[tuple[str, str]], config: InspectConfig):

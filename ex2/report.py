@@ -28,6 +28,7 @@ import yaml
 
 from ex2.config import option, save_config
 from ex2.io import atomic_open, atomic_write_text, read_jsonl
+from ex2.plotting import pyplot
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
 
@@ -160,20 +161,11 @@ def collect(folders: list[str | Path], exclude: Path | None = None) -> Runs:
 # --- plots -------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def png_base64(fig) -> str:
     """A figure as a base64 PNG (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -190,7 +182,7 @@ def bar_label(row: dict) -> str:
 def plot_accuracy(rows: list[dict]) -> str:
     """Grouped bars: top-1 accuracy per method, description source and category filter, one colour per
     dataset × VLM (runs with the same bar and colour are averaged)."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(bar_label(r) for r in rows))
     series = list(dict.fromkeys(f"{r['dataset']} · {r['vlm']}" for r in rows))
     width = 0.8 / len(series)
@@ -230,7 +222,7 @@ def share_bars(runs: Runs) -> dict[str, dict[str, float]]:
 
 def plot_shares(bars: dict[str, dict[str, float]]) -> str:
     """Stacked horizontal bars of category shares."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 1 + 0.45 * len(bars)))
     left = [0.0] * len(bars)
     for category, colour in CATEGORY_COLORS.items():
@@ -247,7 +239,7 @@ def plot_shares(bars: dict[str, dict[str, float]]) -> str:
 
 def plot_curves(curves: dict[str, tuple[list[float], list[float]]]) -> str:
     """Mean reward against step, one line per training run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for run, (steps, rewards) in curves.items():
         ax.plot(steps, rewards, marker="o" if len(steps) < 30 else None, markersize=3, label=run)

@@ -21,7 +21,6 @@ from ex2.data import (
     load_image,
     sample_per_class,
 )
-from ex2.data import dataset as dataset_module
 from ex2.data import samples as samples_module
 from ex2.data.fine_grained import flowers102_classnames
 from ex2.names import DatasetNameError
@@ -467,31 +466,6 @@ def test_images_load_from_threads_beside_a_bomb(tmp_path, monkeypatch):
 
 
 # --- the embedded samples -------------------------------------------------------------------
-
-
-def test_materialise_leaves_nothing_when_the_build_fails(tmp_path):
-    def build(out: Path) -> None:
-        (out / "half").write_text("x")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        dataset_module.materialise(tmp_path / "set", build)
-    assert list(tmp_path.iterdir()) == []
-    dataset_module.materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
-    assert [p.name for p in (tmp_path / "set").iterdir()] == ["done"]
-    dataset_module.materialise(tmp_path / "set", lambda out: pytest.fail("rebuilt"))
-
-
-def test_materialise_clears_what_killed_builds_left(tmp_path):
-    import os
-
-    old, fresh = tmp_path / ".set.old.tmp", tmp_path / ".set.fresh.tmp"  # as a SIGKILLed build leaves them
-    for folder in (old, fresh):
-        folder.mkdir()
-        (folder / "half").write_text("x")
-    os.utime(old, (0, 0))
-    dataset_module.materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".set.fresh.tmp", "set"]  # a fresh one may be live
 
 
 def test_augmented_views_are_deterministic_and_distinct():

@@ -157,9 +157,10 @@ def test_half_precision_returns_float32_close_to_fp32(backend, precision, open_c
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["open_clip", "transformers"])
-def test_cuda_runs_fp16_and_returns_cpu_float32(backend, open_clip_dir, hf_clip_dir, images):
+def test_cuda_runs_half_precision_and_returns_cpu_float32(backend, open_clip_dir, hf_clip_dir, images):
     vlm = load_vlm(_name_of(backend, open_clip_dir, hf_clip_dir), device="cuda")
-    assert vlm.dtype == torch.float16 and vlm.device.type == "cuda"
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # what "auto" means on CUDA
+    assert vlm.dtype == half and vlm.device.type == "cuda"
     result = embed_images(vlm, images, cache=False, progress=False)
     _assert_unit_rows(result.embeddings, len(images), 16)
     _assert_unit_rows(vlm.encode_texts(["a cat"]), 1, 16)
