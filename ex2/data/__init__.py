@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.data.classnames import apply_classnames, load_classnames
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
     flowers102_classnames,
@@ -35,7 +36,9 @@ __all__ = [
     "ImageError",
     "TEMPLATE_SETS",
     "TemplateError",
+    "apply_classnames",
     "concept_names",
+    "load_classnames",
     "load_dataset",
     "load_image",
     "load_templates",
