@@ -21,6 +21,15 @@ the judge could not answer for gets ``category: "unparsed"``. Judges (:mod:`ex2.
     ex2 inspect --input d.jsonl --backend hf --model smollm2             # a local chat model as judge
     ex2 inspect --input d.jsonl --backend openai --model gpt-4o-mini     # OPENAI_API_KEY from the environment
     ex2 inspect --input d.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 --model MODEL
+    ex2 inspect --input d.jsonl --backend openai --model gpt-3.5-turbo-1106 \\
+        --prompt-file configs/judge_ex2_question.yaml                   # EX2's question, at temperature 0.1
+    ex2 inspect --input pets.jsonl --from-ex2-answers answers.json      # EX2's inspection output read in
+
+``--prompt-file`` replaces the first question (informative or not) with one read from a file; ex2's
+category question still sorts the informative ones (:func:`ex2.judges.load_judge_prompt`).
+``--from-ex2-answers`` takes the first question's answers from EX2's ``inspection.py`` output, a list
+per class parallel to the descriptions (counts checked class by class); only informative ones go to
+the judge, for their category.
 
 Results are appended as they arrive, keyed by (judge backend, model, prompt version, concept,
 description); a rerun judges only what is missing. The report (``summary.json``, ``summary.md`` and

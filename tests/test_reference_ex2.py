@@ -56,3 +56,28 @@ def test_prompts_from_ex2_files_are_ex2s(ex2_files):
         assert names == listed
         prompts = [format_prompt(None, job.query, "base") for job in plan_jobs(names, templates)]
         assert prompts == [template.format(name) + "\n\n" for name in listed for template in templates]
+
+
+def test_ex2_answers_parallel_to_ex2_output_import(ex2_files, tmp_path):
+    out = tmp_path / "pets.jsonl"
+    assert main(["generate", "--from-legacy", str(ex2_files / "inference_output_pets.json"), "--templates",
+                 str(ex2_files / "mult_template_v1.json"), "--classnames", str(ex2_files / "pets_class_names.json"),
+                 "--output", str(out)]) == 0
+    shape = json.loads((ex2_files / "inference_output_pets.json").read_text())
+    no = json.dumps({"choices": [{"message": {"content": '{"explanation": "e", "increases_knowledge": "No"}'}}]})
+    answers = [[no] * len(completions) for completions in shape]
+    converted = read_jsonl(out)
+    texts = [r["description"] for r in converted if r["class_id"] == 3]
+    position = next(n for n, text in enumerate(texts) if texts.count(text) == 1)  # repeats share one answer
+    answers[3][position] = "{}"
+    answers_file = tmp_path / "answers.json"
+    answers_file.write_text(json.dumps(answers))
+    output = tmp_path / "categories.jsonl"
+    assert main(["inspect", "--backend", "openai", "--model", "judge", "--base-url", "http://127.0.0.1:9/v1",
+                 "--input", str(out), "--output", str(output), "--from-ex2-answers", str(answers_file),
+                 "--no-report"]) == 0
+    records = read_jsonl(output)
+    assert len(records) == 925
+    unparsed = [(r["concept"], r["template"]) for r in records if r["category"] == "unparsed"]
+    assert unparsed == [("basset hound", converted[3 * 25 + position]["template"])]
+    assert sum(r["category"] == "spurious" for r in records) == 924
