@@ -404,3 +404,16 @@ def test_vllm_sampler_on_gpu(shared_cache, tmp_path):
     assert main(["generate", *flags, "--output", str(tmp_path / "w.jsonl")]) == 0
     first, again = read_jsonl(tmp_path / "v.jsonl"), read_jsonl(tmp_path / "w.jsonl")
     assert len(first) == 2 * 25 and [r["raw"] for r in again] == [r["raw"] for r in first]
+
+
+def test_classnames_name_the_datasets_concepts(tmp_path):
+    from ex2.data.samples import SAMPLE_CONCEPTS
+    from ex2.generate import GenerateConfig, load_concepts
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"Concept {n}" for n in range(len(SAMPLE_CONCEPTS))) + "\n")
+    assert load_concepts(GenerateConfig(classnames=str(names))) == [f"Concept {n}" for n in range(len(SAMPLE_CONCEPTS))]
+    assert load_concepts(GenerateConfig(classnames=str(names), limit_concepts=2)) == ["Concept 0", "Concept 1"]
+    names.write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match=f"holds 2 class names but dataset samples has {len(SAMPLE_CONCEPTS)} classes"):
+        load_concepts(GenerateConfig(classnames=str(names)))
