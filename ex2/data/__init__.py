@@ -24,6 +24,7 @@ from ex2.data.benchmarks import (
     load_imagenetv2,
     load_places365,
 )
+from ex2.data.classnames import apply_classnames, load_classnames
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
     flowers102_classnames,
@@ -48,7 +49,9 @@ __all__ = [
     "ImageError",
     "TEMPLATE_SETS",
     "TemplateError",
+    "apply_classnames",
     "concept_names",
+    "load_classnames",
     "load_dataset",
     "load_image",
     "load_templates",
