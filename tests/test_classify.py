@@ -105,13 +105,19 @@ def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_
     assert len(list((out / "explanations").glob("*.png"))) == 2
 
 
-def test_mismatched_concepts_fail_naming_them(base_args, tmp_path, capsys):
+def test_unused_keys_are_reported_and_unmatched_classes_fail_naming_the_keys(base_args, tmp_path, capsys):
     source = tmp_path / "descriptors.json"
     source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "blue sky": ["blue"], "zebra": ["x"]}))
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source), "--output", str(out)]) == 0
+    assert "1 of 4 keys name no class of this dataset and are unused: 'zebra'" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["class_match"]["unused_keys"] == 1
+    source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "zebra": ["x"]}))
     assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source),
-                 "--output", str(tmp_path / "run")]) == 1
+                 "--output", str(tmp_path / "refused")]) == 1
     err = capsys.readouterr().err
-    assert "descriptors.json: 1 concept(s) match no class" in err and "'zebra'" in err
+    assert "descriptors.json: 1 class(es) have no descriptions" in err and "blue sky" in err and "'zebra'" in err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_dclip_and_waffle_runs(base_args, tmp_path):
