@@ -321,8 +321,8 @@ def test_registry_and_bad_names_or_splits(tmp_path):
     } <= set(DATASETS)
     for name, loader in DATASETS.items():
         assert loader.__doc__ and len(loader.__doc__.strip().splitlines()) == 1, name
-    with pytest.raises(DatasetError, match=r"unknown dataset 'imagenet'; valid names: samples, cub"):
-        load_dataset("imagenet")
+    with pytest.raises(DatasetError, match=r"unknown dataset 'cifar10'; valid names: samples, cub"):
+        load_dataset("cifar10")
     with pytest.raises(DatasetError, match=r"cub has no split 'val'; valid splits: test, train"):
         load_dataset("cub", tmp_path, "val")
     with pytest.raises(

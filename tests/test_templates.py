@@ -21,8 +21,22 @@ def test_class_name_sets_for_the_classifier():
     assert load_templates("clip") == ["a photo of a {}."]
     ensemble = load_templates("clip_ensemble")
     assert len(ensemble) == 7 and "itap of a {}." in ensemble
-    assert set(TEMPLATE_SETS) == {"ex2", "clip", "clip_ensemble"}
+    assert set(TEMPLATE_SETS) == {"ex2", "clip", "clip_ensemble", "clip_80"}
     assert all(load_templates(name) for name in TEMPLATE_SETS)
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "count"),
+    [("clip_ensemble", "SIMPLE_IMAGENET_TEMPLATES", 7), ("clip_80", "OPENAI_IMAGENET_TEMPLATES", 80)],
+)
+def test_clip_sets_are_open_clips_templates(name, source, count):
+    from open_clip import zero_shot_metadata
+
+    templates = load_templates(name)
+    assert len(templates) == count and all(t.count("{}") == 1 for t in templates)
+    expected = [template("sea otter") for template in getattr(zero_shot_metadata, source)]
+    assert [t.format("sea otter") for t in templates] == expected
+    assert load_templates("clip_80")[0] == "a bad photo of a {}."
 
 
 def test_line_file_skips_blanks_and_comments(tmp_path):

@@ -13,10 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.data.benchmarks import (
+    EUROSAT_CLASSNAMES,
+    imagenet_classnames,
+    load_dtd,
+    load_eurosat,
+    load_food101,
+    load_imagenet,
+    load_imagenetv2,
+    load_places365,
+)
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
     flowers102_classnames,
     load_aircraft,
+    load_aircraft_family,
     load_cars,
     load_cub,
     load_dogs,
@@ -52,6 +63,13 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
     "cars": load_cars,
     "dogs": load_dogs,
     "aircraft": load_aircraft,
+    "aircraft_family": load_aircraft_family,
+    "imagenet": load_imagenet,
+    "imagenetv2": load_imagenetv2,
+    "food101": load_food101,
+    "dtd": load_dtd,
+    "eurosat": load_eurosat,
+    "places365": load_places365,
     "imagefolder": load_imagefolder,
     "csv": load_csv,
     "hf_disk": load_hf_disk,
@@ -61,6 +79,9 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
 KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
     "samples": lambda: list(SAMPLE_CONCEPTS),
     "flowers102": flowers102_classnames,
+    "imagenet": imagenet_classnames,
+    "imagenetv2": imagenet_classnames,
+    "eurosat": lambda: list(EUROSAT_CLASSNAMES.values()),
 }
 
 

@@ -38,8 +38,8 @@ DOGS_LAYOUT = (
     "lists/{train,test}_list.mat (or {train,test}_list.txt)"
 )
 AIRCRAFT_LAYOUT = (
-    "the FGVC-Aircraft layout: fgvc-aircraft-2013b/data/{images/, variants.txt, "
-    "images_variant_{train,val,trainval,test}.txt}"
+    "the FGVC-Aircraft layout: fgvc-aircraft-2013b/data/{images/, variants.txt, families.txt, "
+    "images_{variant,family}_{train,val,trainval,test}.txt}"
 )
 
 
@@ -143,17 +143,34 @@ def load_dogs(root: Path | None, split: str) -> ImageDataset:
     return build_dataset("dogs", split, base, [_dog_name(f) for f in folders], items)
 
 
+AIRCRAFT_LEVELS = {"variant": ("aircraft", "variants.txt"), "family": ("aircraft_family", "families.txt")}
+
+
+def _aircraft(root: Path | None, split: str, level: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """The root, the classes of ``level`` (``variant`` or ``family``) and a split's items."""
+    name, class_file = AIRCRAFT_LEVELS[level]
+    base = find_root(name, root, f"data/{class_file}", ["fgvc-aircraft-2013b"], AIRCRAFT_LAYOUT)
+    classes = read_lines(base / "data" / class_file)
+    class_of = {c: i for i, c in enumerate(classes)}
+    items = []
+    for line in read_lines(base / "data" / f"images_{level}_{split}.txt"):
+        image_id, label = line.split(maxsplit=1)  # 1025794 707-320
+        if label not in class_of:
+            raise DatasetError(f"{name}: {level} {label!r} of image {image_id} is not in {class_file}")
+        items.append((base / "data" / "images" / f"{image_id}.jpg", class_of[label]))
+    return base, classes, items
+
+
 @splits("test", "train", "val", "trainval")
 def load_aircraft(root: Path | None, split: str) -> ImageDataset:
     """FGVC-Aircraft, 100 variants (train/val/trainval/test)."""
-    base = find_root("aircraft", root, "data/variants.txt", ["fgvc-aircraft-2013b"], AIRCRAFT_LAYOUT)
-    variants = read_lines(base / "data" / "variants.txt")
-    class_of = {variant: i for i, variant in enumerate(variants)}
-    items = []
-    for line in read_lines(base / "data" / f"images_variant_{split}.txt"):
-        image_id, variant = line.split(maxsplit=1)  # 1025794 707-320
-        if variant not in class_of:
-            raise DatasetError(f"aircraft: variant {variant!r} of image {image_id} is not in variants.txt")
-        items.append((base / "data" / "images" / f"{image_id}.jpg", class_of[variant]))
+    base, variants, items = _aircraft(root, split, "variant")
     classnames = [f"{clean_name(v)} aircraft" for v in variants]
     return build_dataset("aircraft", split, base, classnames, items)
+
+
+@splits("test", "train", "val", "trainval")
+def load_aircraft_family(root: Path | None, split: str) -> ImageDataset:
+    """FGVC-Aircraft at family level, 70 families as in families.txt (train/val/trainval/test)."""
+    base, families, items = _aircraft(root, split, "family")
+    return build_dataset("aircraft_family", split, base, families, items)

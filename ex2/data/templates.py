@@ -1,20 +1,23 @@
 """Query templates as data: the questions asked about each concept, and class-name prompts.
 
-A template holds exactly one ``{}`` for the concept name. Sets ship as text files beside this
-module (one template a line); a user file may be such a text file or a JSON list of strings, so
+A template holds exactly one ``{}`` for the concept name. EX2's questions ship as a text file
+beside this module (one template a line); CLIP's class-name prompts come from open_clip
+(``open_clip.zero_shot_metadata``). A user file may be a text file or a JSON list of strings, so
 EX2's original template file loads as is.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 TEMPLATE_SETS: dict[str, str] = {
     "ex2": "25 questions about a concept: descriptive, visual, caption, critique, story and poem",
     "clip": 'one class-name prompt, "a photo of a {}."',
-    "clip_ensemble": "CLIP's 7-prompt ImageNet ensemble of class-name prompts",
+    "clip_ensemble": "CLIP's 7-prompt ImageNet ensemble of class-name prompts (open_clip's)",
+    "clip_80": "CLIP's 80 ImageNet class-name prompts (open_clip's OPENAI_IMAGENET_TEMPLATES)",
 }
 
 
@@ -56,12 +59,30 @@ def parse_templates(text: str, source: str) -> list[str]:
     return templates
 
 
+def open_clip_templates(name: str) -> list[str]:
+    """One of open_clip's template tuples (``lambda c: f"a photo of a {c}."``) as ``{}`` templates."""
+    from open_clip import zero_shot_metadata
+
+    templates: tuple[Callable[[str], str], ...] = getattr(zero_shot_metadata, name)
+    return [template("{}") for template in templates]
+
+
+def _template_set(name: str) -> list[str]:
+    if name == "ex2":
+        return parse_templates(
+            resources.files("ex2.data").joinpath("templates_ex2.txt").read_text(encoding="utf-8"),
+            "template set ex2",
+        )
+    if name == "clip":
+        return ["a photo of a {}."]
+    source = {"clip_ensemble": "SIMPLE_IMAGENET_TEMPLATES", "clip_80": "OPENAI_IMAGENET_TEMPLATES"}[name]
+    return open_clip_templates(source)
+
+
 def load_templates(name_or_path: str = "ex2") -> list[str]:
-    """A shipped template set (see ``TEMPLATE_SETS``) or a user file of templates."""
+    """A template set (see ``TEMPLATE_SETS``) or a user file of templates."""
     if name_or_path in TEMPLATE_SETS:
-        shipped = resources.files("ex2.data").joinpath(f"templates_{name_or_path}.txt")
-        text = shipped.read_text(encoding="utf-8")
-        return parse_templates(text, f"template set {name_or_path}")
+        return _template_set(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise TemplateError(
