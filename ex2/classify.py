@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,7 +51,7 @@ DEFAULT_AGGREGATE = {
 }
 DESCRIPTION_METHODS = ("dclip", "cupl", "ex2")  # need --descriptions
 DCLIP_SUFFIX = {"imagenet": "."}  # DCLIP's after_text per dataset (its load.py); "" elsewhere
-CUPL_TEMPLATES = "openai_imagenet"  # CLIP's 80 ImageNet templates, the ones CuPL pools with
+CUPL_TEMPLATES = "clip_80"  # CLIP's 80 ImageNet templates, the ones CuPL pools with
 WAFFLECLIP_PREFIX = "A photo of a "  # WaffleCLIP's label_before_text
 
 
@@ -98,7 +99,7 @@ class ClassifyConfig:
         "prompts", "cupl: the prompts alone, or both: pooled with class-name templates in one mean (CuPL's use_both)"
     )
     cupl_templates: str = option(
-        CUPL_TEMPLATES, "cupl both: openai_imagenet (CLIP's 80 templates, as CuPL), a template set or a file"
+        CUPL_TEMPLATES, "cupl both: class-name templates (default clip_80, CLIP's 80, as CuPL), a set or a file"
     )
     seed: int = option(0, "first waffle seed")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
@@ -363,17 +364,6 @@ def _format_texts(config: ClassifyConfig, classnames: list[str], per_class: list
     ]
 
 
-def cupl_templates(name: str) -> list[str]:
-    """CuPL's class-name templates: CLIP's 80 ImageNet ones (open_clip's copy) or a set/file."""
-    if name == CUPL_TEMPLATES:
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-        return [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
-    from ex2.data import load_templates
-
-    return load_templates(name)
-
-
 def _description_texts(config: ClassifyConfig, classnames: list[str]) -> tuple[list[list[str]], dict, list[str]]:
     descriptions = load_descriptions(config.descriptions, config.categories)
     alignment = align(classnames, descriptions, config.descriptions)
@@ -394,9 +384,11 @@ def _description_texts(config: ClassifyConfig, classnames: list[str]) -> tuple[l
                          f"scored with the empty descriptor, as DCLIP does: {', '.join(empty[:5])}")
         info["dclip"] = {"suffix": suffix, "classes_with_empty_list": len(empty), "class_names": "file keys"}
     elif config.method == "cupl":
+        from ex2.data import load_templates
+
         missing = check_coverage(alignment, classnames, [i for i, t in enumerate(alignment.texts) if not t],
                                  config.allow_missing)
-        templates = cupl_templates(config.cupl_templates) if config.cupl_mode == "both" else []
+        templates = load_templates(config.cupl_templates) if config.cupl_mode == "both" else []
         names = [k if k is not None else c for k, c in zip(alignment.keys, classnames, strict=True)]
         texts = zeroshot.cupl_texts(names, alignment.texts, templates)
         texts = [t if p else [] for t, p in zip(texts, alignment.texts, strict=True)]
@@ -445,7 +437,8 @@ def _waffle_sets(config: ClassifyConfig, classnames: list[str]) -> tuple[list[li
         sets.append(zeroshot.waffleclip_class_texts(shared, drawn_for, names))
     shape = zeroshot.waffleclip_shape(keys)
     info.update(generator="waffleclip", shape=shape, alphabet="".join(zeroshot.waffleclip_alphabet(texts)))
-    lines.append(f"WaffleCLIP {config.waffle_kind} from {config.descriptions}: {shape}, {len(seeds)} seeds")
+    lines.append(f"WaffleCLIP {config.waffle_kind} from {config.descriptions}: {shape}, {len(seeds)} seeds, "
+                 f"words from {config.waffle_words or 'ex2 shipped list (not WaffleCLIP word_list)'}")
     return sets, {"waffle": info, "descriptions": descriptions.provenance, "class_match": match_info,
                   "classes_without_descriptions": missing}, lines
 
@@ -567,6 +560,13 @@ def write_tables(out: Path, classnames: list[str], result: Evaluation, labels: t
     plot_per_class(recall, classnames, out / "per_class.png")
 
 
+def class_text_table(classnames: list[str], texts: list[list[str]]) -> dict[str, list[str]]:
+    """class_texts.json: texts by class name; a name several classes share (ImageNet's two
+    "missile" classes) gets its class id, "missile #657", so no class is lost."""
+    shared = {n for n, count in Counter(classnames).items() if count > 1}
+    return {(f"{n} #{i}" if n in shared else n): t for i, (n, t) in enumerate(zip(classnames, texts, strict=True))}
+
+
 def build_metrics(config: ClassifyConfig, dataset, vlm, results: list[Evaluation], info: dict, images) -> dict:
     """metrics.json: fixed keys first, then what this method adds."""
     metrics = {
@@ -610,7 +610,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
                        config.aggregate, vlm.logit_scale, vlm.logit_bias)
     out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
     save_config(config, out)
-    write_json(out / "class_texts.json", dict(zip(dataset.classnames, results[0].texts, strict=True)))
+    write_json(out / "class_texts.json", class_text_table(dataset.classnames, results[0].texts))
     write_tables(out, dataset.classnames, results[0], labels, images.paths)
     if images.skipped:
         _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in images.skipped])
