@@ -57,7 +57,7 @@ WAFFLECLIP_PREFIX = "A photo of a "  # WaffleCLIP's label_before_text
 
 @dataclass
 class ClassifyConfig:
-    """Zero-shot classification with class names (CLIP) or descriptions (DCLIP, EX2, WaffleCLIP)."""
+    """Zero-shot classification with class names (CLIP) or descriptions (DCLIP, CuPL, EX2, WaffleCLIP)."""
 
     dataset: str = option("samples", "dataset name (see `ex2 ls`)")
     data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
@@ -88,8 +88,8 @@ class ClassifyConfig:
     waffle_count: int = option(15, "waffle: random descriptors of each kind per class")
     waffle_seeds: int = option(7, "waffle: seeds to average accuracy over (WaffleCLIP: 7; spread is np.std, ddof 0)")
     waffle_words: str | None = option(
-        None, "waffle: word list, one entry a line, read as is (WaffleCLIP's word_list.pkl as text); "
-        "default: ex2's shipped list"
+        None, "waffle: word list, one entry a line (with --descriptions read as is, like WaffleCLIP's "
+        "word_list.pkl as text; else blank and # lines skipped); default: ex2's shipped list"
     )
     waffle_prefix: str = option(WAFFLECLIP_PREFIX, "waffle: text before the class name (WaffleCLIP's label_before_text)")
     waffle_concept: str | None = option(
@@ -254,6 +254,7 @@ class Alignment:
     by_position: bool  # matched in the dataset's class order, as DCLIP does
     source: str = "descriptions"
     renamed: list[tuple[str, int]] = field(default_factory=list)  # (key, class id) whose names differ
+    n_keys: int = 0  # keys in the file
 
 
 def _listed(items: list[str], limit: int = 10) -> str:
@@ -274,7 +275,7 @@ def align(
     names = [keys[ks[0]] if ks else None for ks in match.keys_of]
     renamed = [(k, i) for i, k in enumerate(names)
                if k is not None and zeroshot.normalise_name(k) != zeroshot.normalise_name(classnames[i])]
-    return Alignment(texts, names, [keys[k] for k in match.unused], match.by_position, source, renamed)
+    return Alignment(texts, names, [keys[k] for k in match.unused], match.by_position, source, renamed, len(keys))
 
 
 def check_coverage(alignment: Alignment, classnames: list[str], missing: list[int], allow_missing: bool) -> list[str]:
@@ -317,7 +318,7 @@ def describe_alignment(alignment: Alignment, classnames: list[str]) -> tuple[lis
         lines.append(f"{alignment.source}: its {matched} keys are in the dataset's class order: matched by "
                      f"position, as DCLIP does ({len(renamed)} named otherwise than the dataset{example})")
     if alignment.unused:
-        lines.append(f"{alignment.source}: {len(alignment.unused)} of {len(alignment.unused) + matched} keys name "
+        lines.append(f"{alignment.source}: {len(alignment.unused)} of {alignment.n_keys} keys name "
                      f"no class of this dataset and are unused: {_listed(alignment.unused, 5)}")
     info = {"matched_classes": matched, "unused_keys": len(alignment.unused), "by_position": alignment.by_position,
             "named_otherwise": len(renamed)}
@@ -364,40 +365,53 @@ def _format_texts(config: ClassifyConfig, classnames: list[str], per_class: list
     ]
 
 
+def _dclip_texts(config: ClassifyConfig, classnames: list[str], alignment: Alignment, info: dict, lines: list[str]):
+    """DCLIP's strings, the class named as the file's key; a key with an empty list is scored
+    with the empty descriptor, as DCLIP's loader does. Returns (texts, classes without a key)."""
+    keyless = [i for i, k in enumerate(alignment.keys) if k is None]
+    missing = check_coverage(alignment, classnames, keyless, config.allow_missing)
+    suffix = DCLIP_SUFFIX.get(config.dataset, "")
+    names = [zeroshot.dclip_name(k) if k is not None else c for k, c in zip(alignment.keys, classnames, strict=True)]
+    texts = zeroshot.dclip_texts(names, alignment.texts, suffix)
+    texts = [t if k is not None else [] for t, k in zip(texts, alignment.keys, strict=True)]
+    empty = [classnames[i] for i, (t, k) in enumerate(zip(alignment.texts, alignment.keys, strict=True))
+             if k is not None and not t]
+    if empty:
+        lines.append(f"{config.descriptions}: {len(empty)} class(es) have an empty descriptor list and are "
+                     f"scored with the empty descriptor, as DCLIP does: {', '.join(empty[:5])}")
+    info["dclip"] = {"suffix": suffix, "classes_with_empty_list": len(empty), "class_names": "file keys"}
+    return texts, missing
+
+
+def _cupl_texts(config: ClassifyConfig, classnames: list[str], alignment: Alignment, info: dict, lines: list[str]):
+    """CuPL's prompts, repeats kept; with ``--cupl-mode both`` after the templates filled with
+    the file's key. Returns (texts, classes without prompts)."""
+    from ex2.data import load_templates
+
+    empty = [i for i, t in enumerate(alignment.texts) if not t]
+    missing = check_coverage(alignment, classnames, empty, config.allow_missing)
+    templates = load_templates(config.cupl_templates) if config.cupl_mode == "both" else []
+    names = [k if k is not None else c for k, c in zip(alignment.keys, classnames, strict=True)]
+    texts = zeroshot.cupl_texts(names, alignment.texts, templates)
+    texts = [t if p else [] for t, p in zip(texts, alignment.texts, strict=True)]
+    prompts = sum(len(t) for t in alignment.texts)
+    repeats = prompts - sum(len(set(t)) for t in alignment.texts)
+    info["cupl"] = {"mode": config.cupl_mode, "prompts": prompts, "repeated_prompts": repeats,
+                    "templates": config.cupl_templates if templates else None, "n_templates": len(templates)}
+    lines.append(f"{config.descriptions}: CuPL {config.cupl_mode}: {prompts} prompts ({repeats} repeats, each "
+                 "counted)" + (f" pooled with {len(templates)} templates" if templates else ""))
+    return texts, missing
+
+
 def _description_texts(config: ClassifyConfig, classnames: list[str]) -> tuple[list[list[str]], dict, list[str]]:
     descriptions = load_descriptions(config.descriptions, config.categories)
     alignment = align(classnames, descriptions, config.descriptions)
     lines, match_info = describe_alignment(alignment, classnames)
     info: dict = {"descriptions": descriptions.provenance, "class_match": match_info}
     if config.method == "dclip":
-        # a key with an empty list is scored with the empty descriptor, as DCLIP's loader does
-        missing = check_coverage(alignment, classnames, [i for i, k in enumerate(alignment.keys) if k is None],
-                                 config.allow_missing)
-        suffix = DCLIP_SUFFIX.get(config.dataset, "")
-        names = [zeroshot.dclip_name(k) if k is not None else c for k, c in zip(alignment.keys, classnames, strict=True)]
-        texts = zeroshot.dclip_texts(names, alignment.texts, suffix)
-        texts = [t if k is not None else [] for t, k in zip(texts, alignment.keys, strict=True)]
-        empty = [classnames[i] for i, (t, k) in enumerate(zip(alignment.texts, alignment.keys, strict=True))
-                 if k is not None and not t]
-        if empty:
-            lines.append(f"{config.descriptions}: {len(empty)} class(es) have an empty descriptor list and are "
-                         f"scored with the empty descriptor, as DCLIP does: {', '.join(empty[:5])}")
-        info["dclip"] = {"suffix": suffix, "classes_with_empty_list": len(empty), "class_names": "file keys"}
+        texts, missing = _dclip_texts(config, classnames, alignment, info, lines)
     elif config.method == "cupl":
-        from ex2.data import load_templates
-
-        missing = check_coverage(alignment, classnames, [i for i, t in enumerate(alignment.texts) if not t],
-                                 config.allow_missing)
-        templates = load_templates(config.cupl_templates) if config.cupl_mode == "both" else []
-        names = [k if k is not None else c for k, c in zip(alignment.keys, classnames, strict=True)]
-        texts = zeroshot.cupl_texts(names, alignment.texts, templates)
-        texts = [t if p else [] for t, p in zip(texts, alignment.texts, strict=True)]
-        prompts = sum(len(t) for t in alignment.texts)
-        repeats = prompts - sum(len(set(t)) for t in alignment.texts)
-        info["cupl"] = {"mode": config.cupl_mode, "prompts": prompts, "repeated_prompts": repeats,
-                        "templates": config.cupl_templates if templates else None, "n_templates": len(templates)}
-        lines.append(f"{config.descriptions}: CuPL {config.cupl_mode}: {prompts} prompts ({repeats} repeats, "
-                     f"each counted)" + (f" pooled with {len(templates)} templates" if templates else ""))
+        texts, missing = _cupl_texts(config, classnames, alignment, info, lines)
     else:
         per_class = [list(dict.fromkeys(t)) for t in alignment.texts]
         missing = check_coverage(alignment, classnames, [i for i, t in enumerate(per_class) if not t],
@@ -418,6 +432,11 @@ def _waffle_sets(config: ClassifyConfig, classnames: list[str]) -> tuple[list[li
         sets = [zeroshot.waffle_texts(classnames, config.waffle_kind, config.waffle_count, s, words,
                                       config.waffle_prefix) for s in seeds]
         return sets, {"waffle": {**info, "generator": "ex2"}}, []
+    return _waffleclip_sets(config, classnames, seeds, info)
+
+
+def _waffleclip_sets(config: ClassifyConfig, classnames: list[str], seeds: list[int], info: dict):
+    """WaffleCLIP's own draws from its descriptor file and word list, one text set per seed."""
     if config.waffle_kind == "words":
         raise ValueError("WaffleCLIP draws words and characters (--waffle-kind both) or characters alone (chars); "
                          "--waffle-kind words is ex2's own variant: drop --descriptions for it")
