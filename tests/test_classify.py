@@ -104,13 +104,19 @@ def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_
     assert len(list((out / "explanations").glob("*.png"))) == 2
 
 
-def test_mismatched_concepts_fail_naming_them(base_args, tmp_path, capsys):
+def test_unused_keys_are_reported_and_unmatched_classes_fail_naming_the_keys(base_args, tmp_path, capsys):
     source = tmp_path / "descriptors.json"
     source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "blue sky": ["blue"], "zebra": ["x"]}))
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source), "--output", str(out)]) == 0
+    assert "1 of 4 keys name no class of this dataset and are unused: 'zebra'" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["class_match"]["unused_keys"] == 1
+    source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "zebra": ["x"]}))
     assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source),
-                 "--output", str(tmp_path / "run")]) == 1
+                 "--output", str(tmp_path / "refused")]) == 1
     err = capsys.readouterr().err
-    assert "descriptors.json: 1 concept(s) match no class" in err and "'zebra'" in err
+    assert "descriptors.json: 1 class(es) have no descriptions" in err and "blue sky" in err and "'zebra'" in err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_dclip_and_waffle_runs(base_args, tmp_path):
@@ -129,6 +135,20 @@ def test_dclip_and_waffle_runs(base_args, tmp_path):
     assert metrics["texts_per_class"] == 8
 
 
+def test_a_refused_run_writes_nothing_and_leaves_an_older_run_as_it_was(base_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    missing = tmp_path / "missing.json"
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(missing), "--output", str(out)]) == 1
+    assert main(["classify", *base_args, "--method", "clip", "--templates", str(missing), "--output", str(out)]) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(missing),
+                 "--output", str(tmp_path / "new")]) == 1
+    assert not (tmp_path / "new").exists()
+    assert "missing.json does not exist" in capsys.readouterr().err
+
+
 def test_bad_flags_say_how_to_fix_them(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--method", "ex2"])
@@ -136,6 +156,13 @@ def test_bad_flags_say_how_to_fix_them(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--method", "ex2", "--descriptions", "d.jsonl", "--categories", "colourful"])
     assert "unknown categories colourful" in capsys.readouterr().err
+    for method in ("dclip", "cupl", "waffle", "clip"):
+        with pytest.raises(SystemExit):
+            main(["classify", "--method", method, "--descriptions", "d.json", "--description-format", "{class}: {description}"])
+        assert "--description-format shapes --method ex2's texts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", "--method", "waffle", "--waffle-concept", "bird", "--waffle-prefix", "A bird: "])
+    assert "not both" in capsys.readouterr().err
 
 
 # --- which texts does the VLM use? a colour VLM makes the answer known ---------------------------------
