@@ -23,7 +23,6 @@ import PIL.Image
 import pytest
 import scipy.io
 import torch
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2 import zeroshot
 from ex2.classify import ClassifyConfig, evaluate, summarise
