@@ -224,12 +224,15 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return {TRAINER_ALIASES.get(k, k): v for k, v in values.items()}
 
 
+def _usage(prog: str) -> str:
+    return f"{prog} [--config FILE.yaml] [options]   ({prog} --help lists them)"
+
+
 def build_parser(config: TrainConfig, prog: str = "ex2 train"):
     """ex2's options and every field of trl's config for ``config.algorithm``, with EX2's defaults."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((TrainConfig, trainer_class(config.algorithm)), prog=prog,
-                              usage=f"{prog} [--config FILE.yaml] [options]   ({prog} --help lists them)",
+    parser = HfArgumentParser((TrainConfig, trainer_class(config.algorithm)), prog=prog, usage=_usage(prog),
                               description=(TrainConfig.__doc__ or "").splitlines()[0])
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults; flags override it")
     parser.add_argument("-o", "--output", dest="output_dir", default=argparse.SUPPRESS, help="same as --output-dir")
@@ -242,14 +245,17 @@ def build_parser(config: TrainConfig, prog: str = "ex2 train"):
 def parse_args(argv: list[str] | None, prog: str = "ex2 train"):
     """``(TrainConfig, GRPOConfig | RLOOConfig)`` from flags and ``--config FILE.yaml`` (defaults that
     flags override). Bad values exit with the parser's usage and trl's or our message."""
-    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first = argparse.ArgumentParser(prog=prog, usage=_usage(prog), add_help=False, allow_abbrev=False)
     for name in ("config", "algorithm", "precision"):
         first.add_argument(f"--{name}")
     early, _ = first.parse_known_args(argv)
-    values = _read_yaml(early.config) if early.config else {}
-    choice = {k: v for k in ("algorithm", "precision") if (v := getattr(early, k) or values.get(k))}
-    parser = build_parser(TrainConfig(**choice), prog)
-    known = {action.dest for action in parser._actions}
+    try:
+        values = _read_yaml(early.config) if early.config else {}
+        choice = TrainConfig(**{k: v for k in ("algorithm", "precision") if (v := getattr(early, k) or values.get(k))})
+    except ConfigError as err:
+        first.error(str(err))
+    parser = build_parser(choice, prog)
+    known = {action.dest for action in parser._actions} - {"config", "help"}
     unknown = sorted(set(values) - known)
     if unknown:
         parser.error(f"config file {early.config}: unknown key(s) {', '.join(unknown)}; "
