@@ -79,21 +79,11 @@ LORA_TARGETS: dict[str, list[str]] = {
 # EX2's settings where they differ from trl's defaults; the one place they are set. Any other field
 # of trl's GRPOConfig / RLOOConfig keeps trl's default and can be set by flag, YAML key or keyword.
 EX2_TRAINER_DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/train",
-    "max_steps": 100,
-    "learning_rate": 1.41e-5,
-    "per_device_train_batch_size": 8,
-    "num_generations": 8,
-    "max_completion_length": 32,
-    "temperature": 1.0, "top_p": 1.0, "top_k": 0,  # plain sampling, as EX2
-    "beta": 0.05,
-    "loss_type": "dapo",
-    "scale_rewards": "group",
-    "save_strategy": "steps", "save_steps": 20,  # EX2's save_freq
-    "logging_steps": 1,
-    "report_to": "none",
+    "output_dir": "runs/train", "max_steps": 100, "learning_rate": 1.41e-5, "beta": 0.05,
+    "per_device_train_batch_size": 8, "num_generations": 8, "loss_type": "dapo", "scale_rewards": "group",
+    "max_completion_length": 32, "temperature": 1.0, "top_p": 1.0, "top_k": 0,  # EX2's plain sampling
+    "save_strategy": "steps", "save_steps": 20, "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
     "remove_unused_columns": False,  # the reward reads the concept columns
-    "disable_tqdm": True,
     "gradient_checkpointing": None,  # off, and unset so transformers' renamed flag does not warn
     "seed": 0,
 }
