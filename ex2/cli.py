@@ -14,7 +14,8 @@ from ex2.config import parse_config
 from ex2.registry import split_reference
 
 # stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
-# a module may define `parse_args(argv, prog)` to parse its own command line instead.
+# a module may define `parse_args(argv, prog)` to parse its own command line instead, returning
+# run's argument (or a tuple of its arguments).
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("ex2.train:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
     "generate": ("ex2.generate:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = parse_config(getattr(module, config_name), rest, prog=prog)
     try:
-        module.run(config)
+        module.run(*config) if isinstance(config, tuple) else module.run(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"ex2 {command}: error: {err}", file=sys.stderr)
         return 1

@@ -71,7 +71,7 @@ def stages(config: DemoConfig, out: Path) -> list[Stage]:
 
     train_dir = out / "train"
     plan = [
-        Stage("train", train_dir / "eval.json", lambda: train.run(_train_config(config, train_dir))),
+        Stage("train", train_dir / "eval.json", lambda: train.run(*_train_config(config, train_dir))),
     ]
     for variant, adapter in (("base", None), ("aligned", train_dir / "adapter")):
         descriptions = out / "descriptions" / f"{variant}.jsonl"
@@ -110,11 +110,12 @@ def _bind(func: Callable, config) -> Callable[[], object]:
 
 
 def _train_config(config: DemoConfig, run_dir: Path):
+    """``(TrainConfig, trl config)`` of the demo's training run."""
     from ex2 import train
     from ex2.data import load_templates
 
     heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of EX2's 25
-    return train.TrainConfig(
+    train_config = train.TrainConfig(
         dataset=config.dataset,
         data_root=config.data_root,
         vlm=config.vlm,
@@ -122,16 +123,20 @@ def _train_config(config: DemoConfig, run_dir: Path):
         reward="ex2",
         templates=config.templates,
         images_per_class=config.images_per_class,
-        heldout_templates=heldout, max_steps=config.train_steps,
+        heldout_templates=heldout,
+        eval_samples=1,
+        resume=(run_dir / "config.yaml").is_file(),
+    )
+    return train_config, train.trainer_config(
+        train_config,
+        output_dir=str(run_dir),
+        max_steps=config.train_steps,
         num_generations=config.num_generations,
-        batch_size=config.num_generations,
+        per_device_train_batch_size=config.num_generations,
         learning_rate=2e-3,  # far above EX2's 1.41e-5, so a CPU-sized run moves
         beta=0.0,  # no reference pass: about a fifth less compute per step
-        eval_samples=1,
         save_steps=max(1, config.train_steps // 3),
         seed=config.seed,
-        output=str(run_dir),
-        resume=(run_dir / "config.yaml").is_file(),
     )
 
 

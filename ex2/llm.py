@@ -110,14 +110,28 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompt(tokenizer, query: str, prompt_format: str = "auto") -> str:
-    """The text an LLM sees for one query: EX2's base format (``query + "\\n\\n"``) or a chat turn."""
+def resolve_prompt_format(tokenizer, prompt_format: str = "auto") -> str:
+    """``base`` or ``chat``; ``auto`` is chat when the tokenizer has a chat template."""
     if prompt_format == "auto":
-        prompt_format = "chat" if uses_chat_template(tokenizer) else "base"
+        return "chat" if uses_chat_template(tokenizer) else "base"
+    if prompt_format not in ("base", "chat"):
+        raise ValueError(f"prompt format must be auto, base or chat, not {prompt_format!r}")
+    return prompt_format
+
+
+def query_prompt(query: str, prompt_format: str) -> str | list[dict[str, str]]:
+    """One query as EX2's base prompt (``query + "\\n\\n"``) or as a user chat turn (messages, what
+    trl takes and renders with the chat template)."""
     if prompt_format == "base":
         return query + "\n\n"
     if prompt_format != "chat":
-        raise ValueError(f"prompt format must be auto, base or chat, not {prompt_format!r}")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
-    )
+        raise ValueError(f"prompt format must be base or chat (auto resolved first), not {prompt_format!r}")
+    return [{"role": "user", "content": query}]
+
+
+def format_prompt(tokenizer, query: str, prompt_format: str = "auto") -> str:
+    """The text an LLM sees for one query: EX2's base format (``query + "\\n\\n"``) or a chat turn."""
+    prompt = query_prompt(query, resolve_prompt_format(tokenizer, prompt_format))
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -160,19 +160,30 @@ class TransformersSampler:
     def __init__(self, llm: str, adapter: str | Path | None, settings: SamplingSettings,
                  device: str | None = None, dtype: str = "auto", merge_adapter: bool = False,
                  batch_size: int = 32):
-        from transformers import GenerationConfig
-
         from ex2.llm import load_llm
 
         self.settings, self.batch_size = settings, batch_size
-        model, self.tokenizer = load_llm(llm, device=device, dtype=dtype)
-        self.eos_ids = eos_token_ids(self.tokenizer, model.generation_config)
+        model, tokenizer = load_llm(llm, device=device, dtype=dtype)
+        eos_ids = eos_token_ids(tokenizer, model.generation_config)
         if adapter is not None:
             model = self._with_adapter(model, Path(adapter), merge_adapter)
+        self._use(model, tokenizer, eos_ids)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, settings: SamplingSettings, batch_size: int = 32) -> TransformersSampler:
+        """A sampler over a model already in memory (a peft model just trained, say)."""
+        sampler = cls.__new__(cls)
+        sampler.settings, sampler.batch_size = settings, batch_size
+        sampler._use(model, tokenizer, eos_token_ids(tokenizer, model.generation_config))
+        return sampler
+
+    def _use(self, model, tokenizer, eos_ids: list[int]) -> None:
+        from transformers import GenerationConfig
+
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
         # a clean generation config: the model's own sampling defaults must not leak in
         model.generation_config = GenerationConfig(
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         )
         self.model = model.eval()
 
