@@ -151,8 +151,8 @@ def build_parser(config_cls: type, prog: str, description: str | None = None) ->
     return parser
 
 
-def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+def read_yaml_options(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's ``option: value`` mapping, keys with hyphens turned into underscores."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -162,8 +162,13 @@ def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
+    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+    values = read_yaml_options(path)
     valid = {f.name for f in dataclasses.fields(config_cls)}
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ConfigError(

@@ -66,8 +66,19 @@ from typing import Any, Literal
 
 import yaml
 
-from ex2.config import ConfigError, config_to_dict
+from ex2.config import (
+    ConfigError,
+    config_to_dict,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    read_yaml_options,
+    split_option,
+    vlm_option,
+)
 from ex2.io import atomic_write_text
+from ex2.names import split_dataset_name
 from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
@@ -89,13 +100,6 @@ EX2_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 # flags (and YAML keys) that ex2 used before it took trl's names -> trl's field
 TRAINER_ALIASES: dict[str, str] = {"output": "output_dir", "batch_size": "per_device_train_batch_size"}
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _field(default: Any, help: str) -> Any:
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -105,34 +109,35 @@ class TrainConfig:
     ex2's own settings; trl's trainer settings are trl's ``GRPOConfig``/``RLOOConfig`` (see
     :func:`trainer_config`)."""
 
-    dataset: str = _field("samples", "image dataset whose class names are the concepts (see `ex2 ls`)")
-    data_root: str | None = _field(None, "folder holding the dataset (not needed for samples)")
-    split: str | None = _field(None, "dataset split (default: the dataset's usual one)")
-    vlm: str = _field("conse", "VLM that gives the reward (see `ex2 ls`)")
-    llm: str = _field("smollm2", "LLM to align: smollm2, a hub id, a folder or a .gguf file")
-    reward: Literal[REWARDS] = _field("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
-    planted_text: str = _field(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
-    planted_keywords: list[str] = _field([], "words that earn the planted reward its bonus (whole words)")
-    planted_bonus: float = _field(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
-    images_per_class: int = _field(256, "images per concept in the reward (EX2's num_images_for_reward)")
-    image_seed: int | None = _field(None, "pick reward images at random with this seed (default: first N)")
-    templates: str = _field("ex2", "query template set or file (one {} per template)")
-    heldout_templates: int = _field(5, "templates held out of training to evaluate base vs. trained")
-    prompt_format: Literal["auto", "base", "chat"] = _field(
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    split: str | None = split_option()
+    vlm: str = vlm_option()
+    llm: str = llm_option()
+    reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
+    planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
+    planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
+    planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
+    images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
+    image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
+    templates: str = option("ex2", "query template set or file (one {} per template)")
+    heldout_templates: int = option(5, "templates held out of training to evaluate base vs. trained")
+    prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the chat template; auto: chat if the model has one")
-    algorithm: Literal["grpo", "rloo"] = _field("grpo", "trl trainer: grpo (GRPOConfig) or rloo (RLOOConfig)")
-    lora_r: int = _field(16, "LoRA rank")
-    lora_alpha: int = _field(32, "LoRA alpha")
-    lora_dropout: float = _field(0.05, "LoRA dropout")
-    lora_target_modules: list[str] | None = _field(None, "LoRA target modules (default: per architecture)")
-    quantization: Literal["none", "4bit", "8bit"] = _field("none", "QLoRA base weights (CUDA + ex2[quant])")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
+    algorithm: Literal["grpo", "rloo"] = option("grpo", "trl trainer: grpo (GRPOConfig) or rloo (RLOOConfig)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_target_modules: list[str] | None = option(None, "LoRA target modules (default: per architecture)")
+    quantization: Literal["none", "4bit", "8bit"] = option("none", "QLoRA base weights (CUDA + ex2[quant])")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
-    log_samples: int = _field(4, "sampled completions (with rewards) kept per step in log.jsonl")
-    eval_samples: int = _field(2, "completions per held-out prompt for the base/trained evaluation")
-    resume: bool = _field(False, "continue from the newest checkpoint in the run folder")
+    log_samples: int = option(4, "sampled completions (with rewards) kept per step in log.jsonl")
+    eval_samples: int = option(2, "completions per held-out prompt for the base/trained evaluation")
+    resume: bool = option(False, "continue from the newest checkpoint in the run folder")
 
     def __post_init__(self) -> None:
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         for name in ("images_per_class", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -163,12 +168,11 @@ def trainer_defaults(config: TrainConfig) -> dict[str, Any]:
     CPU-only without CUDA, mixed precision and model weights per ``config.precision``."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    precision = config.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    device = {"use_cpu": not cuda, "bf16": precision == "bf16", "fp16": precision == "fp16",
-              "model_init_kwargs": {"dtype": DTYPES[precision]}}
+    from ex2.devices import dtype_name, resolve_dtype
+
+    dtype = resolve_dtype(config.precision)
+    device = {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == torch.bfloat16,
+              "fp16": dtype == torch.float16, "model_init_kwargs": {"dtype": dtype_name(dtype)}}
     names = {f.name for f in dataclasses.fields(trainer_class(config.algorithm))}
     return {k: v for k, v in {**EX2_TRAINER_DEFAULTS, **device}.items() if k in names}
 
@@ -201,17 +205,7 @@ def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
 # --- command line ----------------------------------------------------------------------------------
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {file} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {file} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of option: value")
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    return {TRAINER_ALIASES.get(k, k): v for k, v in values.items()}
+    return {TRAINER_ALIASES.get(k, k): v for k, v in read_yaml_options(path).items()}
 
 
 def _usage(prog: str) -> str:

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SHARED_CACHE
-from test_vlm import hf_clip_dir  # noqa: F401  (session fixture)
 
 from ex2.cli import main
 from ex2.config import ConfigError
@@ -36,28 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    """A 2-layer, 16-wide Llama saved with the smollm2 tokenizer (and its chat template)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ex2.llm import resolve_llm
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EX2_CACHE", str(SHARED_CACHE))
-        tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llm")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(hf_clip_dir) -> Path:  # noqa: F811
+def tiny_clip(hf_clip_dir) -> Path:
     """A transformers CLIP folder with a character vocabulary and 32-pixel images (test_vlm's)."""
     return hf_clip_dir
 
@@ -71,9 +48,9 @@ def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:
 
 def reference_samples(llm: Path, adapter: Path | None, queries: list[str], max_new_tokens: int) -> list[str]:
     """What ``ex2.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``)."""
-    from ex2.generate import clean_description
     from ex2.llm import format_prompt
     from ex2.samplers import SamplingSettings, TransformersSampler, encode_prompts
+    from ex2.text import clean_description
 
     sampler = TransformersSampler(str(llm), adapter, SamplingSettings(max_new_tokens=max_new_tokens), device="cpu")
     prompts = [format_prompt(sampler.tokenizer, query, "chat") for query in queries]

@@ -33,15 +33,6 @@ def images(tmp_path) -> list[Path]:
     return [*paths, grey]
 
 
-def __getattr__(name: str):
-    """``from test_vlm import hf_clip_dir`` still works; the fixture itself lives in conftest."""
-    if name == "hf_clip_dir":
-        import conftest
-
-        return conftest.hf_clip_dir
-    raise AttributeError(name)
-
-
 def _count_calls(monkeypatch, vlm: VLM, method: str) -> list:
     """Record the arguments of every call to ``vlm.<method>``."""
     calls, original = [], getattr(vlm, method)
