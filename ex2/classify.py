@@ -32,6 +32,9 @@ from ex2.io import atomic_open, read_jsonl, write_json
 METHODS = ("clip", "dclip", "ex2", "waffle")
 CATEGORIES = ("spurious", "visual", "non_visual", "informative")
 DEFAULT_AGGREGATE = {"clip": "mean_embedding", "dclip": "mean_score", "ex2": "mean_score", "waffle": "mean_score"}
+# generative VLMs (--vlm gen:…) answer or score class names instead: ex2.gvlm.classify
+GVLM_METHODS = ("open", "closed", "likelihood")
+DEFAULT_AGGREGATE.update(dict.fromkeys(GVLM_METHODS, "mean_score"))  # unused by them
 
 
 @dataclass
@@ -44,7 +47,9 @@ class ClassifyConfig:
     vlm: str = option("conse", "VLM that scores images against texts (see `ex2 ls`)")
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
-    method: Literal["clip", "dclip", "ex2", "waffle"] = option("clip", "how each class's texts are made")
+    method: Literal["clip", "dclip", "ex2", "waffle", "open", "closed", "likelihood"] = option(
+        "clip", "how each class's texts are made; open, closed or likelihood with a generative VLM (gen:…)"
+    )
     templates: str = option("clip", "class-name templates for clip: clip, clip_ensemble or a file")
     descriptions: str | None = option(
         None, "dclip/ex2: descriptions.jsonl or categories.jsonl (ours), or a JSON {class: [descriptors]}"
@@ -74,6 +79,24 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
+    # generative VLMs (--vlm gen:…, --method open|closed|likelihood): see ex2.gvlm.classify
+    question: str = option("What type of object is in this photo?", "open/closed/likelihood: the question asked")
+    classnames: str | None = option(
+        None, "open/closed: class names and synonyms that count as naming a class: JSON {class: [synonym, ...]} "
+        "or one class a line, 'class, synonym, ...'"
+    )
+    n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
+    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
+    calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
+    calibration_split: str | None = option(
+        None, "likelihood: split estimating the prior; default: hold out --calibration-fraction of the evaluated split"
+    )
+    calibration_fraction: float = option(0.2, "likelihood: share of each class's images held out for the prior")
+    max_new_tokens: int = option(64, "open/closed: answer length limit in tokens")
+    gen_backend: Literal["transformers", "vllm"] = option(
+        "transformers", "open/closed: generate with transformers or vLLM (GPU, pip install 'ex2[vllm]')"
+    )
 
     def __post_init__(self) -> None:
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
@@ -91,6 +114,10 @@ class ClassifyConfig:
             raise ValueError(f"--explain must be 0 or more, got {self.explain}")
         if self.aggregate is None:
             self.aggregate = DEFAULT_AGGREGATE[self.method]
+        if self.method in GVLM_METHODS or self.vlm.strip().startswith("gen:"):
+            from ex2.gvlm.classify import check_config
+
+            check_config(self)
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -403,6 +430,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     from ex2.data import load_dataset
     from ex2.vlm import load_vlm
 
+    if config.method in GVLM_METHODS:
+        from ex2.gvlm import classify as generative
+
+        return generative.run(config, vlm, dataset)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)

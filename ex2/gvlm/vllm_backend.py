@@ -1,0 +1,34 @@
+"""Open and closed answers through vLLM (GPU, ``pip install 'ex2[vllm]'``), imported only when chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import PIL.Image
+
+from ex2.names import parse_gvlm_name
+from ex2.vlm.offline import hub_offline
+
+
+def vllm_answers(
+    name: str, images: Sequence[PIL.Image.Image], questions: Sequence[str], max_new_tokens: int = 64
+) -> list[str]:
+    """Greedy answers of the generative VLM ``name`` (``gen:…``), one per (image, question)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:
+        raise ImportError("--gen-backend vllm needs vLLM: pip install 'ex2[vllm]'") from err
+    from transformers import AutoProcessor
+
+    from ex2.gvlm.backend import chat_prompt
+
+    model = parse_gvlm_name(name).model
+    with hub_offline():
+        processor = AutoProcessor.from_pretrained(model)
+        llm = LLM(model=model, limit_mm_per_prompt={"image": 1})
+    requests = [
+        {"prompt": chat_prompt(processor, q), "multi_modal_data": {"image": image}}
+        for image, q in zip(images, questions, strict=True)
+    ]
+    outputs = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    return [out.outputs[0].text.strip() for out in outputs]
