@@ -64,6 +64,8 @@ def chat_prompt(processor, question: str, image: bool = True, answer_prefix: str
 class GenerativeVLM:
     """An image-text-to-text model and its processor, in inference mode."""
 
+    logit_scale = 1.0  # its scores are log-probabilities, used unscaled
+
     def __init__(self, model, processor, identity: str) -> None:
         self.model, self.processor, self.identity = model.eval(), processor, identity
         self.tokenizer = getattr(processor, "tokenizer", processor)

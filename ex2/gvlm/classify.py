@@ -176,8 +176,8 @@ def onehot_logits(predictions: Sequence[int], n_classes: int) -> torch.Tensor:
 def answer_metrics(correct: Sequence[bool], labels: Sequence[int], predictions: Sequence[int],
                    n_classes: int) -> dict:
     """Metrics of open or closed answers: the prediction is the true class when correct, else
-    the first other class named (or "none")."""
-    predicted = [y if ok else p for ok, y, p in zip(correct, labels, predictions, strict=True)]
+    the first other class named (or "none"), never the true class when wrong."""
+    predicted = [y if ok else (p if p != y else n_classes) for ok, y, p in zip(correct, labels, predictions, strict=True)]
     metrics = zeroshot.classification_metrics(onehot_logits(predicted, n_classes), torch.tensor(list(labels)))
     metrics["acc5"] = None
     return metrics
@@ -300,8 +300,11 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
         ok = closed_correct(answer, label, among, names) if choices else open_correct(answer, label, names)
         correct.append(ok)
         predicted.append(label if ok else first_other(named, label, n_classes))
-        records.append({"path": str(path), "label": names[label][0], "question": questions[i],
-                        "answer": answer, "named": [names[c][0] for c in named], "correct": ok})
+        record = {"path": str(path), "label": names[label][0], "question": questions[i], "answer": answer,
+                  "named": [names[c][0] for c in named], "correct": ok}
+        if among is not None:
+            record["choices"] = [names[c][0] for c in among]
+        records.append(record)
     return records, correct, predicted
 
 
