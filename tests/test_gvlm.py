@@ -265,6 +265,26 @@ def test_config_pairs_methods_with_the_right_kind_of_vlm():
     assert ClassifyConfig().method == "clip"  # dual encoders unchanged
 
 
+def test_the_vllm_backend_names_its_extra(shared_cache, tmp_path, capsys):
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    argv = ["classify", "--vlm", "gen:org/model", "--method", "open", "--gen-backend", "vllm",
+            "--output", str(tmp_path / "v")]
+    assert main(argv) == 1  # a clear error, printed by the CLI, before any image is read
+    assert "pip install 'ex2[vllm]'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cached_logprobs_on_cuda(gvlm_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    vlm = load_gvlm(f"gen:local-dir:{gvlm_dir}", device="cuda", precision="fp32")
+    prompt = vlm.prompt("What is this?")
+    cached = vlm.continuation_logprobs(vlm.prefix(noise_image(0), prompt), [" a cat", " rocket"])
+    for values, candidate in zip(cached, [" a cat", " rocket"], strict=True):
+        assert torch.allclose(values, vlm.full_logprobs(noise_image(0), prompt, candidate), atol=1e-3)
+
+
 def test_probe_on_conse_features_of_samples(shared_cache, tmp_path):
     out = tmp_path / "probe"
     assert main(["probe", "--dataset", "samples", "--vlm", "conse", "--device", "cpu", "--no-progress",

@@ -367,6 +367,10 @@ def run(config, vlm=None, dataset=None) -> Path:
     if config.method == "closed":
         parse_n_choices(config.n_choices, len(names))
     evaluated, held = evaluation_parts(config, dataset)  # bad input fails before the model loads
+    if config.gen_backend == "vllm":
+        from ex2.gvlm.vllm_backend import import_vllm
+
+        import_vllm()
     if vlm is None:
         from ex2.gvlm.backend import load_gvlm
 

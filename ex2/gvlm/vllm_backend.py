@@ -10,14 +10,24 @@ from ex2.names import parse_gvlm_name
 from ex2.vlm.offline import hub_offline
 
 
+def import_vllm():
+    """The vllm module, or an error (a ValueError too, so the CLI prints it) naming the extra."""
+    from ex2.samplers import MissingExtraError
+
+    try:
+        import vllm
+    except ImportError as err:
+        raise MissingExtraError(
+            "--gen-backend vllm needs vllm and a CUDA GPU: pip install 'ex2[vllm]' (or use --gen-backend transformers)"
+        ) from err
+    return vllm
+
+
 def vllm_answers(
     name: str, images: Sequence[PIL.Image.Image], questions: Sequence[str], max_new_tokens: int = 64
 ) -> list[str]:
     """Greedy answers of the generative VLM ``name`` (``gen:…``), one per (image, question)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as err:
-        raise ImportError("--gen-backend vllm needs vLLM: pip install 'ex2[vllm]'") from err
+    vllm = import_vllm()
     from transformers import AutoProcessor
 
     from ex2.gvlm.backend import chat_prompt
@@ -25,10 +35,10 @@ def vllm_answers(
     model = parse_gvlm_name(name).model
     with hub_offline():
         processor = AutoProcessor.from_pretrained(model)
-        llm = LLM(model=model, limit_mm_per_prompt={"image": 1})
+        llm = vllm.LLM(model=model, limit_mm_per_prompt={"image": 1})
     requests = [
         {"prompt": chat_prompt(processor, q), "multi_modal_data": {"image": image}}
         for image, q in zip(images, questions, strict=True)
     ]
-    outputs = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    outputs = llm.generate(requests, vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
     return [out.outputs[0].text.strip() for out in outputs]
