@@ -122,11 +122,14 @@ def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, t
     from ex2.gvlm import GenerativeVLM
 
     if isinstance(model, GenerativeVLM):
-        from ex2.gvlm.classify import read_images
+        from ex2.gvlm.classify import image_batches
 
-        images, labels, paths, _ = read_images(dataset.items, strict=False, progress=config.progress)
-        prompt = model.prompt(config.question)
-        features = model.features(images, prompt, config.layer, config.pool, config.batch_size)
+        prompt, rows, labels, paths = model.prompt(config.question), [], [], []
+        for batch in image_batches(dataset.items, config.batch_size, [], progress=config.progress, desc="features"):
+            rows.append(model.features([b[1] for b in batch], prompt, config.layer, config.pool, config.batch_size))
+            labels += [b[2] for b in batch]
+            paths += [b[3] for b in batch]
+        features = torch.cat(rows) if rows else torch.empty(0, 0)
         return features, torch.tensor(labels, dtype=torch.long), paths
     from ex2.vlm import embed_images
 

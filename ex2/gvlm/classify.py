@@ -218,15 +218,17 @@ def check_config(config) -> None:
         raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
 
 
-def read_images(items, strict: bool = False, progress: bool = True):
-    """``(images, labels, paths, skipped)`` for ``(path, label)`` items; unreadable files are
-    skipped with their reason (raised when ``strict``)."""
+def image_batches(items, batch_size: int, skipped: list, strict: bool = False, progress: bool = True,
+                  desc: str = "images"):
+    """Batches of ``(index, image, label, path)`` of the readable ``(path, label)`` items, read a batch
+    at a time (never the whole dataset in memory); unreadable files go to ``skipped`` with their
+    reason (raised when ``strict``)."""
     from tqdm.auto import tqdm
 
     from ex2.data import load_image
 
-    images, labels, paths, skipped = [], [], [], []
-    for path, label in tqdm(items, desc="reading images", unit="img", disable=not progress):
+    batch = []
+    for index, (path, label) in enumerate(tqdm(items, desc=desc, unit="img", disable=not progress)):
         try:
             image = load_image(path, strict=strict)
         except FileNotFoundError as err:
@@ -238,10 +240,12 @@ def read_images(items, strict: bool = False, progress: bool = True):
         if image is None:
             skipped.append((Path(path), reason))
             continue
-        images.append(image)
-        labels.append(int(label))
-        paths.append(Path(path))
-    return images, labels, paths, skipped
+        batch.append((index, image, int(label), Path(path)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def evaluation_parts(config, dataset):
@@ -265,28 +269,45 @@ def evaluation_parts(config, dataset):
     return rest, held
 
 
-def likelihood_logits(vlm, images, classnames: Sequence[str], config) -> torch.Tensor:
-    """``[N, C]`` scores of each class name continuing the answer prefix."""
-    prompt = vlm.prompt(config.question, answer_prefix=config.answer_prefix)
+def likelihood_logits(vlm, items, classnames: Sequence[str], config, skipped: list, desc: str = "scoring"):
+    """``(logits [N, C], labels, paths)``: each class name scored as the answer prefix's continuation."""
     from ex2.gvlm.backend import join_continuation
 
+    prompt = vlm.prompt(config.question, answer_prefix=config.answer_prefix)
     continuations = [join_continuation(prompt, name) for name in classnames]
-    from tqdm.auto import tqdm
+    rows, labels, paths = [], [], []
+    for batch in image_batches(items, config.batch_size, skipped, config.strict, config.progress, desc):
+        rows.append(vlm.score_continuations([b[1] for b in batch], prompt, continuations, config.length_norm,
+                                            config.batch_size))
+        labels += [b[2] for b in batch]
+        paths += [b[3] for b in batch]
+    return (torch.cat(rows) if rows else torch.empty(0, len(classnames))), labels, paths
 
-    rows = [vlm.score_continuations([image], prompt, continuations, config.length_norm, config.batch_size)
-            for image in tqdm(images, desc=f"scoring classes ({vlm.identity})", unit="img",
-                              disable=not config.progress)]
-    return torch.cat(rows) if rows else torch.empty(0, len(classnames))
 
-
-def answer_questions(vlm, images, questions: list[str], config) -> list[str]:
-    """Greedy answers through transformers or vLLM."""
+def answerer(config, vlm):
+    """``answer(images, questions) -> answers``: greedy, through transformers or vLLM (loaded once)."""
     if config.gen_backend == "vllm":
-        from ex2.gvlm.vllm_backend import vllm_answers
+        from ex2.gvlm.vllm_backend import VLLMAnswerer
 
-        return vllm_answers(config.vlm, images, questions, config.max_new_tokens)
-    prompts = [vlm.prompt(q) for q in questions]
-    return vlm.generate(images, prompts, config.max_new_tokens, config.batch_size)
+        return VLLMAnswerer(config.vlm, config.max_new_tokens)
+
+    def answer(images, questions):
+        prompts = [vlm.prompt(q) for q in questions]
+        return vlm.generate(images, prompts, config.max_new_tokens, config.batch_size)
+
+    return answer
+
+
+def collect_answers(answer, items, questions: list[str], config, skipped: list):
+    """``(indexes, labels, paths, answers)`` of the readable items, asked ``questions[index]``."""
+    indexes, labels, paths, answers = [], [], [], []
+    chunk = config.batch_size if config.gen_backend == "transformers" else max(256, config.batch_size)
+    for batch in image_batches(items, chunk, skipped, config.strict, config.progress, "answering"):
+        answers += answer([b[1] for b in batch], [questions[b[0]] for b in batch])
+        indexes += [b[0] for b in batch]
+        labels += [b[2] for b in batch]
+        paths += [b[3] for b in batch]
+    return indexes, labels, paths, answers
 
 
 def answer_records(config, labels, paths, answers, questions, choices, names) -> tuple[list[dict], list[bool], list[int]]:
@@ -308,43 +329,50 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
     return records, correct, predicted
 
 
-def run_answers(config, vlm, images, labels, paths, names, out: Path) -> dict:
+def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     """Open or closed answers: answers.jsonl, predictions.csv and the metrics."""
     from ex2.classify import _write_csv
     from ex2.io import write_jsonl
 
     choices = None
     if config.method == "closed":
-        choices = draw_choices(labels, len(names), parse_n_choices(config.n_choices, len(names)), config.seed)
+        n_choices = parse_n_choices(config.n_choices, len(names))
+        choices = draw_choices([label for _, label in items], len(names), n_choices, config.seed)
         questions = [closed_question(config.question, [names[c][0] for c in ch]) for ch in choices]
     else:
-        questions = [config.question] * len(images)
-    answers = answer_questions(vlm, images, questions, config)
-    records, correct, predicted = answer_records(config, labels, paths, answers, questions, choices, names)
+        questions = [config.question] * len(items)
+    indexes, labels, paths, answers = collect_answers(answerer(config, vlm), items, questions, config, skipped)
+    if choices is not None:
+        choices = [choices[i] for i in indexes]
+    records, correct, predicted = answer_records(config, labels, paths, answers, [questions[i] for i in indexes],
+                                                 choices, names)
     write_jsonl(out / "answers.jsonl", records)
     _write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
                [[r["path"], r["label"], names[p][0] if p < len(names) else "", int(r["correct"]), one_line(r["answer"])]
                 for r, p in zip(records, predicted, strict=True)])
-    metrics = answer_metrics(correct, labels, predicted, len(names))
-    metrics.update(question=config.question, gen_backend=config.gen_backend, max_new_tokens=config.max_new_tokens)
+    metrics = answer_metrics(correct, labels, predicted, len(names)) if labels else {}
+    metrics.update(question=config.question, gen_backend=config.gen_backend, max_new_tokens=config.max_new_tokens,
+                   n_images=len(labels))
     if choices is not None:
-        metrics["n_choices"] = config.n_choices
-        metrics["choice_seed"] = config.seed
+        metrics.update(n_choices=config.n_choices, choice_seed=config.seed)
     return metrics
 
 
-def run_likelihood(config, vlm, images, labels, paths, classnames, held, out: Path) -> dict:
+def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list) -> dict:
     """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
     from ex2.classify import Evaluation, write_tables
 
-    logits = likelihood_logits(vlm, images, classnames, config)
+    logits, labels, paths = likelihood_logits(vlm, items, classnames, config, skipped)
     info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
-                  "question": config.question, "calibrated": held is not None}
+                  "question": config.question, "calibrated": held is not None, "n_images": len(labels)}
+    if not labels:
+        return info
     if held is not None:
-        held_images, _, _, held_skipped = read_images(held.items, config.strict, config.progress)
-        prior = class_prior(likelihood_logits(vlm, held_images, classnames, config))
+        held_skipped: list = []
+        held_logits, _, _ = likelihood_logits(vlm, held.items, classnames, config, held_skipped, "calibrating")
+        prior = class_prior(held_logits)
         logits = calibrate(logits, prior)
-        info.update(calibration_split=held.split, n_calibration_images=len(held_images),
+        info.update(calibration_split=held.split, n_calibration_images=len(held_logits),
                     class_prior=dict(zip(classnames, prior.tolist(), strict=True)))
     label_tensor = torch.tensor(labels, dtype=torch.long)
     metrics = zeroshot.classification_metrics(logits, label_tensor)
@@ -371,20 +399,24 @@ def run(config, vlm=None, dataset=None) -> Path:
         from ex2.gvlm.vllm_backend import import_vllm
 
         import_vllm()
-    if vlm is None:
+    elif vlm is None:
         from ex2.gvlm.backend import load_gvlm
 
-        vlm = None if config.gen_backend == "vllm" else load_gvlm(config.vlm, config.device, config.precision)
-    images, labels, paths, skipped = read_images(evaluated.items, config.strict, config.progress)
-    if not images:
-        raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
+        vlm = load_gvlm(config.vlm, config.device, config.precision)
+    skipped: list = []
     if config.method == "likelihood":
-        scores = run_likelihood(config, vlm, images, labels, paths, dataset.classnames, held, out)
+        scores = run_likelihood(config, vlm, evaluated.items, dataset.classnames, held, out, skipped)
     else:
-        scores = run_answers(config, vlm, images, labels, paths, names, out)
+        scores = run_answers(config, vlm, evaluated.items, names, out, skipped)
+    if not scores["n_images"]:
+        raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
+    if skipped:
+        from ex2.classify import _write_csv
+
+        _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in skipped])
     metrics = {"dataset": config.dataset, "split": evaluated.split, "vlm": config.vlm,
                "vlm_identity": getattr(vlm, "identity", config.vlm), "method": config.method,
-               "descriptions": None, "categories": None, **scores, "n_images": len(images),
+               "descriptions": None, "categories": None, **scores,
                "n_classes": len(dataset.classnames), "n_skipped_images": len(skipped)}
     if config.classnames:
         metrics["classnames"] = str(config.classnames)

@@ -23,22 +23,26 @@ def import_vllm():
     return vllm
 
 
-def vllm_answers(
-    name: str, images: Sequence[PIL.Image.Image], questions: Sequence[str], max_new_tokens: int = 64
-) -> list[str]:
-    """Greedy answers of the generative VLM ``name`` (``gen:…``), one per (image, question)."""
-    vllm = import_vllm()
-    from transformers import AutoProcessor
+class VLLMAnswerer:
+    """Greedy answers of the generative VLM ``name`` (``gen:…``) through vLLM, loaded once:
+    ``answerer(images, questions) -> answers``."""
 
-    from ex2.gvlm.backend import chat_prompt
+    def __init__(self, name: str, max_new_tokens: int = 64) -> None:
+        self.vllm = import_vllm()
+        from transformers import AutoProcessor
 
-    model = parse_gvlm_name(name).model
-    with hub_offline():
-        processor = AutoProcessor.from_pretrained(model)
-        llm = vllm.LLM(model=model, limit_mm_per_prompt={"image": 1})
-    requests = [
-        {"prompt": chat_prompt(processor, q), "multi_modal_data": {"image": image}}
-        for image, q in zip(images, questions, strict=True)
-    ]
-    outputs = llm.generate(requests, vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
-    return [out.outputs[0].text.strip() for out in outputs]
+        model = parse_gvlm_name(name).model
+        with hub_offline():
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.llm = self.vllm.LLM(model=model, limit_mm_per_prompt={"image": 1})
+        self.sampling = self.vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+
+    def __call__(self, images: Sequence[PIL.Image.Image], questions: Sequence[str]) -> list[str]:
+        from ex2.gvlm.backend import chat_prompt
+
+        requests = [
+            {"prompt": chat_prompt(self.processor, q), "multi_modal_data": {"image": image}}
+            for image, q in zip(images, questions, strict=True)
+        ]
+        outputs = self.llm.generate(requests, self.sampling, use_tqdm=False)
+        return [out.outputs[0].text.strip() for out in outputs]
