@@ -348,3 +348,5 @@ def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path):
 
     with pytest.raises(ValueError, match="needs a generative VLM"):
         build_reward("gen-likelihood", object(), dataset)
+    with pytest.raises(ValueError, match="generative VLM: it has no text embeddings"):
+        build_reward("ex2", gvlm, dataset, images_per_class=1, progress=False)  # a dual encoder's reward

@@ -33,6 +33,10 @@ FALLBACK_PROMPT = "USER: {image}{question}\nASSISTANT:"  # LLaVA-1.5's format, f
 POOLS = ("last", "mean")
 
 
+class NotADualEncoderError(TypeError, ValueError):
+    """A generative VLM used where a dual encoder's embeddings are needed (the CLI prints it)."""
+
+
 @dataclass
 class PrefixState:
     """A prompt after one forward pass: its KV cache and the logits of its next token."""
@@ -226,11 +230,11 @@ class GenerativeVLM:
 
     # --- what a dual encoder has and this model has not --------------------------------------
 
-    def encode_texts(self, texts):  # noqa: D102
-        raise TypeError(f"{self.identity} is a generative VLM: it has no text embeddings; classify with "
+    def encode_texts(self, *args, **kwargs):  # noqa: D102
+        raise NotADualEncoderError(f"{self.identity} is a generative VLM: it has no text embeddings; classify with "
                         "--method open, closed or likelihood, or train with --reward gen-likelihood")
 
-    encode_images = preprocess = encode_texts
+    encode_images = preprocess = embedding_dim = encode_texts
 
 
 def reduce_logprobs(per_token: Sequence[torch.Tensor], length_norm: str = "mean") -> torch.Tensor:
