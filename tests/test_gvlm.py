@@ -321,7 +321,7 @@ def test_split_per_class_is_disjoint_and_seeded(shared_cache):
 # --- the reward ------------------------------------------------------------------------------------
 
 
-def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path):
+def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path, tmp_cache):
     from test_reward import tiny_dataset, trl_call
 
     from ex2.reward import build_reward
