@@ -54,6 +54,9 @@ DESCRIPTION_METHODS = ("dclip", "cupl", "ex2")  # need --descriptions
 DCLIP_SUFFIX = {"imagenet": "."}  # DCLIP's after_text per dataset (its load.py); "" elsewhere
 CUPL_TEMPLATES = "clip_80"  # CLIP's 80 ImageNet templates, the ones CuPL pools with
 WAFFLECLIP_PREFIX = "A photo of a "  # WaffleCLIP's label_before_text
+# generative VLMs (--vlm gen:…) answer or score class names instead: ex2.gvlm.classify
+GVLM_METHODS = ("open", "closed", "likelihood")
+DEFAULT_AGGREGATE.update(dict.fromkeys(GVLM_METHODS, "mean_score"))  # unused by them
 
 
 @dataclass
@@ -66,7 +69,9 @@ class ClassifyConfig:
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
-    method: Literal["clip", "dclip", "cupl", "ex2", "waffle"] = option("clip", "how each class's texts are made")
+    method: Literal["clip", "dclip", "cupl", "ex2", "waffle", "open", "closed", "likelihood"] = option(
+        "clip", "how each class's texts are made; open, closed or likelihood with a generative VLM (gen:…)"
+    )
     templates: str = option("clip", "class-name templates for clip: clip, clip_ensemble or a file")
     descriptions: str | None = option(
         None, "dclip/cupl/ex2: descriptions.jsonl or categories.jsonl (ours), or a JSON {class: [texts]} "
@@ -111,6 +116,24 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
+    # generative VLMs (--vlm gen:…, --method open|closed|likelihood): see ex2.gvlm.classify
+    question: str = option("What type of object is in this photo?", "open/closed/likelihood: the question asked")
+    classnames: str | None = option(
+        None, "open/closed: class names and synonyms that count as naming a class: JSON {class: [synonym, ...]} "
+        "or one class a line, 'class, synonym, ...'"
+    )
+    n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
+    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
+    calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
+    calibration_split: str | None = option(
+        None, "likelihood: split estimating the prior; default: hold out --calibration-fraction of the evaluated split"
+    )
+    calibration_fraction: float = option(0.2, "likelihood: share of each class's images held out for the prior")
+    max_new_tokens: int = option(64, "open/closed: answer length limit in tokens")
+    gen_backend: Literal["transformers", "vllm"] = option(
+        "transformers", "open/closed: generate with transformers or vLLM (GPU, pip install 'ex2[vllm]')"
+    )
 
     def __post_init__(self) -> None:
         self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
@@ -140,6 +163,10 @@ class ClassifyConfig:
             raise ValueError(f"--explain must be 0 or more, got {self.explain}")
         if self.aggregate is None:
             self.aggregate = DEFAULT_AGGREGATE[self.method]
+        if self.method in GVLM_METHODS or self.vlm.strip().startswith("gen:"):
+            from ex2.gvlm.classify import check_config
+
+            check_config(self)
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -620,6 +647,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     from ex2.data import load_dataset
     from ex2.vlm import load_vlm
 
+    if config.method in GVLM_METHODS:
+        from ex2.gvlm import classify as generative
+
+        return generative.run(config, vlm, dataset)
     out = Path(config.output)
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads

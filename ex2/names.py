@@ -7,6 +7,7 @@ VLMs
     ``open_clip:MODEL[:TAG]``              the same, explicitly (EX2's ``r-open-clip:MODEL:TAG`` too)
     ``hf-hub:ORG/NAME``, ``local-dir:PATH``  open_clip models from a hub repo or a local folder
     ``ORG/NAME`` or a local folder         a transformers CLIP, SigLIP or ALIGN model
+    ``gen:ORG/NAME``, ``gen:local-dir:PATH``  a generative (image-text-to-text) VLM, :mod:`ex2.gvlm`
 
 LLMs
     ``smollm2``                            the embedded SmolLM2-135M-Instruct
@@ -32,8 +33,11 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 VLM_FORMS = (
     "conse | MODEL:TAG (open_clip, e.g. ViT-B-32:openai) | MODEL:/path/ckpt.pt | "
     "open_clip:MODEL[:TAG] | r-open-clip:MODEL:TAG | hf-hub:ORG/NAME | local-dir:PATH | "
-    "ORG/NAME or a local folder (transformers CLIP/SigLIP/ALIGN)"
+    "ORG/NAME or a local folder (transformers CLIP/SigLIP/ALIGN) | "
+    "gen:ORG/NAME | gen:local-dir:PATH (generative VLM)"
 )
+GVLM_FORMS = "gen:ORG/NAME (hub id, read from the local cache) | gen:local-dir:PATH (a model folder)"
+GVLM_PREFIX = "gen:"
 LLM_FORMS = "smollm2 | ORG/NAME (hub id) | a local model folder | a .gguf file"
 
 
@@ -47,7 +51,7 @@ class DatasetNameError(ValueError):
 
 @dataclass(frozen=True)
 class VLMSpec:
-    backend: str  # "conse" | "open_clip" | "transformers"
+    backend: str  # "conse" | "open_clip" | "transformers" | "generative"
     model: str  # architecture, hf-hub:/local-dir: name, hub id or folder
     pretrained: str | None = None  # open_clip pretrained tag or checkpoint file
 
@@ -73,9 +77,32 @@ def _open_clip_spec(rest: str, name: str) -> VLMSpec:
     return VLMSpec("open_clip", model, pretrained or None)
 
 
+def is_gvlm_name(name: str) -> bool:
+    """True for a generative VLM's name (``gen:…``)."""
+    return name.strip().startswith(GVLM_PREFIX)
+
+
+def parse_gvlm_name(name: str) -> VLMSpec:
+    """A generative VLM's name -> ``VLMSpec("generative", hub id or folder)``."""
+    name = name.strip()
+    if not is_gvlm_name(name):
+        raise ModelNameError(f"{name!r} is no generative VLM; valid forms: {GVLM_FORMS}")
+    rest = name[len(GVLM_PREFIX) :]
+    if rest.startswith("local-dir:"):
+        path = Path(rest[len("local-dir:") :]).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelNameError(f"generative VLM folder {path} has no config.json; expected a transformers model folder")
+        return VLMSpec("generative", str(path))
+    if HUB_ID.match(rest):
+        return VLMSpec("generative", rest)
+    raise ModelNameError(f"unknown generative VLM {name!r}; valid forms: {GVLM_FORMS}")
+
+
 def parse_vlm_name(name: str) -> VLMSpec:
     """Parse a VLM name into a backend and its arguments (see the module docstring)."""
     name = name.strip()
+    if is_gvlm_name(name):
+        return parse_gvlm_name(name)
     if name in EMBEDDED_VLMS:
         return VLMSpec(name, name)
     for prefix in ("r-open-clip:", "open_clip:", "open-clip:"):

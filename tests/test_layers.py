@@ -16,10 +16,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "ex2.plotting", "ex2.errors", "ex2.resources")),
     ("data", ("ex2.data",)),
     ("models", ("ex2.vlm", "ex2.llm", "ex2.samplers", "ex2.gvlm")),
-    ("reward", ("ex2.reward",)),
+    ("reward", ("ex2.reward", "ex2.gvlm.reward")),
     ("align", ("ex2.train", "ex2.train_eval", "ex2.train_callbacks", "ex2.generate", "ex2.knowledge")),
     ("inspect", ("ex2.inspect", "ex2.inspect_report", "ex2.judges", "ex2.categorize")),
-    ("classify", ("ex2.classify", "ex2.zeroshot", "ex2.explain", "ex2.coder", "ex2.probe")),
+    ("classify", ("ex2.classify", "ex2.zeroshot", "ex2.explain", "ex2.coder", "ex2.probe", "ex2.gvlm.classify")),
     ("report", ("ex2.report", "ex2.report_html")),
     ("app", ("ex2.demo", "ex2.cli")),
 ]

@@ -22,6 +22,7 @@ BACKENDS = LazyRegistry("VLM backend", {
     "open_clip": "ex2.vlm.open_clip_backend:load_open_clip",
     "transformers": "ex2.vlm.transformers_backend:load_transformers",
     "conse": "ex2.vlm.conse:load_conse",
+    "generative": "ex2.gvlm.backend:load_generative",  # gen:… names: a GenerativeVLM, not a dual encoder
 })
 
 
