@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
+from ex2.devices import resolve_device, resolve_dtype
 from ex2.names import VLMSpec, parse_gvlm_name
-from ex2.vlm.base import resolve_device, resolve_precision
 from ex2.vlm.offline import DOWNLOAD_HINT, hub_offline
 
 FALLBACK_PROMPT = "USER: {image}{question}\nASSISTANT:"  # LLaVA-1.5's format, for processors without a template
@@ -249,7 +249,7 @@ def load_gvlm(name: str, device: str | None = None, precision: str = "auto") -> 
     ``EX2_ALLOW_DOWNLOAD=1``."""
     spec = parse_gvlm_name(name)
     torch_device = resolve_device(device)
-    return load_generative(spec, torch_device, resolve_precision(precision, torch_device))
+    return load_generative(spec, torch_device, resolve_dtype(precision, torch_device))
 
 
 def load_generative(spec: VLMSpec, device: torch.device, dtype: torch.dtype) -> GenerativeVLM:
