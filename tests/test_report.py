@@ -147,6 +147,13 @@ def test_each_inspection_run_once_and_the_numbers_that_matter(runs, tmp_path):
     assert len(again) == 4 and again[-1]["aligned_description"] == "another adapter" and not again[-1]["base_description"]
 
 
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
+def test_demo_ends_with_the_numbers_that_matter(runs):
+    from ex2.demo import headline_lines
+
+    assert headline_lines(runs) == ["held-out reward: base 25.00 -> aligned 30.00"]
+
+
 def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
     from ex2.report import relative_paths
 
