@@ -33,6 +33,7 @@ _API: dict[str, str] = {
     "ContrastiveSoftmaxReward": "ex2.reward:ContrastiveSoftmaxReward",
     "PlantedReward": "ex2.reward:PlantedReward",
     "load_llm": "ex2.llm:load_llm",
+    "resolve_llm": "ex2.llm:resolve_llm",
     "load_tokenizer": "ex2.llm:load_tokenizer",
     "prompt_dataset": "ex2.train:prompt_dataset",
     "TrainConfig": "ex2.train:TrainConfig",
