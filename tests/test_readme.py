@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from test_train import tiny_llm  # noqa: F401  (module fixture)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
