@@ -253,11 +253,12 @@ def attribute_rows(runs: Runs) -> list[dict]:
             out = {"run": row["run"], "vlm": row.get("vlm"), "variant": variant,
                    "n": part.get("n", summary.get("n_descriptions"))}
             out |= {f"share_{c}": categories.get(c) for c in CATEGORY_COLORS}
-            for category in ("visual", "non_visual"):
-                for attribute, share in (within.get(category) or {}).items():
-                    out[attribute] = (categories.get(category) or 0.0) * share
+            for category, names in (("visual", VISUAL_ATTRIBUTES), ("non_visual", NON_VISUAL_ATTRIBUTES)):
+                found = within.get(category) or {}
+                out |= {a: (categories.get(category) or 0.0) * float(found.get(a) or 0.0) for a in names}
             rows.append(out)
-    return rows
+    order = {"base": 0, "aligned": 1}
+    return sorted(rows, key=lambda r: (r["vlm"] or "", order.get(r["variant"], 2)))  # base before aligned
 
 
 def side_by_side(descriptions: list[dict]) -> list[dict]:
@@ -278,8 +279,11 @@ def side_by_side(descriptions: list[dict]) -> list[dict]:
 
 
 def extremes(rewarded: list[dict], count: int = EXTREMES) -> tuple[list[dict], list[dict]]:
-    """The ``count`` highest- and lowest-rewarded texts (duplicates of a text kept once)."""
-    unique = {(r["concept"], r["text"], r["from"]): r for r in rewarded if r.get("text") is not None}
+    """The ``count`` highest- and lowest-rewarded texts (each text of a concept once)."""
+    unique: dict[tuple, dict] = {}
+    for record in rewarded:  # a text scored at several steps is listed once, at its first
+        if record.get("text") is not None:
+            unique.setdefault((record["concept"], record["text"]), record)
     ordered = sorted(unique.values(), key=lambda r: r["reward"], reverse=True)
     return ordered[:count], ordered[::-1][:count]
 
@@ -291,10 +295,11 @@ def hacking_rows(runs: Runs) -> list[dict]:
     for record in runs.descriptions:
         sets[("descriptions", record["run"], record["vlm"], record["variant"])].append(
             {"text": record["description"], "concept": record["concept"]})
+    vlms = {row["run"]: row.get("vlm") for row in runs.train}
     for sample in runs.heldout:
         for variant, key in (("base", "base"), ("aligned", "trained")):
             if isinstance(sample.get(key), str):
-                sets[("held-out", sample["run"], None, variant)].append({"text": sample[key],
+                sets[("held-out", sample["run"], vlms.get(sample["run"]), variant)].append({"text": sample[key],
                                                                           "concept": str(sample["concept"])})
     rows = []
     for (source, run, vlm, variant), items in sets.items():

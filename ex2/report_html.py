@@ -244,7 +244,10 @@ for (const box of document.querySelectorAll('input.filter')) {
 def headline_html(numbers: dict[str, tuple]) -> str:
     if not numbers:
         return ""
-    items = "".join(f"<li>{html.escape(name)}: <b>{_cell(base)}</b> → <b>{_cell(aligned)}</b></li>"
+    def show(value) -> str:
+        return "–" if value is None else html.escape(_cell(value))
+
+    items = "".join(f"<li>{html.escape(name)}: <b>{show(base)}</b> → <b>{show(aligned)}</b></li>"
                     for name, (base, aligned) in numbers.items())
     return f'<h2 id="s-headline">Base → aligned</h2><ul class="headline">{items}</ul>'
 

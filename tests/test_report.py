@@ -124,8 +124,9 @@ def test_report_writes_csv_and_a_self_contained_page(runs, tmp_path):
     mask = next(p for p in pairs if p["aligned_description"] == "A red bird with a black mask.")
     assert mask["aligned_reward"] == "31.5000" and mask["base_category"] == "spurious"  # reward from the log
     attributes = table("attributes")
-    assert [(r["run"], r["variant"]) for r in attributes] == [("inspect", "aligned"), ("inspect", "base")]
-    assert float(attributes[0]["color"]) == pytest.approx(0.5 * 0.6)  # share of all descriptions
+    assert [(r["run"], r["variant"]) for r in attributes] == [("inspect", "base"), ("inspect", "aligned")]
+    assert float(attributes[1]["color"]) == pytest.approx(0.5 * 0.6)  # share of all descriptions
+    assert float(attributes[1]["diet"]) == 0.0  # every attribute has a column
     hacking = {(r["from"], r["variant"]): r for r in table("hacking")}
     assert float(hacking["descriptions", "base"]["header_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(hacking["held-out", "base"]["name_only_share"]) == pytest.approx(1 / 2)
