@@ -15,6 +15,8 @@ from pathlib import Path
 from ex2.report import ATTRIBUTES, CATEGORY_COLORS, VISUAL_ATTRIBUTES, Runs, attribute_rows
 from ex2.report_stats import smooth
 
+PAGE_ROWS = 5000  # description rows on the page (the CSV has them all)
+
 
 def _pyplot():
     import matplotlib
@@ -255,10 +257,12 @@ def headline_html(numbers: dict[str, tuple]) -> str:
 def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]:
     parts = []
     if "descriptions" in extra:
+        rows = extra["descriptions"]
+        cut = f" The first {PAGE_ROWS} of {len(rows)} rows; all are in descriptions.csv." if len(rows) > PAGE_ROWS else ""
         parts += ["<h2 id=\"s-descriptions\">Descriptions, base vs aligned</h2>",
                   "<p>Same concept, template and sample side by side; rewards where training or held-out "
-                  "evaluation scored the same text. Click a header to sort.</p>",
-                  html_table(extra["descriptions"], "descriptions", "descriptions", "descriptions.csv", True)]
+                  f"evaluation scored the same text. Click a header to sort.{cut}</p>",
+                  html_table(rows[:PAGE_ROWS], "descriptions", "descriptions", "descriptions.csv", True)]
     for name, caption in (("top_rewarded", "highest-rewarded texts"), ("bottom_rewarded", "lowest-rewarded texts"),
                           ("heldout_pairs", "held-out templates: base vs trained sample of the same prompt")):
         if name in extra:
