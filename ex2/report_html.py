@@ -255,12 +255,12 @@ def headline_html(numbers: dict[str, tuple]) -> str:
 
 
 def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]:
-    parts = []
+    names = ("descriptions", "top_rewarded", "bottom_rewarded", "heldout_pairs")
+    parts = ['<h2 id="s-descriptions">Descriptions, base vs aligned</h2>'] if any(n in extra for n in names) else []
     if "descriptions" in extra:
         rows = extra["descriptions"]
         cut = f" The first {PAGE_ROWS} of {len(rows)} rows; all are in descriptions.csv." if len(rows) > PAGE_ROWS else ""
-        parts += ["<h2 id=\"s-descriptions\">Descriptions, base vs aligned</h2>",
-                  "<p>Same concept, template and sample side by side; rewards where training or held-out "
+        parts += ["<p>Same concept, template and sample side by side; rewards where training or held-out "
                   f"evaluation scored the same text. Click a header to sort.{cut}</p>",
                   html_table(rows[:PAGE_ROWS], "descriptions", "descriptions", "descriptions.csv", True)]
     for name, caption in (("top_rewarded", "highest-rewarded texts"), ("bottom_rewarded", "lowest-rewarded texts"),
@@ -273,7 +273,7 @@ def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]
 def render_html(runs: Runs, extra: dict[str, list[dict]], title: str, numbers: dict | None = None) -> str:
     """The page: headline numbers, descriptions, attributes, classification, training, reward hacking."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    sections = [("descriptions", "descriptions" in extra or "heldout_pairs" in extra),
+    sections = [("descriptions", any(n in extra for n in ("descriptions", "top_rewarded", "heldout_pairs"))),
                 ("attributes", bool(runs.inspect)), ("classification", bool(runs.classify)),
                 ("training", bool(runs.train)), ("hacking", "hacking" in extra)]
     parts.append("<nav>" + "".join(f'<a href="#s-{s}">{s}</a>' for s, present in sections if present) + "</nav>")

@@ -165,6 +165,15 @@ def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
     assert rows == [{"descriptions": "../runs/d.jsonl", "source": "not/there.jsonl"}]
 
 
+def test_every_in_page_link_has_its_section_with_training_alone(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs / "train"), "--output", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "held-out templates" in page and "<table" in page
+    for target in re.findall(r'href="#([^"]*)"', page):
+        assert f'id="{target}"' in page, target
+
+
 def test_report_takes_runs_as_a_flag_too_and_fails_clearly_without_outputs(runs, tmp_path, capsys):
     assert main(["report", "--runs", str(runs / "clip"), "--output", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
