@@ -165,6 +165,7 @@ def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
     assert rows == [{"descriptions": "../runs/d.jsonl", "source": "not/there.jsonl"}]
 
 
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
 def test_every_in_page_link_has_its_section_with_training_alone(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs / "train"), "--output", str(out)]) == 0
