@@ -350,7 +350,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def relative_paths(rows: list[dict], out: Path, keys=("descriptions", "source")) -> None:
+def relative_paths(rows: list[dict], out: Path, keys=("descriptions", "descriptions_adapter", "source")) -> None:
     """Paths in ``keys`` rewritten relative to the report folder (when they name an existing file)."""
     for row in rows:
         for key in keys:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ex2.report import ATTRIBUTES, CATEGORY_COLORS, VISUAL_ATTRIBUTES, Runs, attribute_rows
 from ex2.report_stats import smooth
 
+TEXT_COLUMNS = ("base_description", "aligned_description", "text", "base", "trained")  # kept readable
 PAGE_ROWS = 5000  # description rows on the page (the CSV has them all)
 
 
@@ -181,6 +182,8 @@ def html_table(rows: list[dict], caption: str, table_id: str | None = None, csv_
 
     def td(column: str, value) -> str:
         css = f' class="c-{value}"' if column.endswith("category") and value in CATEGORY_COLORS else ""
+        if column in TEXT_COLUMNS:
+            css = ' class="text"'
         return f"<td{css}>{html.escape(_cell(value))}</td>"
 
     body = "".join("<tr>" + "".join(td(c, row.get(c)) for c in columns) + "</tr>" for row in rows)
@@ -206,7 +209,7 @@ th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}th:hover{background:#
 text-align:left;padding:4px 0}td{max-width:34em}img{max-width:100%}figure{margin:1em 0}code{background:#f5f5f5}
 .scroll{overflow:auto;max-height:36em}.c-spurious{background:#fbe3e3}.c-visual{background:#e1ecf7}
 .c-non_visual{background:#e3f3e3}a.csv{font-weight:normal;font-size:12px;margin-left:1em}
-nav a{margin-right:1em}.headline li{font-size:15px;margin:.2em 0}"""
+nav a{margin-right:1em}td.text{min-width:22em}.headline li{font-size:15px;margin:.2em 0}"""
 
 SCRIPT = """<script>
 for (const table of document.querySelectorAll('table.sortable')) {
