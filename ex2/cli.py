@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 from ex2.config import parse_config
@@ -49,7 +50,15 @@ def list_known() -> str:
     return "\n".join(out)
 
 
+def offline_by_default() -> None:
+    """Nothing downloads at run time by default: the Hugging Face hub serves cached files only, unless
+    ``EX2_ALLOW_DOWNLOAD`` is set (an ``HF_HUB_OFFLINE`` already set is kept)."""
+    if os.environ.get("EX2_ALLOW_DOWNLOAD", "").strip().lower() not in ("1", "true", "yes"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    offline_by_default()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

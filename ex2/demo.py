@@ -216,4 +216,25 @@ def run(config: DemoConfig) -> Path:
         stage.action()
         print(f"{prefix}: finished in {time.perf_counter() - started:.0f} s", flush=True)
     print(f"report: {out / 'report' / 'report.html'}", flush=True)
+    for line in headline_lines(out):
+        print(line, flush=True)
     return out
+
+
+def headline_lines(out: Path) -> list[str]:
+    """The numbers that matter, base -> aligned: held-out reward, accuracy with the descriptions and
+    informative share, read back from the demo's run outputs."""
+    import warnings
+
+    from ex2.report import collect, headline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        numbers = headline(collect([out], exclude=(out / "report").resolve()))
+
+    def show(value: float | None, digits: int) -> str:
+        return "?" if value is None else f"{value:.{digits}f}"
+
+    digits = {"held-out reward": 2}
+    return [f"{name}: base {show(base, digits.get(name, 3))} -> aligned {show(aligned, digits.get(name, 3))}"
+            for name, (base, aligned) in numbers.items()]
