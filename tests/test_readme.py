@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from test_train import tiny_llm  # noqa: F401  (module fixture)
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -18,7 +16,7 @@ def python_snippet(section: str) -> str:
     return found.group(1)
 
 
-def test_use_ex2_from_python_snippet_runs(tiny_llm, shared_cache, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_use_ex2_from_python_snippet_runs(tiny_llm, shared_cache, tmp_path, monkeypatch, capsys):
     code = python_snippet("Use ex2 from Python")
     model_line = 'MODEL = ex2.resolve_llm("smollm2")'
     assert model_line in code
