@@ -90,3 +90,205 @@ def test_a_bad_stage_config_fails_before_any_model_loads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--config", str(path)])
     assert f"config file {path}: batch_size: expected an integer, got 2.5" in capsys.readouterr().err
+
+
+# --- 2. a judge server that refuses, hangs or rejects the key ---------------------------------
+
+SPURIOUS = '{"informative": false, "explanation": "a caption"}'
+
+
+@pytest.fixture
+def fake_judge():
+    """A loopback OpenAI-compatible server whose n-th request gets ``script[n]`` (the last one
+    repeats): an answer text, 401, or "hang" (no answer for up to 10 s, or until the test ends)."""
+    state = {"script": [SPURIOUS], "requests": 0}
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            step = state["script"][min(state["requests"], len(state["script"]) - 1)]
+            state["requests"] += 1
+            if step == "hang":
+                release.wait(10)
+                return
+            if step == 401:
+                self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}})
+                return
+            self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": step}}]})
+
+        def _send(self, status, data):
+            reply = json.dumps(data).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def three(tmp_path) -> Path:
+    path = tmp_path / "descriptions.jsonl"
+    write_jsonl(path, [{"concept": "cat", "description": f"A photo of a cat, number {n}."} for n in range(3)])
+    return path
+
+
+def judge_argv(base_url: str, descriptions: Path, output: Path, *extra: str) -> list[str]:
+    return ["inspect", "--backend", "openai", "--model", "judge", "--base-url", base_url, "--api-key", "k",
+            "--input", str(descriptions), "--output", str(output), "--concurrency", "1", "--no-report",
+            "--no-json-mode", "--request-retries", "0", *extra]
+
+
+def test_refused_connection_is_one_line_naming_the_server(tmp_path, three, capsys):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    assert main(judge_argv(url, three, tmp_path / "c.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert f"ex2 inspect: error: cannot connect to judge server {url}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_hanging_judge_is_reported_after_the_timeout(tmp_path, three, fake_judge, capsys):
+    url, state = fake_judge
+    state["script"] = [SPURIOUS, "hang"]
+    out = tmp_path / "c.jsonl"
+    assert main(judge_argv(url, three, out, "--timeout", "0.3", "--request-retries", "1")) == 1
+    err = capsys.readouterr().err
+    assert f"judge server {url} gave no answer within 0.3 s (2 tries)" in err and "--timeout" in err
+    assert state["requests"] == 3  # one answer, then one request and its retry
+    assert [r["description"] for r in read_jsonl(out)] == ["A photo of a cat, number 0."]  # kept
+
+
+def test_a_rejected_key_keeps_the_answers_already_received(tmp_path, three, fake_judge, capsys):
+    url, state = fake_judge
+    state["script"] = [SPURIOUS, SPURIOUS, 401]
+    out = tmp_path / "c.jsonl"
+    assert main(judge_argv(url, three, out)) == 1
+    err = capsys.readouterr().err
+    assert f"judge server {url} refused the API key (401: " in err and "OPENAI_API_KEY" in err
+    assert len(read_jsonl(out)) == 2
+    state["script"], state["requests"] = [SPURIOUS], 0
+    assert main(judge_argv(url, three, out)) == 0  # the rerun asks only for the third
+    assert state["requests"] == 1 and len(read_jsonl(out)) == 3
+
+
+def test_default_timeouts_report_a_dead_server_within_a_minute():
+    from openai._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
+
+    from ex2.inspect import InspectConfig
+
+    config = InspectConfig(input="x.jsonl", backend="openai", model="m")
+    waits = sum(min(INITIAL_RETRY_DELAY * 2**n, MAX_RETRY_DELAY) for n in range(config.request_retries))
+    assert (config.request_retries + 1) * config.timeout + waits < 60
+
+
+def test_unparsed_answers_are_counted_on_the_console(tmp_path, three, fake_judge, capsys):
+    url, state = fake_judge
+    state["script"] = [SPURIOUS, "no idea", SPURIOUS]
+    assert main(judge_argv(url, three, tmp_path / "c.jsonl", "--max-retries", "0")) == 0
+    assert f"3 description(s) in {tmp_path / 'c.jsonl'}, 1 unparsed" in capsys.readouterr().out
+
+
+def test_an_uncached_hub_llm_names_itself(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EX2_ALLOW_DOWNLOAD", raising=False)
+    code = main(["generate", "--llm", "ex2-test-org/not-cached-llm", "--limit-concepts", "1",
+                 "--output", str(tmp_path / "d.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and "LLM 'ex2-test-org/not-cached-llm' is neither a local folder nor in the Hugging Face " \
+        "cache; set EX2_ALLOW_DOWNLOAD=1" in err and "Traceback" not in err
+
+
+def test_samples_with_a_file_as_data_root(tmp_path, capsys):
+    root = tmp_path / "notes.txt"
+    root.write_text("not a folder\n")
+    assert main(["classify", "--dataset", "samples", "--data-root", str(root), "--method", "clip",
+                 "--output", str(tmp_path / "cls")]) == 1
+    assert f"samples: --data-root {root} is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, three, fake_judge):
+    url, state = fake_judge
+    state["script"] = [SPURIOUS, "hang"]
+    out = tmp_path / "c.jsonl"
+    argv = judge_argv(url, three, out, "--timeout", "30")
+    proc = subprocess.Popen([sys.executable, "-m", "ex2.cli", *argv[0:]], cwd=REPO, stderr=subprocess.PIPE,
+                            text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while state["requests"] < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)  # wait until the second request hangs
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "ex2 inspect: interrupted; rerun to resume"
+    assert len(read_jsonl(out)) == 1  # the answer received before Ctrl-C is kept
+
+
+# --- 3. an inspect output belongs to one input ------------------------------------------------
+
+
+def test_the_output_of_one_input_is_refused_to_another_unless_appended(tmp_path, three, fake_judge, capsys):
+    url, state = fake_judge
+    other = tmp_path / "other.jsonl"
+    write_jsonl(other, [{"concept": "dog", "description": "A dog."}, {"concept": "cat", "description": "A photo of a cat, number 0."}])
+    out = tmp_path / "c.jsonl"
+    assert main(judge_argv(url, three, out)) == 0
+    assert main(judge_argv(url, other, out)) == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds the judgements of {three.resolve()}" in err and "--append" in err
+    assert len(read_jsonl(out)) == 3 and state["requests"] == 3
+
+    assert main(judge_argv(url, other, out, "--append", "--report")) == 0
+    records = read_jsonl(out)
+    assert len(records) == 5 and state["requests"] == 4  # the shared description is not asked again
+    assert json.loads((tmp_path / "inspect_report" / "summary.json").read_text())["n_descriptions"] == 5
+    owners = json.loads((tmp_path / "c.jsonl.inputs.json").read_text())["inputs"]
+    assert [o["path"] for o in owners] == [str(three.resolve()), str(other.resolve())]
+    assert main(judge_argv(url, three, out)) == 0 and len(read_jsonl(out)) == 5  # both are its inputs now
+
+
+def test_a_changed_input_is_not_mixed_with_its_old_judgements(tmp_path, three, fake_judge, capsys):
+    url, _ = fake_judge
+    out = tmp_path / "c.jsonl"
+    assert main(judge_argv(url, three, out)) == 0
+    write_jsonl(three, [{"concept": "cat", "description": "A new text."}])
+    assert main(judge_argv(url, three, out)) == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds the judgements of {three.resolve()} as it was before it changed" in err
+    old = tmp_path / "old.jsonl"
+    write_jsonl(old, [{"concept": "cat", "description": "old"}])  # an output from before inputs were recorded
+    assert main(judge_argv(url, three, old)) == 1
+    assert "no old.jsonl.inputs.json says of which input" in capsys.readouterr().err
+
+
+def test_a_second_writer_is_told_who_holds_the_output(tmp_path, three, fake_judge, capsys):
+    url, state = fake_judge
+    out = tmp_path / "c.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ex2.io import output_lock\n"
+         f"with output_lock({str(out)!r}, 'ex2 inspect'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(judge_argv(url, three, out)) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by pid {holder.pid} on {socket.gethostname()}" in err
+        assert "ex2 inspect" in err and state["requests"] == 0 and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(judge_argv(url, three, out)) == 0  # a killed holder releases the lock
