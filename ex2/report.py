@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from ex2.config import option, save_config
-from ex2.io import atomic_open, atomic_write_text, read_jsonl
+from ex2.io import atomic_open, atomic_write_text, check_output_path, read_jsonl
 from ex2.plotting import pyplot
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
@@ -313,7 +313,7 @@ def render_html(runs: Runs, title: str) -> str:
 
 def run(config: ReportConfig) -> Path:
     """Collect the runs and write summary.csv, report.html and the resolved config."""
-    out = Path(config.output)
+    out = check_output_path(config.output, "folder")
     runs = collect(config.runs, exclude=out.resolve() if out.exists() else None)
     if not (runs.classify or runs.inspect or runs.train):
         raise ValueError(
