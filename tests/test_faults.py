@@ -292,3 +292,162 @@ def test_a_second_writer_is_told_who_holds_the_output(tmp_path, three, fake_judg
         holder.kill()
         holder.wait()
     assert main(judge_argv(url, three, out)) == 0  # a killed holder releases the lock
+
+
+# --- 6. outputs are checked before any model loads --------------------------------------------
+
+UNCACHED = "ex2-test-org/not-cached-llm"  # loading it would fail: an output error proves it came first
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return folder
+    if not os.access("/proc/sys", os.W_OK):  # root may write anywhere, but not there
+        return Path("/proc/sys")
+    pytest.skip("no folder here is unwritable for this user")
+
+
+def generate_argv(output: Path, *extra: str) -> list[str]:
+    return ["generate", "--llm", UNCACHED, "--limit-concepts", "1", "--output", str(output), *extra]
+
+
+def test_generate_output_problems_are_found_before_loading(tmp_path, capsys):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    note = tmp_path / "note.txt"
+    note.write_text("a file\n")
+    locked = unwritable_folder(tmp_path)
+    cases = [
+        (generate_argv(folder), f"--output {folder} is a folder; expected the path of a file"),
+        (generate_argv(note / "d.jsonl"), f"--output {note / 'd.jsonl'}: {note} is a file, so nothing can be"),
+        (generate_argv(locked / "sub" / "d.jsonl"), f"no permission to write in {locked}"),
+        (generate_argv(tmp_path / "d.jsonl", "--legacy-json", str(folder)), f"--legacy-json {folder} is a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and UNCACHED not in err
+    assert not list(folder.iterdir()) and not list(tmp_path.glob("*.partial"))
+
+
+def test_inspect_and_report_outputs_are_checked_first(tmp_path, three, capsys):
+    note = tmp_path / "note.txt"
+    note.write_text("a file\n")
+    base = ["inspect", "--backend", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--input", str(three)]
+    assert main([*base, "--output", str(three)]) == 1
+    assert f"--output {three} is the --input file" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "c.jsonl"), "--report-dir", str(note)]) == 1
+    assert f"--report-dir {note} is an existing file; expected a folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--output", str(note)]) == 1
+    assert f"--output {note} is an existing file; expected a folder" in capsys.readouterr().err
+    with pytest.raises(OutputError, match="no permission to write in"):
+        check_output_path(unwritable_folder(tmp_path) / "x" / "report", "folder")
+
+
+# --- 8. smaller faults ------------------------------------------------------------------------
+
+
+def test_bad_utf8_in_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"concept": "cat", "description": "ok"}\n{"concept": "caf\xe9", "description": "x"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2: not valid UTF-8 \(byte 0xe9 at column 17\)"):
+        read_jsonl(path)
+
+
+def test_an_empty_inspect_input_is_named_as_the_input(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["inspect", "--input", str(empty), "--output", str(tmp_path / "c.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty}: no records; expected JSON Lines with concept and description" in err
+
+
+def test_a_class_folder_that_is_not_utf8_is_named(tmp_path, capsys):
+    import PIL.Image
+
+    tree = tmp_path / "tree"
+    for name in (b"cat", b"caf\xe9"):
+        folder = Path(os.fsdecode(bytes(tree) + b"/" + name))
+        folder.mkdir(parents=True)
+        PIL.Image.new("RGB", (4, 4)).save(folder / "0.png")
+    assert main(["generate", "--dataset", f"imagefolder:{tree}", "--llm", UNCACHED, "--output",
+                 str(tmp_path / "d.jsonl")]) == 1
+    assert f"imagefolder: class folder in {tree}: b'caf\\xe9' is not valid UTF-8" in capsys.readouterr().err
+
+
+def test_inspect_summary_escapes_html_from_descriptions(tmp_path):
+    from ex2.inspect_report import write_report
+
+    record = {"concept": "cat<b>", "description": "<script>alert(1)</script> | `x`", "category": "spurious",
+              "attribute": "none", "informative": False, "explanation": "<img src=x onerror=alert(2)>",
+              "judge_backend": "b", "judge_model": "<i>m</i>", "judge_prompt_version": "v"}
+    text = (write_report([record], tmp_path / "report") / "summary.md").read_text()
+    assert "<script>" not in text and "<img" not in text and "<b>" not in text and "<i>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| &#96;x&#96;" in text and "&lt;i&gt;m&lt;/i&gt;" in text
+
+
+# --- 7. a killed and resumed generate run is byte-identical to an uninterrupted one -------------
+
+
+@pytest.fixture
+def gen_inputs(tmp_path) -> tuple[Path, Path]:
+    concepts, templates = tmp_path / "concepts.txt", tmp_path / "templates.txt"
+    concepts.write_text("cat\nrocket\ndaisy\n")
+    templates.write_text("Describe a {}.\nWhat does a {} look like?\n")
+    return concepts, templates
+
+
+def gen_argv(model: Path, inputs: tuple[Path, Path], output: Path) -> list[str]:
+    return ["generate", "--llm", str(model), "--concepts", str(inputs[0]), "--templates", str(inputs[1]),
+            "--output", str(output), "--max-new-tokens", "6", "--samples-per-template", "2", "--batch-size", "3"]
+
+
+def run_killed(argv: list[str], patch: str) -> subprocess.CompletedProcess:
+    """``ex2 argv`` in a subprocess that ``patch`` (Python run first) SIGKILLs part way."""
+    script = f"import os, signal\nfrom ex2.cli import main\n{patch}\nmain({argv!r})\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+def test_killed_mid_batch_and_resumed_is_byte_identical(tiny_llm, gen_inputs, tmp_path, tmp_cache, monkeypatch):
+    from ex2.generate import partial_path
+    from ex2.samplers import TransformersSampler
+
+    reference = tmp_path / "reference.jsonl"
+    assert main(gen_argv(tiny_llm, gen_inputs, reference)) == 0
+    out = tmp_path / "killed.jsonl"
+    kill_after_five = ("import ex2.generate as g\nreal, n = g.append_jsonl, []\n"
+                       "def append(path, record):\n    real(path, record)\n    n.append(1)\n"
+                       "    if len(n) == 5:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+                       "g.append_jsonl = append")
+    proc = run_killed(gen_argv(tiny_llm, gen_inputs, out), kill_after_five)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(read_jsonl(partial_path(out))) == 1 + 5  # batch 0 whole, two of batch 1's three
+
+    real, batches = TransformersSampler.generate, []
+
+    def record_batches(self, prompt_ids, seeds):
+        batches.append(len(seeds))
+        return real(self, prompt_ids, seeds)
+
+    monkeypatch.setattr(TransformersSampler, "generate", record_batches)
+    assert main(gen_argv(tiny_llm, gen_inputs, out)) == 0
+    assert batches == [3, 3, 3]  # batch 1 sampled whole again, as in the uninterrupted run; then 2 and 3
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_temp_file_left_by_a_kill_is_removed_by_the_next_run(tiny_llm, gen_inputs, tmp_path, tmp_cache):
+    out = tmp_path / "d.jsonl"
+    kill_at_rename = ("import ex2.io\nreal = os.replace\n"
+                      "def replace(src, dst):\n    if str(dst).endswith('d.jsonl'):\n"
+                      "        os.kill(os.getpid(), signal.SIGKILL)\n    real(src, dst)\n"
+                      "ex2.io.os.replace = replace")
+    proc = run_killed(gen_argv(tiny_llm, gen_inputs, out), kill_at_rename)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    left = list(tmp_path.glob(".d.jsonl.*.tmp"))
+    assert len(left) == 1 and not out.exists()
+    assert main(gen_argv(tiny_llm, gen_inputs, out)) == 0
+    assert not list(tmp_path.glob(".d.jsonl.*.tmp")) and len(read_jsonl(out)) == 12
