@@ -40,7 +40,8 @@ def embedded_rate(n: int) -> float:
 
 
 def openai_rate(base_url: str, model: str, n: int, concurrency: int, max_tokens: int) -> float:
-    judge = OpenAIJudge(model, base_url=base_url, api_key="EMPTY", max_retries=0, max_tokens=max_tokens)
+    judge = OpenAIJudge(model, base_url=base_url, api_key="EMPTY", max_retries=0, max_tokens=max_tokens,
+                        timeout=120.0)  # a CPU server under load answers slowly
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(lambda pair: judge.judge(*pair), pairs(n)))

@@ -41,7 +41,7 @@ import torch
 
 from ex2 import zeroshot
 from ex2.config import data_root_option, dataset_option, option, save_config, split_option, vlm_option
-from ex2.io import atomic_open, read_jsonl, write_json
+from ex2.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.names import split_dataset_name
 
 METHODS = ("clip", "dclip", "cupl", "ex2", "waffle")
@@ -152,6 +152,13 @@ class ClassifyConfig:
             )
         if self.method == "ex2" and self.description_format is None:
             self.description_format = "{description}"
+        if self.description_format is not None:
+            try:
+                self.description_format.format(**{"description": "", "class": ""})
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"--description-format {self.description_format!r}: only {{description}} and {{class}} are "
+                    f"filled in ({err!r}); write literal braces as {{{{ and }}}}") from err
         if self.waffle_concept is not None:
             if self.waffle_prefix != WAFFLECLIP_PREFIX:
                 raise ValueError("give --waffle-concept or --waffle-prefix, not both (the concept sets the prefix)")
@@ -651,7 +658,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
         from ex2.gvlm import classify as generative
 
         return generative.run(config, vlm, dataset)
-    out = Path(config.output)
+    out = check_output_path(config.output, "folder")
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from ex2.config import parse_config
+from ex2.errors import INTERRUPTED_EXIT, describe
 from ex2.registry import split_reference
 
 # stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
@@ -82,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(getattr(module, config_name), rest, prog=prog)
     try:
         module.run(*config) if isinstance(config, tuple) else module.run(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ex2 {command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Exception as err:
+        message = describe(err)  # one line for bad input and outside failures (ex2/errors.py)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,7 +13,9 @@ fields with ``metadata={"help": ...}``, so transformers' ``HfArgumentParser`` re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -151,6 +153,102 @@ def build_parser(config_cls: type, prog: str, description: str | None = None) ->
     return parser
 
 
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string (quote it)"}
+
+
+def _kind(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return _KIND_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """``value`` as type ``tp``, or TypeError. Only lossless conversions: an int for a float, a
+    scalar for a list (one item); a Path or an enum takes a valid string as it is; a type this
+    checker does not know passes."""
+    origin = typing.get_origin(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for member in typing.get_args(tp):
+            with contextlib.suppress(TypeError):
+                return _coerce(member, value)
+        raise TypeError
+    if origin is Literal:
+        if any(value == c and type(value) is type(c) for c in typing.get_args(tp)):
+            return value
+        raise TypeError
+    if origin in (list, tuple) or tp in (list, tuple):
+        items = value if isinstance(value, list | tuple) else [value]
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(item, v) for v in items]
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise TypeError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            tp(value)
+        except ValueError:
+            raise TypeError from None
+        return value
+    if tp is Path:
+        if isinstance(value, str | Path):
+            return value
+        raise TypeError
+    return value  # a type this checker does not know: the dataclass sees the value as written
+
+
+def check_values(config_cls: type, values: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """``values`` (option name -> value read from ``source``, e.g. a YAML file) checked against the
+    type of ``config_cls``'s field of that name, for any dataclass (a stage config, trl's
+    GRPOConfig). Returns them converted where that loses nothing (``2`` for a float field is
+    ``2.0``; a scalar for a list field is a one-item list); a mismatch is a ConfigError naming
+    ``source``, the key, what was expected and what was found. Keys without a field pass as given.
+    """
+    hints = typing.get_type_hints(config_cls)
+    out = {}
+    for key, value in values.items():
+        if key not in hints:
+            out[key] = value
+            continue
+        try:
+            out[key] = _coerce(hints[key], value)
+        except TypeError:
+            raise ConfigError(f"{source}: {key}: expected {_kind(hints[key])}, got {value!r} "
+                              f"({type(value).__name__})") from None
+    return out
+
+
 def read_yaml_options(path: str | Path) -> dict[str, Any]:
     """A YAML config file's ``option: value`` mapping, keys with hyphens turned into underscores."""
     path = Path(path)
@@ -166,7 +264,8 @@ def read_yaml_options(path: str | Path) -> dict[str, Any]:
 
 
 def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors, and
+    every value must have its option's type (:func:`check_values`)."""
     values = read_yaml_options(path)
     valid = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - valid)
@@ -174,7 +273,7 @@ def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
         )
-    return values
+    return check_values(config_cls, values, f"config file {path}")
 
 
 def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:

@@ -8,8 +8,18 @@ template about each concept, and keep what it answers.
         --classnames pets_class_names.json --output runs/gen/pets.jsonl
 
 One record per (concept, template, sample) goes to the JSONL output; a run that is killed resumes
-from ``OUTPUT.partial`` and samples only what is missing. Every record draws its random numbers from
-its own seed (:func:`record_seed`), so batching and resuming never change the result.
+from ``OUTPUT.partial`` and samples only what is missing.
+
+The guarantee: the same settings (every option in ``RUN_SETTINGS``, ``--batch-size`` included) with
+the same library versions on the same device give a byte-identical output file, however often the
+run was killed (SIGKILL included) and resumed. Every record draws its random numbers from its own
+seed (:func:`record_seed`), and batches are fixed by record index (records ``[k*B, (k+1)*B)`` of the
+plan form batch ``k``): a resumed run samples a batch that a kill left half written whole again and
+keeps only its missing records, so every text comes from the same batch as in an uninterrupted run.
+A different ``--batch-size`` may change a few texts (left padding shifts the logits slightly, enough
+to flip a seeded draw now and then), so a partial file is resumed only with the batch size it began
+with. One run writes an output at a time (``OUTPUT.lock``); temp files a killed run left beside the
+output are removed by the next one.
 
 EX2's own output format (``--legacy-json`` writes it, ``--from-legacy`` reads it) is what its
 ``inference.py`` dumps: a JSON list with one list per class (class-id order) of raw completions, in
@@ -30,7 +40,16 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
-from ex2.io import append_jsonl, read_jsonl, repair_jsonl, write_json, write_jsonl
+from ex2.io import (
+    append_jsonl,
+    check_output_path,
+    output_lock,
+    read_jsonl,
+    remove_stale_temps,
+    repair_jsonl,
+    write_json,
+    write_jsonl,
+)
 from ex2.names import split_dataset_name
 from ex2.text import clean_description
 
@@ -38,7 +57,7 @@ RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model
                  "sample", "seed", "prompt_format")
 # settings that change what is sampled; a partial file is resumed only when they match
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens",
-                "temperature", "top_p", "top_k")
+                "temperature", "top_p", "top_k", "batch_size", "device", "dtype", "merge_adapter")
 PARTIAL_HEADER = "ex2_partial_settings"
 DEFAULT_TEMPLATES = "ex2"
 
@@ -196,21 +215,32 @@ def make_record(job: Job, raw: str, prompt: str, special_tokens: list[str], sett
     }
 
 
-def sample_missing(sampler, jobs: list[Job], partial: Path, settings: dict, batch_size: int) -> Iterator[int]:
-    """Sample the jobs batch by batch, appending finished records to ``partial``; yields batch sizes."""
+def plan_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """The batches of a run: records ``[k*batch_size, (k+1)*batch_size)`` of the plan, whatever is done."""
+    return [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+
+
+def sample_missing(sampler, jobs: list[Job], done: set[tuple], partial: Path, settings: dict,
+                   batch_size: int) -> Iterator[int]:
+    """Sample every batch that lacks a record, whole, and append its missing records to ``partial``
+    (records already in ``done`` keep the text they have); yields how many were added."""
     from ex2.llm import format_prompt
     from ex2.samplers import encode_prompts
 
     tokenizer, fmt = sampler.tokenizer, settings["prompt_format"]
     special = list(getattr(tokenizer, "all_special_tokens", []))
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
+    for batch in plan_batches(jobs, batch_size):
+        if all(job.key in done for job in batch):
+            continue
         prompts = [format_prompt(tokenizer, job.query, fmt) for job in batch]
         seeds = [record_seed(settings["seed"], *job.key) for job in batch]
         raws = sampler.generate(encode_prompts(tokenizer, prompts, fmt), seeds)
+        added = 0
         for job, prompt, raw in zip(batch, prompts, raws, strict=True):
-            append_jsonl(partial, make_record(job, raw, prompt, special, settings))
-        yield len(batch)
+            if job.key not in done:
+                append_jsonl(partial, make_record(job, raw, prompt, special, settings))
+                added += 1
+        yield added
 
 
 def ordered_records(jobs: list[Job], records: Iterable[dict]) -> list[dict]:
@@ -313,11 +343,22 @@ def load_concepts(config: GenerateConfig, expected: int | None = None) -> list[s
     return concepts[: config.limit_concepts] if config.limit_concepts else concepts
 
 
+def check_outputs(config: GenerateConfig) -> Path:
+    """The output path, checked (with ``--legacy-json``) before anything is read or loaded."""
+    if config.legacy_json:
+        check_output_path(config.legacy_json, flag="--legacy-json")
+    return check_output_path(config.output)
+
+
+def config_path(output: Path) -> Path:
+    return output.with_name(output.name + ".config.yaml")
+
+
 def write_outputs(config: GenerateConfig, output: Path, records: list[dict]) -> Path:
     write_jsonl(output, records)
     if config.legacy_json:
         write_json(config.legacy_json, legacy_view(records))
-    save_config(config, output.parent, name=output.name + ".config.yaml")
+    save_config(config, output.parent, name=config_path(output).name)
     return output
 
 
@@ -325,10 +366,12 @@ def convert(config: GenerateConfig) -> Path:
     """``--from-legacy``: EX2's JSON into our JSONL, sampling nothing."""
     from ex2.data import load_templates
 
+    output = check_outputs(config)
     templates = load_templates(config.templates)
     records = from_legacy(config.from_legacy, templates, lambda n: load_concepts(config, n),
                           config.samples_per_template)
-    return write_outputs(config, Path(config.output), records)
+    with output_lock(output, "ex2 generate --from-legacy"):
+        return write_outputs(config, output, records)
 
 
 def make_sampler(config: GenerateConfig, adapter: Path | None):
@@ -344,11 +387,19 @@ def make_sampler(config: GenerateConfig, adapter: Path | None):
 
 def generate(config: GenerateConfig) -> Path:
     """Sample every missing description, then write the output files atomically."""
+    output = check_outputs(config)
+    with output_lock(output, "ex2 generate"):
+        for path in (output, partial_path(output), config_path(output), config.legacy_json):
+            if path:
+                remove_stale_temps(path)  # left by a run killed while writing them
+        return _generate(config, output)
+
+
+def _generate(config: GenerateConfig, output: Path) -> Path:
     from ex2.data import load_templates
     from ex2.llm import load_tokenizer
     from ex2.samplers import resolve_adapter
 
-    output = Path(config.output)
     templates = load_templates(config.templates or DEFAULT_TEMPLATES)
     jobs = plan_jobs(load_concepts(config), templates, config.samples_per_template)
     adapter = resolve_adapter(config.adapter) if config.adapter else None
@@ -359,8 +410,8 @@ def generate(config: GenerateConfig) -> Path:
     if todo:
         sampler = make_sampler(config, adapter)
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="desc", desc="generate") as bar:
-            for finished in sample_missing(sampler, todo, partial, settings, config.batch_size):
-                bar.update(finished)
+            for added in sample_missing(sampler, jobs, done, partial, settings, config.batch_size):
+                bar.update(added)
     records = ordered_records(jobs, read_jsonl(partial)[1:])
     resolved = dataclasses.replace(config, prompt_format=settings["prompt_format"],
                                    templates=config.templates or DEFAULT_TEMPLATES)

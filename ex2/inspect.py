@@ -32,7 +32,12 @@ per class parallel to the descriptions (counts checked class by class); only inf
 the judge, for their category.
 
 Results are appended as they arrive, keyed by (judge backend, model, prompt version, concept,
-description); a rerun judges only what is missing. The report (``summary.json``, ``summary.md`` and
+description); a rerun judges only what is missing, and a failure or Ctrl-C keeps every answer already
+received. An output belongs to one input: ``OUTPUT.inputs.json`` records the input's path and SHA-256,
+each record carries ``input_sha256`` (its first 16 hex digits), and giving the output of one input to
+another (or to the same file changed since) is refused unless ``--append`` adds it (answers already
+in the output are reused). One run writes an output at a time (``OUTPUT.lock``; a second run names
+the holder). The report (``summary.json``, ``summary.md`` and
 PNG plots, see :mod:`ex2.inspect_report`) goes to ``--report-dir`` (default ``inspect_report/`` beside
 the output).
 """
@@ -42,7 +47,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +57,22 @@ from typing import Literal
 from tqdm import tqdm
 
 from ex2.config import option, save_config
-from ex2.io import append_jsonl, read_jsonl, repair_jsonl
-from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
+from ex2.errors import OutputError
+from ex2.io import (
+    append_jsonl,
+    check_output_path,
+    file_digest,
+    output_lock,
+    read_jsonl,
+    repair_jsonl,
+    write_json,
+)
+from ex2.judges import EX2_ANSWER, UNPARSED, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
 from ex2.registry import LazyRegistry
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
+INPUT_FIELD = "input_sha256"  # which input a record was judged for (first 16 hex digits of its SHA-256)
 # judge backend -> "module:Class", imported only when chosen
 JUDGES = LazyRegistry("judge backend", {
     "embedded": "ex2.categorize:EmbeddedJudge",
@@ -72,13 +88,16 @@ class InspectConfig:
 
     input: str = option("", "descriptions JSONL (from ex2 generate, or any JSONL with concept and description)")
     output: str = option("", "categories JSONL to append to (default: categories.jsonl beside --input)")
+    append: bool = option(False, "add this input's judgements to an output that holds another input's")
     backend: Literal["embedded", "openai", "hf"] = option("embedded", "judge: embedded (offline), openai, hf")
     model: str = option("", "judge model: a served model name (openai) or an LLM name (hf, default smollm2)")
     base_url: str = option("", "OpenAI-compatible server URL (default $OPENAI_BASE_URL, else api.openai.com)")
     api_key: str = option("", "API key (default $OPENAI_API_KEY; never written to disk)", secret=True)
     concurrency: int = option(4, "requests in flight at once (openai backend)")
-    max_retries: int = option(3, "retries per request on 429/5xx/timeouts, and per unusable answer")
-    timeout: float = option(120.0, "seconds before one request times out (openai backend)")
+    max_retries: int = option(3, "asks again per unusable answer")
+    request_retries: int = option(2, "retries per request on 429/5xx, refused connections and timeouts (openai)")
+    timeout: float = option(15.0, "seconds before one request times out (openai backend; a dead server is "
+                                  "reported after (request_retries + 1) x timeout)")
     max_tokens: int = option(128, "longest judge answer, in tokens (openai and hf backends)")
     json_mode: bool = option(True, "ask the server for JSON mode; dropped automatically when refused")
     device: str = option("", "device for the embedded and hf judges (default: cuda if available, else cpu)")
@@ -100,8 +119,10 @@ class InspectConfig:
             raise ValueError("--input is required: a descriptions JSONL with concept and description fields")
         if self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("--concurrency and --batch-size must be at least 1")
-        if self.max_retries < 0 or self.limit < 0:
-            raise ValueError("--max-retries and --limit must be 0 or more")
+        if self.max_retries < 0 or self.request_retries < 0 or self.limit < 0:
+            raise ValueError("--max-retries, --request-retries and --limit must be 0 or more")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be more than 0 seconds, not {self.timeout}")
         self.model = self.model or DEFAULT_MODELS[self.backend]
         self.dataset = split_dataset_name(self.dataset)[0]
         if self.backend == "openai" and not self.model:
@@ -137,7 +158,7 @@ def judge_options(config: InspectConfig) -> dict:
         "base_url": config.base_url or os.environ.get("OPENAI_BASE_URL"),
         "api_key": config.api_key or os.environ.get("OPENAI_API_KEY"),
         "max_retries": config.max_retries, "timeout": config.timeout, "max_tokens": config.max_tokens,
-        "json_mode": config.json_mode,
+        "json_mode": config.json_mode, "request_retries": config.request_retries,
     }
 
 
@@ -160,7 +181,42 @@ def load_inputs(config: InspectConfig) -> list[dict]:
             record.setdefault("dataset", config.dataset)
         if config.vlm:
             record.setdefault("vlm", config.vlm)
+    if not records:
+        raise ValueError(f"{config.input}: no records; expected JSON Lines with concept and description")
     return records[: config.limit] if config.limit else records
+
+
+def inputs_path(output: Path) -> Path:
+    """``OUTPUT.inputs.json``: the inputs whose judgements ``output`` holds (path and SHA-256)."""
+    return output.with_name(output.name + ".inputs.json")
+
+
+def claim_output(config: InspectConfig, output: Path) -> str:
+    """Check that ``output`` is this input's (or ``--append`` adds it) and record it; returns the
+    input's ``input_sha256``. An output without records belongs to nobody yet."""
+    mine = {"path": str(Path(config.input).resolve()), "sha256": file_digest(config.input)}
+    sidecar = inputs_path(output)
+    owners: list[dict] = []
+    if output.is_file() and output.stat().st_size > 0:
+        if sidecar.is_file():
+            owners = json.loads(sidecar.read_text()).get("inputs", [])
+        elif not config.append:
+            raise OutputError(f"{output} already holds judgements and no {sidecar.name} says of which input; give "
+                              f"another --output (or delete it), or add --append to judge {config.input} into it")
+    if owners and mine not in owners and not config.append:
+        raise OutputError(f"{output} holds the judgements of {_owner_text(owners, mine)}; give another --output "
+                          f"(or delete it), or add --append to add {config.input}'s judgements to it")
+    if mine not in owners:
+        write_json(sidecar, {"inputs": [*owners, mine]})
+    return mine["sha256"][:16]
+
+
+def _owner_text(owners: list[dict], mine: dict) -> str:
+    same = [o for o in owners if o.get("path") == mine["path"]]
+    if same:
+        return (f"{mine['path']} as it was before it changed (sha256 {same[-1].get('sha256', '?')[:12]}…, "
+                f"now {mine['sha256'][:12]}…)")
+    return " and ".join(str(o.get("path")) for o in owners)
 
 
 def load_done(path: Path) -> list[dict]:
@@ -179,8 +235,19 @@ def _judge_parallel(judge, pending: list[tuple[str, str]], config: InspectConfig
             yield from zip(chunk, judge.judge_batch(chunk), strict=True)
         return
     errors: list[BaseException] = []
+    stop = threading.Event()  # set by the first failure, so queued work is not started after it
+
+    def ask(pair: tuple[str, str]) -> Judgement | None:
+        if stop.is_set():
+            return None
+        try:
+            return judge.judge(*pair)
+        except BaseException:
+            stop.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-        futures = {pool.submit(judge.judge, *pair): pair for pair in pending}
+        futures = {pool.submit(ask, pair): pair for pair in pending}
         try:
             for future in as_completed(futures):
                 if future.cancelled():
@@ -190,44 +257,39 @@ def _judge_parallel(judge, pending: list[tuple[str, str]], config: InspectConfig
                     for other in futures:
                         other.cancel()
                     continue
-                yield futures[future], future.result()
+                if future.result() is not None:
+                    yield futures[future], future.result()
         finally:
+            stop.set()
             for future in futures:
                 future.cancel()
     if errors:
         raise errors[0]
 
 
-def judge_records(config: InspectConfig, judge, records: list[dict], output: Path) -> list[dict]:
-    """Judge every record not yet in ``output`` and append it there; returns this judge's records."""
+def judge_records(config: InspectConfig, judge, records: list[dict], output: Path, source: str = "") -> list[dict]:
+    """Judge every record of this input (``source``: its ``input_sha256``) not yet in ``output`` and
+    append it there; a description judged already (for any input) is not asked again. Returns the
+    output's records by this judge."""
     ident = (judge.backend, judge.model, judge.prompt_version)
     by_pair: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        by_pair[(record["concept"], record["description"])].append(record)
-    written: dict[tuple, int] = defaultdict(int)
-    for record in load_done(output):
-        if record_key(record)[:3] == ident:
-            written[record_key(record)[3:]] += 1
+        by_pair[(record["concept"], record["description"])].append({**record, INPUT_FIELD: source})
+    done = [r for r in load_done(output) if record_key(r)[:3] == ident]
+    judged = {record_key(r)[3:]: {k: r[k] for k in Judgement.__dataclass_fields__ if k in r} for r in done}
+    written = Counter(record_key(r)[3:] for r in done if r.get(INPUT_FIELD, source) == source)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for pair, count in written.items():  # a kill between copies of one description's records
-        for record in by_pair.get(pair, [])[count:]:
-            append_jsonl(output, {**record, **_judgement_of(output, ident, pair)})
-    pending = [pair for pair in by_pair if pair not in written]
-    progress = tqdm(total=len(by_pair), initial=len(by_pair) - len(pending), desc=f"inspect ({judge.backend})",
-                    unit="desc")
-    for pair, judgement in _judge_parallel(judge, pending, config):
-        for record in by_pair[pair]:
-            append_jsonl(output, {**record, **judgement.fields()})
-        progress.update(1)
-    progress.close()
+    for pair, copies in by_pair.items():  # judged before: for another input, or killed between copies
+        for record in copies[written[pair]:] if pair in judged else []:
+            append_jsonl(output, {**record, **judged[pair]})
+    pending = [pair for pair in by_pair if pair not in judged]
+    with tqdm(total=len(by_pair), initial=len(by_pair) - len(pending), desc=f"inspect ({judge.backend})",
+              unit="desc") as progress:
+        for pair, judgement in _judge_parallel(judge, pending, config):
+            for record in by_pair[pair]:
+                append_jsonl(output, {**record, **judgement.fields()})
+            progress.update(1)
     return [r for r in read_jsonl(output) if record_key(r)[:3] == ident]
-
-
-def _judgement_of(output: Path, ident: tuple, pair: tuple) -> dict:
-    for record in read_jsonl(output):
-        if record_key(record) == ident + pair:
-            return {k: record[k] for k in Judgement.__dataclass_fields__ if k in record}
-    raise ValueError(f"{output}: no judgement for {pair!r}")
 
 
 def _class_groups(records: list[dict]) -> list[list[dict]]:
@@ -271,23 +333,38 @@ def answered_judge(config: InspectConfig, judge, answers: dict) -> AnsweredJudge
     return AnsweredJudge(judge, answers, spec, f"ex2-answers-{digest}")
 
 
+def check_outputs(config: InspectConfig) -> Path:
+    """The output path, checked (with the report folder) before any input is read or model loaded."""
+    output = check_output_path(config.output_path)
+    if config.report:
+        check_output_path(config.report_path, "folder", "--report-dir")
+    if output.exists() and output.resolve() == Path(config.input).resolve():
+        raise OutputError(f"--output {output} is the --input file; give the categories another file")
+    return output
+
+
 def run(config: InspectConfig) -> Path:
     """Judge the input descriptions into ``categories.jsonl``, then write the report."""
+    output = check_outputs(config)
     records = load_inputs(config)
-    output = config.output_path
     answers = None
     if config.from_ex2_answers:  # checked before any model loads
         everything = read_jsonl(config.input, required=("concept", "description"))
         answers = ex2_answers(config.from_ex2_answers, everything, config.input)
-    judge = make_judge(config)
-    if config.prompt_file and hasattr(judge, "use_prompt"):
-        judge.use_prompt(load_judge_prompt(config.prompt_file))
-    if answers is not None:
-        judge = answered_judge(config, judge, answers)
-    judged = judge_records(config, judge, records, output)
-    save_config(config, output.parent, name="inspect_config.yaml")
-    if config.report:
-        from ex2.inspect_report import write_report
+    with output_lock(output, "ex2 inspect"):
+        source = claim_output(config, output)
+        judge = make_judge(config)
+        if config.prompt_file and hasattr(judge, "use_prompt"):
+            judge.use_prompt(load_judge_prompt(config.prompt_file))
+        if answers is not None:
+            judge = answered_judge(config, judge, answers)
+        judged = judge_records(config, judge, records, output, source)
+        save_config(config, output.parent, name="inspect_config.yaml")
+        if config.report:
+            from ex2.inspect_report import write_report
 
-        write_report(judged, config.report_path, source=str(output))
+            write_report(judged, config.report_path, source=str(output))
+    unparsed = sum(r["category"] == UNPARSED for r in judged)
+    print(f"inspect: {len(judged)} description(s) in {output}, {unparsed} unparsed (the judge's answer was "
+          f"unusable{'; their explanation says why' if unparsed else ''})")
     return output

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import html
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -109,9 +110,16 @@ def plot_stacked(groups: dict, title: str, path: Path) -> Path:
     return save_png(fig, path, dpi=100)
 
 
+def md_text(value: object) -> str:
+    """Text from descriptions or judges, safe in a Markdown table cell: HTML escaped (a ``<script>``
+    shows as text, as in report.html), table pipes escaped, on one line."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return text.replace("|", "\\|").replace("`", "&#96;")
+
+
 def _table(rows: list[list], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -124,7 +132,7 @@ def markdown(summary: dict, records: list[dict], plots: list[Path]) -> str:
     judge = summary["judge"]
     parts = [
         "# Description categories",
-        f"Judge: {judge['backend']} / {judge['model']} / {judge['prompt_version']}; "
+        f"Judge: {' / '.join(md_text(judge[k]) for k in ('backend', 'model', 'prompt_version'))}; "
         f"{summary['n_descriptions']} descriptions, {summary['n_unparsed']} unparsed, "
         f"{summary['informative_share']:.0%} informative. Source: `{summary['source']}`.",
         _table(_share_rows({"all": {"n": summary["n_descriptions"], **summary}}), ["", "n", *ALL_CATEGORIES]),

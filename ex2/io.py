@@ -1,16 +1,25 @@
-"""Files written so that a killed job never leaves half an output behind."""
+"""Files written so that a killed job never leaves half an output behind.
+
+Outputs are checked before any work (:func:`check_output_path`), written atomically (temp file
+beside the target, renamed over it), appended record by record for resumable logs, and held by
+one run at a time (:func:`output_lock`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+from ex2.errors import OutputError
 
 
 def cache_dir() -> Path:
@@ -57,6 +66,92 @@ def materialise(folder: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def check_output_path(path: str | Path, kind: Literal["file", "folder"] = "file", flag: str = "--output") -> Path:
+    """``path`` if a ``kind`` ("file" or "folder") can be written there, else an OutputError naming it.
+
+    Call it before any model loads: it fails on an existing thing of the other kind, a parent that
+    is a file, and a folder this user may not write in. It creates nothing.
+    """
+    path = Path(path).expanduser()
+    if kind == "file" and path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; expected the path of a file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is an existing file; expected a folder (created if missing)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{flag} {path}: no permission to write it")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, so nothing can be written under it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: no permission to write in {ancestor}")
+    return path
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temp files :func:`atomic_open` left beside ``path`` when a run was killed mid-write.
+    Call it only while holding :func:`output_lock` on ``path``: no other run is writing them then."""
+    path = Path(path)
+    removed = []
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        if temp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+                removed.append(temp)
+    return removed
+
+
+def lock_path(path: str | Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".lock")
+
+
+def _holder(owner: Path) -> str:
+    try:
+        info = json.loads(owner.read_text())
+        return f"pid {info['pid']} on {info['host']}, since {info['since']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (who is unknown)"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path, command: str = "ex2") -> Iterator[None]:
+    """Hold ``PATH.lock`` while writing ``path``, so two runs never append to one output.
+
+    The holder's pid, host and start time go to ``PATH.lock.owner``; a second run fails at once
+    with an OutputError saying who holds it. The lock is the operating system's (filelock), so a
+    killed holder releases it.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock, owner = lock_path(path), path.with_name(path.name + ".lock.owner")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    guard = FileLock(lock, timeout=0)
+    try:
+        guard.acquire()
+    except Timeout:
+        raise OutputError(f"{path} is being written by {_holder(owner)}; wait for that run to finish, "
+                          "or give another --output") from None
+    try:
+        atomic_write_text(owner, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            owner.unlink()
+        guard.release()
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -113,13 +208,20 @@ def read_jsonl(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected JSON Lines, one record per line)")
-    text = path.read_text()
-    lines = text.split("\n")
-    torn = tolerate_torn_tail and not text.endswith("\n") and lines[-1].strip()
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = tolerate_torn_tail and not data.endswith(b"\n") and lines[-1].strip()
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if torn and number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                             f"{err.start + 1}); expected JSON Lines in UTF-8") from err
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:

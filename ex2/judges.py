@@ -21,6 +21,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ex2.errors import ServiceError
+
 CATEGORIES = ("spurious", "visual", "non_visual")
 VISUAL_ATTRIBUTES = ("color", "shape", "size", "pattern", "texture", "parts")
 NON_VISUAL_ATTRIBUTES = ("habitat", "behavior", "diet", "origin", "history", "use", "other")
@@ -441,27 +443,58 @@ class AnsweredJudge:
 class OpenAIJudge(ChatJudge):
     """Any OpenAI-compatible Chat Completions server (OpenAI, vllm serve, transformers serve, llama.cpp).
 
-    The client retries 408/409/429/5xx answers and timeouts with exponential backoff. JSON mode
-    (``response_format``) is asked for, and dropped for good once the server refuses it.
+    The client retries 408/409/429/5xx answers, refused connections and timeouts ``request_retries``
+    times with exponential backoff; then, or at once for 401/403/404, a ServiceError names the server
+    and what to check. With the defaults (15 s, 2 retries) a server that accepts connections but never
+    answers is reported within a minute. JSON mode (``response_format``) is asked for, and dropped for
+    good once the server refuses it. ``max_retries`` counts asks again after an unusable answer.
     """
 
     backend = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 max_retries: int = 3, timeout: float = 120.0, max_tokens: int = 128, json_mode: bool = True,
-                 http_client=None):
+                 max_retries: int = 3, timeout: float = 15.0, max_tokens: int = 128, json_mode: bool = True,
+                 http_client=None, request_retries: int = 2):
         import openai
 
         super().__init__(model, max_retries)
         self._openai = openai
+        self.timeout, self.request_retries = timeout, request_retries
         self.client = openai.OpenAI(
-            base_url=base_url or None, api_key=api_key or "EMPTY", max_retries=max_retries,
+            base_url=base_url or None, api_key=api_key or "EMPTY", max_retries=request_retries,
             timeout=timeout, http_client=http_client,
         )
         self.max_tokens = max_tokens
         self.json_mode = json_mode
 
     def chat(self, messages: list[dict], attempt: int) -> str:
+        try:
+            return self._chat(messages, attempt)
+        except self._openai.APIError as err:
+            raise self._service_error(err) from err
+
+    def _service_error(self, err) -> ServiceError:
+        """What went wrong with the server, in one line naming it and what to check."""
+        openai, url = self._openai, str(self.client.base_url).rstrip("/")
+        tries = f"{self.request_retries + 1} tr{'y' if self.request_retries == 0 else 'ies'}"
+        if isinstance(err, openai.APITimeoutError):
+            return ServiceError(f"judge server {url} gave no answer within {self.timeout:g} s ({tries}); "
+                                "is it up? A slow server: raise --timeout")
+        if isinstance(err, openai.APIConnectionError):
+            cause = err.__cause__ or err
+            return ServiceError(f"cannot connect to judge server {url} ({tries}: {cause}); is it running "
+                                "there? (--base-url, $OPENAI_BASE_URL)")
+        status = getattr(err, "status_code", None)
+        detail = " ".join(str(getattr(err, "message", err)).split())[:200]
+        if status == 401:
+            return ServiceError(f"judge server {url} refused the API key (401: {detail}); set $OPENAI_API_KEY "
+                                "or --api-key")
+        if status in (403, 404):
+            return ServiceError(f"judge server {url} answered {status} for model {self.model!r} ({detail}); "
+                                "check --model and --base-url")
+        return ServiceError(f"judge server {url} answered {status or 'an error'} ({detail}) after {tries}")
+
+    def _chat(self, messages: list[dict], attempt: int) -> str:
         kwargs = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                   "temperature": self.temperature if attempt == 0 else 0.7}
         if self.top_p is not None and attempt == 0:

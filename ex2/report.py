@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from ex2.config import option, save_config
-from ex2.io import atomic_open, atomic_write_text, read_jsonl
+from ex2.io import atomic_open, atomic_write_text, check_output_path, read_jsonl
 from ex2.judges import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
 from ex2.report_stats import hacking_signs
 
@@ -372,7 +372,7 @@ def run(config: ReportConfig) -> Path:
     """Collect the runs and write summary.csv, a CSV per table, report.html and the resolved config."""
     from ex2.report_html import render_html
 
-    out = Path(config.output)
+    out = check_output_path(config.output, "folder")
     runs = collect(config.runs, exclude=out.resolve() if out.exists() else None)
     if not (runs.classify or runs.inspect or runs.train):
         raise ValueError(

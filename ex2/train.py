@@ -68,6 +68,7 @@ import yaml
 
 from ex2.config import (
     ConfigError,
+    check_values,
     config_to_dict,
     data_root_option,
     dataset_option,
@@ -77,7 +78,7 @@ from ex2.config import (
     split_option,
     vlm_option,
 )
-from ex2.io import atomic_write_text
+from ex2.io import atomic_write_text, check_output_path
 from ex2.names import split_dataset_name
 from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
 
@@ -244,6 +245,11 @@ def parse_args(argv: list[str] | None, prog: str = "ex2 train"):
     if unknown:
         parser.error(f"config file {early.config}: unknown key(s) {', '.join(unknown)}; "
                      f"valid keys: the flags of {prog} --help, with underscores")
+    try:
+        for config_cls in (TrainConfig, trainer_class(choice.algorithm)):
+            values = check_values(config_cls, values, f"config file {early.config}")
+    except ConfigError as err:
+        parser.error(str(err))
     parser.set_defaults(**values)
     namespace = vars(parser.parse_args(argv))
     namespace.pop("config")
@@ -382,6 +388,7 @@ def run(config: TrainConfig, args=None) -> Path:
     from ex2.vlm import load_vlm
 
     args = trainer_config(config) if args is None else args
+    check_output_path(args.output_dir, "folder")
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
     run_dir, resume_from = prepare_run_dir(config, args)

@@ -163,3 +163,10 @@ def test_shipped_configs_parse(name):
     path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
     config = parse_config(ClassifyConfig, ["--config", str(path), "--descriptions", "d.jsonl"], "ex2 classify")
     assert config.output.startswith("runs/classify/")
+
+
+def test_a_description_format_with_an_unknown_field_is_refused():
+    with pytest.raises(ValueError, match="only {description} and {class}"):
+        ClassifyConfig(method="ex2", descriptions="d.jsonl", description_format="{oops}")
+    assert ClassifyConfig(method="ex2", descriptions="d.jsonl",
+                          description_format="{class}: {description} {{x}}").description_format

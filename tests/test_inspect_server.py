@@ -37,7 +37,7 @@ def test_killed_openai_run_resumes_with_each_description_judged_once(tmp_path, s
     output = tmp_path / "categories.jsonl"
     argv = ["inspect", "--backend", "openai", "--model", model_dir, "--input", str(descriptions),
             "--output", str(output), "--concurrency", "1", "--max-retries", "0", "--max-tokens", "16",
-            "--no-report"]
+            "--no-report", "--timeout", "120"]  # a CPU server loads the model on its first request
     log = tmp_path / "server.log"
     pytest.importorskip("fastapi", reason="transformers serve needs pip install 'ex2[serve]'")
     with local_server(model_dir, log) as base_url:

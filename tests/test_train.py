@@ -288,3 +288,23 @@ def test_qlora_on_cuda(bits, tiny_llm, tiny_clip, tmp_path, tmp_cache):
     assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", "1", "--quantization", bits,
                            "--eval-samples", "0")) == 0
     assert (run / "adapter/adapter_model.safetensors").is_file()
+
+
+def test_yaml_values_of_trl_fields_are_type_checked_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("batch_size: 2.5\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)], "ex2 train")
+    message = capsys.readouterr().err
+    assert str(path) in message and "per_device_train_batch_size" in message and "an integer" in message
+
+
+def test_output_under_a_file_is_refused_before_anything_loads(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = TrainConfig(llm=str(tmp_path / "no-such-llm"))
+    with pytest.raises(ValueError, match="is a file"):
+        from ex2.train import run
+
+        run(config, trainer_config(config, output_dir=str(blocker / "run")))
+    assert not (blocker.parent / "run").exists()

@@ -74,10 +74,25 @@ def load_mat(path: Path) -> dict:
     return scipy.io.loadmat(path, squeeze_me=True)
 
 
+def check_utf8(text: str, what: str) -> str:
+    """``text`` if it is valid Unicode; a name read from disk that was not UTF-8 (Python keeps its
+    bytes as surrogates, which a tokenizer cannot encode) is a DatasetError naming ``what``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        raise DatasetError(f"{what} {raw!r} is not valid UTF-8; rename it (it becomes the class name "
+                           "the models read)") from None
+    return text
+
+
 def build_dataset(
     name: str, split: str, root: Path, classnames: list[str], items: Iterable[tuple[Path, int]]
 ) -> ImageDataset:
-    """Sort the items and check that every class has an image and every image exists."""
+    """Sort the items and check that every class name is text, every class has an image and every
+    image exists."""
+    for class_id, classname in enumerate(classnames):
+        check_utf8(classname, f"{name} ({root}): class {class_id}'s name")
     items = sorted(items, key=lambda item: (item[1], str(item[0])))
     counts = [0] * len(classnames)
     for path, label in items:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import PIL.Image
 
-from ex2.data.dataset import DatasetError, ImageDataset, build_dataset, clean_name, splits
+from ex2.data.dataset import DatasetError, ImageDataset, build_dataset, check_utf8, clean_name, splits
 from ex2.io import cache_dir, materialise
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -41,6 +41,8 @@ def load_imagefolder(root: Path | None, split: str) -> ImageDataset:
     folders = sorted(d for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise DatasetError(f"imagefolder: {tree} has no class subfolders; expected {tree}/CLASS/*.jpg")
+    for folder in folders:
+        check_utf8(folder.name, f"imagefolder: class folder in {tree}:")
     items = [
         (path, label)
         for label, folder in enumerate(folders)

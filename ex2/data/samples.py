@@ -117,6 +117,9 @@ def load_samples(root: Path | None, split: str) -> ImageDataset:
     """Embedded offline default: 8 concepts from scikit-image/scikit-learn photos, 10 views each."""
     # a root, if given, is the folder to hold (or holding) the views instead of the cache
     folder = Path(root).expanduser() if root else cache_dir() / "datasets" / VERSION
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"samples: --data-root {folder} is a file; expected a folder to hold the views "
+                           "(or no --data-root: they are kept in the ex2 cache)")
     materialise(folder, _write_samples)
     classnames = list(SAMPLE_CONCEPTS)
     items = []
