@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import numpy as np
 import PIL.Image
 import torch
+from timing import best_of
 
 from ex2.gvlm import load_gvlm
 from ex2.gvlm.backend import join_continuation
@@ -24,16 +24,6 @@ from ex2.gvlm.testing import build_tiny_llava
 
 CLASSES = ["cat", "espresso", "rocket", "tripod", "motorcycle", "helmet", "temple", "dahlia", "golden retriever",
            "red-winged blackbird", "Boeing 737-800", "fire truck", "strawberry ice cream", "sunflower"]
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

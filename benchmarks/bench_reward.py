@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import best_of
 
 from ex2.reward import EX2Reward, per_batch_reward
 
@@ -32,16 +33,6 @@ class TableVLM:
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return torch.stack([self.rows[t] for t in texts])
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bench_throughput(concepts: int, images: int, dim: int, batch: int, repeats: int) -> None:
