@@ -29,9 +29,10 @@ from ex2 import zeroshot
 from ex2.config import option, save_config
 from ex2.io import atomic_open, read_jsonl, write_json
 
-METHODS = ("clip", "dclip", "ex2", "waffle")
+METHODS = ("clip", "dclip", "ex2", "waffle", "coder")
 CATEGORIES = ("spurious", "visual", "non_visual", "informative")
-DEFAULT_AGGREGATE = {"clip": "mean_embedding", "dclip": "mean_score", "ex2": "mean_score", "waffle": "mean_score"}
+DEFAULT_AGGREGATE = {"clip": "mean_embedding", "dclip": "mean_score", "ex2": "mean_score", "waffle": "mean_score",
+                     "coder": "mean_score"}
 
 
 @dataclass
@@ -44,7 +45,7 @@ class ClassifyConfig:
     vlm: str = option("conse", "VLM that scores images against texts (see `ex2 ls`)")
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
-    method: Literal["clip", "dclip", "ex2", "waffle"] = option("clip", "how each class's texts are made")
+    method: Literal["clip", "dclip", "ex2", "waffle", "coder"] = option("clip", "how each class's texts are made")
     templates: str = option("clip", "class-name templates for clip: clip, clip_ensemble or a file")
     descriptions: str | None = option(
         None, "dclip/ex2: descriptions.jsonl or categories.jsonl (ours), or a JSON {class: [descriptors]}"
@@ -74,6 +75,16 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
+    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`")
+    kinds: list[str] = option(["attributes", "analogous", "synonyms"],
+                              "coder: knowledge kinds in the class texts (attributes, analogous, synonyms)")
+    ovo_gap: float = option(0.0, "coder: re-rank with one-vs-one texts where the top-2 softmax gap is below this")
+    ovo_top: int = option(5, "coder: classes re-ranked by one-vs-one texts")
+    shots: int = option(0, "coder: labelled images per class for Tip-Adapter over neighbor vectors (0: zero-shot)")
+    val_shots: int | None = option(None, "coder: validation images per class for alpha/beta (default min(shots, 4))")
+    support_split: str | None = option(None, "coder: split the shots come from; default: carved from the "
+                                             "evaluated split and left out of the test images")
+    augment_views: int = option(10, "coder: random crop/flip views averaged per support image")
 
     def __post_init__(self) -> None:
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
@@ -91,6 +102,9 @@ class ClassifyConfig:
             raise ValueError(f"--explain must be 0 or more, got {self.explain}")
         if self.aggregate is None:
             self.aggregate = DEFAULT_AGGREGATE[self.method]
+        from ex2.coder import check_config
+
+        check_config(self)
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -407,6 +421,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
+    if config.method == "coder":
+        from ex2.coder import run_classify
+
+        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision))
     text_sets, info = class_text_sets(config, dataset.classnames)  # bad descriptions fail before any model loads
     vlm = vlm or load_vlm(config.vlm, config.device, config.precision)
     images, labels = embed_dataset(vlm, dataset, config)
