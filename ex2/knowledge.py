@@ -166,7 +166,7 @@ def _clean_item(line: str, kind: str) -> str:
     if kind == "analogous":
         text = re.split(r":|\s[-–—]\s|\(", text, maxsplit=1)[0]
     text = " ".join(text.split()).strip(" \"'").rstrip(".;,!")
-    if text and not text.split()[0].isupper():
+    if text and not text[1:2].isupper():
         text = text[0].lower() + text[1:]  # "Tiger" -> "tiger"; "LED lights" stays
     return text
 
