@@ -12,7 +12,6 @@ Prints one line per variant (acc1, texts per class) and writes them as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ex2.coder import CLASS_KINDS, class_scores, coder_texts, neighbor_vectors

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 
 def timed(fn, repeat: int) -> float:
     fn()  # warm-up
