@@ -17,7 +17,8 @@ Answers are split into items by one rule (:func:`parse_items`): one item per lin
 ending in ":" dropped; markup, list markers and trailing full stops removed; an analogue keeps the
 name before any ":", " - " or "(". Output: one JSON record per item, ``{concept, class_id, kind,
 text, other_concept, model, adapter, source}``. Each answered question is appended to
-``OUTPUT.partial`` as it finishes; a rerun with the same settings asks only what is missing.
+``OUTPUT.partial`` as it finishes; a rerun with the same settings asks only what is missing. The
+answers are kept as ``OUTPUT.answers.jsonl`` (question, raw completion, answer).
 """
 
 from __future__ import annotations
@@ -140,13 +141,18 @@ def answer_text(raw: str, prompt: str | None = None, special_tokens: Iterable[st
     return pattern.split(text, maxsplit=1)[0]
 
 
-def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, max_words: int = 20) -> list[str]:
-    """Single items from one answer, by the rule in this module's docstring."""
+def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, max_words: int = 20,
+                complete: bool = True) -> list[str]:
+    """Single items from one answer, by the rule in this module's docstring. An answer cut off by
+    the token limit (``complete`` False) loses its last line, which may stop mid-item."""
     lines = [line for line in answer.splitlines() if line.strip()]
     marked = [line for line in lines if _MARKER.match(line)]
     if len(lines) == 1 and not marked:
-        lines = re.split(r"[;,]\s*|\s+and\s+" if kind == "analogous" else r"[;,]\s*", lines[0])
-    elif marked:
+        lines = _split_lone_line(lines[0], kind)
+    if not complete and len(lines) > 1:
+        lines = lines[:-1]
+    marked = [line for line in lines if _MARKER.match(line)]
+    if marked:
         lines = marked  # a lead-in sentence or closing remark around a list is not an item
     items: list[str] = []
     seen = {normalise_name(concept)} if concept else set()
@@ -157,6 +163,15 @@ def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, 
             seen.add(key)
             items.append(item)
     return items[:max_items]
+
+
+def _split_lone_line(line: str, kind: str, list_words: int = 6) -> list[str]:
+    """A lone line is a list when every comma/semicolon piece is short ("tiger, lion and
+    leopard"); else it is prose, kept sentence by sentence."""
+    pieces = re.split(r"[;,]\s*|\s+and\s+" if kind == "analogous" else r"[;,]\s*", line)
+    if all(len(p.split()) <= list_words for p in pieces):
+        return pieces
+    return re.split(r"(?<=[.!?])\s+", line)
 
 
 def _clean_item(line: str, kind: str) -> str:
@@ -382,6 +397,10 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def answers_path(output: Path) -> Path:
+    return output.with_name(output.name + ".answers.jsonl")
+
+
 def _settings(config: KnowledgeConfig, adapter: Path | None, prompt_format: str) -> dict[str, Any]:
     values = dataclasses.asdict(config) | {"adapter": str(adapter) if adapter else None,
                                            "prompt_format": prompt_format}
@@ -430,13 +449,19 @@ class Asker:
             raws = self.sampler.generate(encode_prompts(tokenizer, prompts, fmt), seeds)
             special = list(getattr(tokenizer, "all_special_tokens", []))
             for q, prompt, raw in zip(batch, prompts, raws, strict=True):
-                row = {"key": q.key, "question": q.text, "raw": raw,
-                       "answer": answer_text(raw, prompt, special)}
+                row = {"key": q.key, "question": q.text, "raw": raw, "answer": answer_text(raw, prompt, special),
+                       "complete": any(t in raw for t in self._eos_texts())}
                 append_jsonl(self.partial, row)
                 self.done[json.dumps(q.key)] = row
             bar.update(len(batch))
         bar.close()
         return {json.dumps(q.key): self.done[json.dumps(q.key)] for q in questions}
+
+    def _eos_texts(self) -> list[str]:
+        """How the end-of-sequence tokens read in a completion (an answer without one was cut off)."""
+        tokenizer = self.sampler.tokenizer
+        ids = getattr(self.sampler, "eos_ids", None) or [tokenizer.eos_token_id]
+        return [t for t in (tokenizer.decode([i]) for i in ids if i is not None) if t]
 
     def _load(self):
         from ex2.samplers import SamplingSettings, load_sampler
@@ -450,7 +475,8 @@ class Asker:
 
 
 def _items(answer: dict, question: Question, config: KnowledgeConfig) -> list[str]:
-    return parse_items(answer["answer"], question.kind, question.concept, config.max_items)
+    complete = answer.get("complete", SPECIAL_TOKEN.search(answer["raw"]) is not None)
+    return parse_items(answer["answer"], question.kind, question.concept, config.max_items, complete=complete)
 
 
 def ask_analogous(asker: Asker, vlm, concepts: list[str], class_embeddings: torch.Tensor,
@@ -533,7 +559,7 @@ def run(config: KnowledgeConfig) -> Path:
     records = gather(config, concepts, done, partial, settings)
     write_jsonl(output, records)
     save_config(dataclasses.replace(config, prompt_format=fmt), output.parent, name=output.name + ".config.yaml")
-    partial.unlink()
+    partial.replace(answers_path(output))  # the raw answers, kept; moved back to .partial it re-parses
     counts = {k: sum(r["kind"] == k for r in records) for k in KINDS}
     print(f"knowledge for {len(concepts)} concepts: {counts} -> {output}")
     return output

@@ -12,7 +12,7 @@ from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture
 
 from ex2.cli import main
 from ex2.io import read_jsonl
-from ex2.knowledge import answer_text, load_knowledge, nearest_pairs, parse_items, partial_path
+from ex2.knowledge import answer_text, answers_path, load_knowledge, nearest_pairs, parse_items, partial_path
 
 CONCEPTS = ["red apple", "green leaf", "blue sky"]
 
@@ -23,6 +23,8 @@ MESSY = [
     ("Tomatoes, cherries and plums.", "analogous", ["tomatoes", "cherries", "plums"]),
     ("Colours:\n- LED-like glow\n- 1.5 cm stem", "attributes", ["LED-like glow", "1.5 cm stem"]),
     ("   \n\n", "attributes", []),
+    ("It is red. Its skin, which is thin and smooth, shines in the light of a sunny day. Small", "attributes",
+     ["it is red", "its skin, which is thin and smooth, shines in the light of a sunny day", "small"]),
 ]
 
 
@@ -36,6 +38,9 @@ def test_answer_text_drops_echo_and_stops_at_special_tokens():
     assert answer_text("<|im_start|>assistant- x</s>junk", special_tokens=["<|im_start|>assistant"]) == "- x"
     assert parse_items("- " + "word " * 30, "attributes") == []  # a rambling item is no feature
     assert len(parse_items("\n".join(f"- f{i}" for i in range(30)), "attributes", max_items=4)) == 4
+    cut = "It is red. Its skin shines in the light of a sunny day. Small"
+    assert parse_items(cut, "attributes", complete=False) == ["it is red", "its skin shines in the light of a sunny day"]
+    assert parse_items("- round\n- shiny\n- a short st", "attributes", complete=False) == ["round", "shiny"]
 
 
 def test_nearest_pairs_are_symmetric_and_skip_self():
@@ -54,7 +59,7 @@ class FakeSampler:
             raise RuntimeError("killed")
         prompts = self.tokenizer.batch_decode(prompt_ids)
         self.asked += prompts
-        return [self._answer(p) for p in prompts]
+        return [self._answer(p) + self.tokenizer.eos_token for p in prompts]  # finished answers
 
     @staticmethod
     def _answer(prompt: str) -> str:
@@ -115,7 +120,7 @@ def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny, open
     pairs = {(r["concept"], r["other_concept"]) for r in by_kind["ovo"]}
     assert all((b, a) in pairs for a, b in pairs) and len(pairs) >= 2
     assert all(r["source"] == "llm" and r["model"] == str(tiny.model) for r in records)
-    assert not partial_path(out).exists()
+    assert not partial_path(out).exists() and len(read_jsonl(answers_path(out))) == 1 + len(fresh.asked) + 2
     knowledge, provenance = load_knowledge(out)
     assert knowledge["attributes"]["red apple"] == ["round shape", "shiny skin"] and provenance["n_records"] == len(records)
 
