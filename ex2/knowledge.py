@@ -15,7 +15,7 @@ CoDer, an analogue whose VLM text similarity to another class of the dataset exc
 Answers are split into items by one rule (:func:`parse_items`): one item per line or list entry
 (``-``, ``*``, ``•``, ``_``, ``1.``, ``1)``), a lone line split at commas or semicolons; headers
 ending in ":" dropped; markup, list markers and trailing full stops removed; an analogue keeps the
-name before any ":", " - " or "(". Output: one JSON record per item, ``{concept, class_id, kind,
+name before any ":", " - " or "(" and at most 6 words (other items 20). Output: one JSON record per item, ``{concept, class_id, kind,
 text, other_concept, model, adapter, source}``. Each answered question is appended to
 ``OUTPUT.partial`` as it finishes; a rerun with the same settings asks only what is missing. The
 answers are kept as ``OUTPUT.answers.jsonl`` (question, raw completion, answer).
@@ -141,10 +141,16 @@ def answer_text(raw: str, prompt: str | None = None, special_tokens: Iterable[st
     return pattern.split(text, maxsplit=1)[0]
 
 
-def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, max_words: int = 20,
+MAX_WORDS = {"analogous": 6}  # an analogue is a name; a longer item is a sentence about something else
+DEFAULT_MAX_WORDS = 20
+
+
+def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, max_words: int | None = None,
                 complete: bool = True) -> list[str]:
     """Single items from one answer, by the rule in this module's docstring. An answer cut off by
-    the token limit (``complete`` False) loses its last line, which may stop mid-item."""
+    the token limit (``complete`` False) loses its last line, which may stop mid-item. Items longer
+    than ``max_words`` (default 6 words for analogues, 20 for the others) are dropped."""
+    max_words = max_words or MAX_WORDS.get(kind, DEFAULT_MAX_WORDS)
     lines = [line for line in answer.splitlines() if line.strip()]
     marked = [line for line in lines if _MARKER.match(line)]
     if len(lines) == 1 and not marked:

@@ -21,6 +21,7 @@ MESSY = [
      "Hope this helps!", "attributes", ["round shape", "shiny, red skin", "a short stem"]),
     ("* Tomato: also red and round\n* Cherry (smaller)\n* red apple\n* Tomato", "analogous", ["tomato", "cherry"]),
     ("Tomatoes, cherries and plums.", "analogous", ["tomatoes", "cherries", "plums"]),
+    ("A red apple in a photo looks like many other round fruits.\nPlum", "analogous", ["plum"]),
     ("Colours:\n- LED-like glow\n- 1.5 cm stem", "attributes", ["LED-like glow", "1.5 cm stem"]),
     ("   \n\n", "attributes", []),
     ("It is red. Its skin, which is thin and smooth, shines in the light of a sunny day. Small", "attributes",
