@@ -161,14 +161,19 @@ def parse_items(answer: str, kind: str, concept: str = "", max_items: int = 10, 
     if marked:
         lines = marked  # a lead-in sentence or closing remark around a list is not an item
     items: list[str] = []
-    seen = {normalise_name(concept)} if concept else set()
+    seen = {_key(concept)} if concept else set()
     for line in lines:
         item = _clean_item(line, kind)
-        key = normalise_name(item)
+        key = _key(item)
         if item and key not in seen and len(item.split()) <= max_words:
             seen.add(key)
             items.append(item)
     return items[:max_items]
+
+
+def _key(item: str) -> str:
+    """Matching key of an item: case, spacing and a leading article ignored."""
+    return re.sub(r"^(?:a|an|the)\s+", "", normalise_name(item))
 
 
 def _split_lone_line(line: str, kind: str, list_words: int = 6) -> list[str]:

@@ -19,7 +19,7 @@ CONCEPTS = ["red apple", "green leaf", "blue sky"]
 MESSY = [
     ("Sure! Here are some features:\n\n1. **Round shape**\n2) Shiny, red skin.\n- a short stem\n"
      "Hope this helps!", "attributes", ["round shape", "shiny, red skin", "a short stem"]),
-    ("* Tomato: also red and round\n* Cherry (smaller)\n* red apple\n* Tomato", "analogous", ["tomato", "cherry"]),
+    ("* Tomato: also red and round\n* Cherry (smaller)\n* A red apple\n* Tomato", "analogous", ["tomato", "cherry"]),
     ("Tomatoes, cherries and plums.", "analogous", ["tomatoes", "cherries", "plums"]),
     ("A red apple in a photo looks like many other round fruits.\nPlum", "analogous", ["plum"]),
     ("Colours:\n- LED-like glow\n- 1.5 cm stem", "attributes", ["LED-like glow", "1.5 cm stem"]),
