@@ -397,8 +397,10 @@ def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
     alpha, beta, val_acc = search_alpha_beta(100 * val_x @ weights, query(val_x), pool_labels[val], keys,
                                              key_labels, n_classes)
     test_x = images.embeddings[test_idx]
-    logits = tip_adapter_logits(100 * test_x @ weights, query(test_x), keys, key_labels, n_classes, alpha, beta)
-    summary = {"shots": config.shots, "val_shots": val_shots, "augment_views": config.augment_views,
-               "support_split": config.support_split or dataset.split, "alpha": alpha, "beta": beta,
+    zero_shot = 100 * test_x @ weights
+    logits = tip_adapter_logits(zero_shot, query(test_x), keys, key_labels, n_classes, alpha, beta)
+    same_images = zeroshot.topk_accuracy(zero_shot, labels[test_idx], 1)
+    summary = {"clip_acc1_same_images": same_images, "shots": config.shots, "val_shots": val_shots,
+               "augment_views": config.augment_views, "support_split": config.support_split or dataset.split, "alpha": alpha, "beta": beta,
                "val_acc1": val_acc, "n_support": len(support), "n_val": len(val), "logits": logits}
     return test_x, labels[test_idx], [images.paths[i] for i in test_idx], summary

@@ -200,6 +200,7 @@ def test_knowledge_then_coder_zero_shot_rerank_and_few_shot(knowledge_file, fold
     reranked = _classify(knowledge_file, folder, open_clip_dir, tmp_path / "ovo", "--ovo-gap", "1.0")
     assert reranked["rerank"]["images_considered"] == 9 and reranked["acc5"] == zero["acc5"]
     few = _classify(knowledge_file, folder, open_clip_dir, tmp_path / "few", "--shots", "1", "--augment-views", "2")
+    assert 0 <= few["few_shot"]["clip_acc1_same_images"] <= 1
     assert few["few_shot"]["n_support"] == 3 and few["few_shot"]["n_val"] == 3 and few["n_images"] == 3
     assert (tmp_path / "few" / "per_class.csv").is_file()
 
