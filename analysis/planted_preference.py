@@ -73,42 +73,33 @@ def measure(eval_json: dict, keywords: tuple[str, ...] = ATTRIBUTES["habitat"][1
     }
 
 
+def study_argv(attribute: str, bonus: float) -> list[str]:
+    """``ex2 train`` flags of the study: the planted reward for ``attribute``, no KL term, 4 held-out
+    samples per prompt; flags given after them override them."""
+    planted_text, keywords = ATTRIBUTES[attribute]
+    return ["--reward", "planted", "--planted-text", planted_text, "--planted-keywords", *keywords,
+            "--planted-bonus", str(bonus), "--beta", "0", "--eval-samples", "4", "--output", "runs/planted"]
+
+
 def main(argv: list[str] | None = None) -> dict:
+    import dataclasses
     import json
 
-    from ex2.train import TrainConfig, run
+    from ex2.train import parse_args, run
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="runs/planted")
-    parser.add_argument("--llm", default="smollm2")
-    parser.add_argument("--vlm", default="conse")
-    parser.add_argument("--dataset", default="samples")
-    parser.add_argument("--max-steps", type=int, default=60)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-generations", type=int, default=8)
-    parser.add_argument("--max-completion-length", type=int, default=32)
-    parser.add_argument("--num-iterations", type=int, default=1)
-    parser.add_argument("--eval-samples", type=int, default=4)
-    parser.add_argument("--save-steps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="every other flag is ex2 train's (see ex2 train --help)")
     parser.add_argument("--attribute", choices=sorted(ATTRIBUTES), default="habitat")
     parser.add_argument("--bonus", type=float, default=DEFAULT_PLANTED_BONUS,
                         help="reward bonus for naming a keyword (0: similarity to the attribute text alone)")
-    args = parser.parse_args(argv)
-    planted_text, keywords = ATTRIBUTES[args.attribute]
-    output = Path(args.output)
-    config = TrainConfig(
-        dataset=args.dataset, vlm=args.vlm, llm=args.llm, reward="planted", planted_text=planted_text,
-        planted_keywords=list(keywords), planted_bonus=args.bonus,
-        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        num_generations=args.num_generations, num_iterations=args.num_iterations, max_completion_length=args.max_completion_length, beta=0.0,
-        eval_samples=args.eval_samples, save_steps=args.save_steps, seed=args.seed, output=str(output),
-        resume=(output / "config.yaml").is_file(),
-    )
-    run(config)
-    result = {"attribute": planted_text, "keywords": list(keywords), "bonus": args.bonus, "max_steps": args.max_steps,
-              **measure(json.loads((output / "eval.json").read_text()), keywords)}
+    study, rest = parser.parse_known_args(argv)
+    config, args = parse_args([*study_argv(study.attribute, study.bonus), *rest], "planted_preference.py")
+    output = Path(args.output_dir)
+    config = dataclasses.replace(config, resume=config.resume or (output / "config.yaml").is_file())
+    run(config, args)
+    keywords = ATTRIBUTES[study.attribute][1]
+    result = {"attribute": config.planted_text, "keywords": list(keywords), "bonus": config.planted_bonus,
+              "max_steps": args.max_steps, **measure(json.loads((output / "eval.json").read_text()), keywords)}
     write_json(output / "planted_share.json", result)
     print(f"planted attribute share on held-out templates ({result['samples']} samples): "
           f"base {result['base_share']:.1%} -> trained {result['trained_share']:.1%} after {args.max_steps} steps; "

@@ -12,6 +12,7 @@ the same texts; ratios are against the concurrency-1 run (and the embedded judge
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from ex2.categorize import EmbeddedJudge, labelled_path
 from ex2.io import read_jsonl
-from ex2.judges import OpenAIJudge, local_server
+from ex2.judges import OpenAIJudge
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # holds serving.py, the loopback server
 
 
 def pairs(n: int) -> list[tuple[str, str]]:
@@ -49,6 +52,9 @@ def openai_rates(args) -> dict[int, float]:
     if args.base_url:
         return run(args.base_url)
     from ex2.llm import resolve_llm
+
+    sys.path.insert(0, str(TESTS))
+    from serving import local_server
 
     args.model = resolve_llm("smollm2")
     with tempfile.TemporaryDirectory() as tmp, local_server(args.model, Path(tmp) / "server.log") as url:

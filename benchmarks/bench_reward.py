@@ -107,24 +107,26 @@ class TimedReward:
 
 def bench_step_share(llm: str, vlm_name: str, steps: int) -> None:
     from ex2.data import load_dataset, load_templates
-    from ex2.llm import load_tokenizer
+    from ex2.llm import load_tokenizer, resolve_prompt_format
     from ex2.reward import build_reward
-    from ex2.train import TrainConfig, build_trainer, prompt_dataset, resolve_format
+    from ex2.train import TrainConfig, build_trainer, prompt_dataset, trainer_config
     from ex2.vlm import load_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         llm = tiny_llama(Path(tmp) / "tiny") if llm == "tiny" else llm
-        config = TrainConfig(llm=llm, vlm=vlm_name, max_steps=steps, batch_size=16, num_generations=8,
-                        max_completion_length=32, beta=0.0, save_steps=10**6, output=str(Path(tmp) / "run"))
+        config = TrainConfig(llm=llm, vlm=vlm_name)
+        args = trainer_config(config, max_steps=steps, per_device_train_batch_size=16, num_generations=8,
+                              max_completion_length=32, beta=0.0, save_strategy="no",
+                              output_dir=str(Path(tmp) / "run"))
         dataset = load_dataset(config.dataset)
         tokenizer = load_tokenizer(llm)
         reward = TimedReward(build_reward("ex2", load_vlm(vlm_name), dataset, config.images_per_class))
-        prompts = prompt_dataset(dataset.classnames, load_templates("ex2"), resolve_format(tokenizer, "auto"))
-        trainer = build_trainer(config, Path(config.output), reward, prompts, tokenizer, [])
+        prompts = prompt_dataset(dataset.classnames, load_templates("ex2"), resolve_prompt_format(tokenizer, "auto"))
+        trainer = build_trainer(config, args, reward, prompts, tokenizer, [])
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-    print(f"training {steps} steps of {config.batch_size} completions ({Path(llm).name}, {vlm_name}): "
+    print(f"training {steps} steps of {args.per_device_train_batch_size} completions ({Path(llm).name}, {vlm_name}): "
           f"{total / steps:.2f} s/step, reward {reward.seconds / reward.calls * 1e3:.1f} ms/call; "
           f"share of the step in the reward: {reward.seconds / total:.1%}")
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 from ex2.config import parse_config
+from ex2.registry import split_reference
 
 # stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
-# a module may define `parse_args(argv, prog)` to parse its own command line instead.
+# a module may define `parse_args(argv, prog)` to parse its own command line instead, returning
+# run's argument (or a tuple of its arguments).
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("ex2.train:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
     "generate": ("ex2.generate:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
@@ -21,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
                   "analogues, synonyms, one-vs-one"),
     "inspect": ("ex2.inspect:InspectConfig", "label descriptions: spurious, visual or non-visual"),
     "classify": ("ex2.classify:ClassifyConfig", "zero-shot classification with class names or descriptions"),
+    "probe": ("ex2.probe:ProbeConfig", "linear probe on a VLM's image features (train, choose C on val, test)"),
     "report": ("ex2.report:ReportConfig", "tables, plots and an HTML report across runs"),
     "demo": ("ex2.demo:DemoConfig", "the whole pipeline on the embedded default, offline"),
 }
@@ -48,7 +52,15 @@ def list_known() -> str:
     return "\n".join(out)
 
 
+def offline_by_default() -> None:
+    """Nothing downloads at run time by default: the Hugging Face hub serves cached files only, unless
+    ``EX2_ALLOW_DOWNLOAD`` is set (an ``HF_HUB_OFFLINE`` already set is kept)."""
+    if os.environ.get("EX2_ALLOW_DOWNLOAD", "").strip().lower() not in ("1", "true", "yes"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    offline_by_default()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -60,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in STAGES:
         print(f"ex2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, config_name = STAGES[command][0].split(":")
+    module_name, config_name = split_reference(STAGES[command][0])
     if importlib.util.find_spec(module_name) is None:
         print(f"ex2 {command}: this stage is not built yet", file=sys.stderr)
         return 2
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = parse_config(getattr(module, config_name), rest, prog=prog)
     try:
-        module.run(config)
+        module.run(*config) if isinstance(config, tuple) else module.run(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"ex2 {command}: error: {err}", file=sys.stderr)
         return 1

@@ -347,7 +347,11 @@ def run_classify(config, out: Path, dataset, vlm) -> Path:
     metrics_now = zeroshot.classification_metrics(logits, labels)
     per_class = texts.per_class(len(dataset.classnames))
     result = classify.Evaluation(per_class, text_embeddings, torch.empty(0), logits, metrics_now)
-    write_json(out / "class_texts.json", dict(zip(dataset.classnames, per_class, strict=True)))
+    from ex2.config import save_config
+
+    out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
+    save_config(config, out)
+    write_json(out / "class_texts.json", classify.class_text_table(dataset.classnames, per_class))
     classify.write_tables(out, dataset.classnames, result, labels, paths)
     shown = _Images(paths, images.skipped)
     metrics = classify.build_metrics(config, dataset, vlm, [result], {"descriptions": None, **info}, shown)

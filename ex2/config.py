@@ -4,6 +4,10 @@ Every field is declared with :func:`option` (a default and a help string). :func
 builds an argparse parser from the dataclass: ``--config file.yaml`` supplies defaults, flags
 override them, unknown YAML keys are errors, and flags accept both ``--max-steps`` and
 ``--max_steps``. :func:`save_config` writes the resolved config (secrets removed) into a run folder.
+
+Options that several stages share (the dataset, its root and split, the VLM, the LLM) are declared
+once here, with one help text each: ``dataset: str = dataset_option()``. They are plain dataclass
+fields with ``metadata={"help": ...}``, so transformers' ``HfArgumentParser`` reads them too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from ex2.io import atomic_write_text
+from ex2.names import LLM_FORMS, VLM_FORMS
 
 C = TypeVar("C")
 
@@ -28,12 +33,45 @@ def option(
     """A config field with a help string.
 
     ``secret`` fields are never written to disk; a ``positional`` list field also takes bare
-    arguments (``ex2 report RUN1 RUN2``) besides its flag.
+    arguments (``ex2 report RUN1 RUN2``) besides its flag. ``short`` is kept under the key
+    ``aliases``, the one ``HfArgumentParser`` reads; a field without ``secret`` or ``positional``
+    carries no other metadata than that and its help, so ``HfArgumentParser`` accepts it.
     """
-    meta = {"help": help, "secret": secret, "short": short, "positional": positional}
+    meta: dict[str, Any] = {"help": help}
+    if short:
+        meta["aliases"] = [short]
+    if secret:
+        meta["secret"] = True
+    if positional:
+        meta["positional"] = True
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def dataset_option(default: str = "samples") -> Any:
+    """``--dataset``: the image dataset a stage reads."""
+    return option(default, "image dataset: a name from `ex2 ls`, or NAME:ROOT for a local copy")
+
+
+def data_root_option() -> Any:
+    """``--data-root``: where the dataset lives (the ROOT of ``NAME:ROOT``)."""
+    return option(None, "folder (csv: file) holding the dataset, the same as NAME:ROOT; not needed for samples")
+
+
+def split_option() -> Any:
+    """``--split``: the dataset split."""
+    return option(None, "dataset split (default: the dataset's evaluation split)")
+
+
+def vlm_option(default: str = "conse") -> Any:
+    """``--vlm``: the vision-language model that scores images against texts."""
+    return option(default, f"VLM scoring images against texts: {VLM_FORMS}")
+
+
+def llm_option(default: str = "smollm2") -> Any:
+    """``--llm``: the language model that writes descriptions."""
+    return option(default, f"LLM writing the descriptions: {LLM_FORMS}")
 
 
 class _RepeatableList(argparse.Action):
@@ -63,8 +101,7 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: An
     flags = [f"--{field.name.replace('_', '-')}"]
     if "_" in field.name:
         flags.append(f"--{field.name}")
-    if field.metadata.get("short"):
-        flags.insert(0, field.metadata["short"])
+    flags[:0] = field.metadata.get("aliases", [])
     kwargs: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help", "")}
     origin = typing.get_origin(tp)
     if tp is bool:
@@ -114,8 +151,8 @@ def build_parser(config_cls: type, prog: str, description: str | None = None) ->
     return parser
 
 
-def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+def read_yaml_options(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's ``option: value`` mapping, keys with hyphens turned into underscores."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -125,8 +162,13 @@ def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
+    """Read a YAML config file; keys may use hyphens or underscores, unknown keys are errors."""
+    values = read_yaml_options(path)
     valid = {f.name for f in dataclasses.fields(config_cls)}
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ConfigError(

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ex2.config import ConfigError, option, save_config
+from ex2.config import (
+    ConfigError,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    save_config,
+    vlm_option,
+)
+from ex2.names import split_dataset_name
 
 CATEGORIES = ("visual", "non_visual", "spurious")
 
@@ -30,10 +39,10 @@ class DemoConfig:
     """Run the whole pipeline (train, generate, inspect, classify, report) on one dataset."""
 
     output: str = option("runs/demo", "demo folder; each stage writes a subfolder", short="-o")
-    dataset: str = option("samples", "image dataset (see `ex2 ls`)")
-    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
-    vlm: str = option("conse", "VLM giving the reward and classifying (see `ex2 ls`)")
-    llm: str = option("smollm2", "LLM to align and sample from")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    vlm: str = vlm_option()
+    llm: str = llm_option()
     train_steps: int = option(20, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
     num_generations: int = option(8, "completions per prompt in a GRPO group")
     images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
@@ -44,6 +53,7 @@ class DemoConfig:
     force: bool = option(False, "redo every stage, even finished ones")
 
     def __post_init__(self):
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         if self.train_steps < 1:
             raise ConfigError(f"train_steps must be >= 1, got {self.train_steps}")
 
@@ -61,7 +71,7 @@ def stages(config: DemoConfig, out: Path) -> list[Stage]:
 
     train_dir = out / "train"
     plan = [
-        Stage("train", train_dir / "eval.json", lambda: train.run(_train_config(config, train_dir))),
+        Stage("train", train_dir / "eval.json", lambda: train.run(*_train_config(config, train_dir))),
     ]
     for variant, adapter in (("base", None), ("aligned", train_dir / "adapter")):
         descriptions = out / "descriptions" / f"{variant}.jsonl"
@@ -100,11 +110,12 @@ def _bind(func: Callable, config) -> Callable[[], object]:
 
 
 def _train_config(config: DemoConfig, run_dir: Path):
+    """``(TrainConfig, trl config)`` of the demo's training run."""
     from ex2 import train
     from ex2.data import load_templates
 
     heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of EX2's 25
-    return train.TrainConfig(
+    train_config = train.TrainConfig(
         dataset=config.dataset,
         data_root=config.data_root,
         vlm=config.vlm,
@@ -112,16 +123,20 @@ def _train_config(config: DemoConfig, run_dir: Path):
         reward="ex2",
         templates=config.templates,
         images_per_class=config.images_per_class,
-        heldout_templates=heldout, max_steps=config.train_steps,
+        heldout_templates=heldout,
+        eval_samples=1,
+        resume=(run_dir / "config.yaml").is_file(),
+    )
+    return train_config, train.trainer_config(
+        train_config,
+        output_dir=str(run_dir),
+        max_steps=config.train_steps,
         num_generations=config.num_generations,
-        batch_size=config.num_generations,
+        per_device_train_batch_size=config.num_generations,
         learning_rate=2e-3,  # far above EX2's 1.41e-5, so a CPU-sized run moves
         beta=0.0,  # no reference pass: about a fifth less compute per step
-        eval_samples=1,
         save_steps=max(1, config.train_steps // 3),
         seed=config.seed,
-        output=str(run_dir),
-        resume=(run_dir / "config.yaml").is_file(),
     )
 
 
@@ -201,4 +216,25 @@ def run(config: DemoConfig) -> Path:
         stage.action()
         print(f"{prefix}: finished in {time.perf_counter() - started:.0f} s", flush=True)
     print(f"report: {out / 'report' / 'report.html'}", flush=True)
+    for line in headline_lines(out):
+        print(line, flush=True)
     return out
+
+
+def headline_lines(out: Path) -> list[str]:
+    """The numbers that matter, base -> aligned: held-out reward, accuracy with the descriptions and
+    informative share, read back from the demo's run outputs."""
+    import warnings
+
+    from ex2.report import collect, headline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        numbers = headline(collect([out], exclude=(out / "report").resolve()))
+
+    def show(value: float | None, digits: int) -> str:
+        return "?" if value is None else f"{value:.{digits}f}"
+
+    digits = {"held-out reward": 2}
+    return [f"{name}: base {show(base, digits.get(name, 3))} -> aligned {show(aligned, digits.get(name, 3))}"
+            for name, (base, aligned) in numbers.items()]

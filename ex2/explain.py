@@ -12,29 +12,17 @@ from pathlib import Path
 
 import torch
 
-from ex2.io import atomic_open
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ex2.plotting import pyplot, save_png
 
 
 def save_figure(fig, path: Path) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_confusion(confusion: torch.Tensor, classnames: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (true classes down, predictions across)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classnames)
     rows = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
     size = min(4 + 0.35 * n, 30)
@@ -56,7 +44,7 @@ def plot_confusion(confusion: torch.Tensor, classnames: list[str], path: Path) -
 
 def plot_per_class(recall: torch.Tensor, classnames: list[str], path: Path) -> Path:
     """Horizontal bars of per-class accuracy, worst first."""
-    plt = _pyplot()
+    plt = pyplot()
     order = torch.argsort(recall.nan_to_num(0.0)).tolist()[:60]
     fig, ax = plt.subplots(figsize=(6, 1 + 0.25 * len(order)))
     ax.barh(range(len(order)), [recall[i].nan_to_num(0.0).item() for i in order], color="tab:blue")
@@ -87,7 +75,7 @@ def explain_image(path: Path, image: torch.Tensor, classes: dict[str, list[tuple
     """One figure: the image, then bars of top texts for each class in ``classes``."""
     from ex2.data import load_image
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 1 + len(classes), figsize=(4 + 4.5 * len(classes), 3.6),
                              gridspec_kw={"width_ratios": [1] + [1.2] * len(classes)})
     for ax in axes[2:]:

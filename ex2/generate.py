@@ -4,11 +4,17 @@ template about each concept, and keep what it answers.
     ex2 generate --dataset samples --llm smollm2 --output runs/gen/descriptions.jsonl
     ex2 generate --dataset cub:/data/CUB_200_2011 --llm mistralai/Mistral-7B-v0.1 \\
         --adapter runs/train/cub --sampler vllm --output runs/gen/cub.jsonl --legacy-json runs/gen/cub.json
-    ex2 generate --from-legacy ex2_pets.json --dataset pets:/data/pets --output runs/gen/pets.jsonl
+    ex2 generate --from-legacy inference_output.json --templates mult_template_v1.json \\
+        --classnames pets_class_names.json --output runs/gen/pets.jsonl
 
 One record per (concept, template, sample) goes to the JSONL output; a run that is killed resumes
 from ``OUTPUT.partial`` and samples only what is missing. Every record draws its random numbers from
 its own seed (:func:`record_seed`), so batching and resuming never change the result.
+
+EX2's own output format (``--legacy-json`` writes it, ``--from-legacy`` reads it) is what its
+``inference.py`` dumps: a JSON list with one list per class (class-id order) of raw completions, in
+template order (and sample order within a template). It names neither classes nor templates, so
+reading it takes the template file and the class names it was made with.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from ex2.config import ConfigError, option, save_config
-from ex2.io import append_jsonl, read_jsonl, write_json, write_jsonl
-from ex2.names import LLM_FORMS
+from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
+from ex2.io import append_jsonl, read_jsonl, repair_jsonl, write_json, write_jsonl
+from ex2.names import split_dataset_name
 from ex2.text import clean_description
 
 RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model", "adapter",
@@ -34,6 +40,7 @@ RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens",
                 "temperature", "top_p", "top_k")
 PARTIAL_HEADER = "ex2_partial_settings"
+DEFAULT_TEMPLATES = "ex2"
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -43,11 +50,14 @@ PARTIAL_HEADER = "ex2_partial_settings"
 class GenerateConfig:
     """Sample descriptions of every concept from a base LLM or a base LLM plus a LoRA adapter."""
 
-    dataset: str = option("samples", "dataset whose class names are the concepts (NAME or NAME:ROOT)")
-    data_root: str | None = option(None, "folder holding the dataset (same as NAME:ROOT; not needed for samples)")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
-    templates: str = option("ex2", "query template set (ex2, clip, ...) or a file, one template with {} a line")
-    llm: str = option("smollm2", f"base LLM: {LLM_FORMS}")
+    templates: str | None = option(None, "query template set (ex2, clip, ...) or a file, one template with {} a "
+                                         "line (default ex2; --from-legacy needs the one its file was made with)")
+    classnames: str | None = option(None, "class-name file (JSON list or one name a line, class-id order): the "
+                                          "concept names, instead of the dataset's own")
+    llm: str = llm_option()
     adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
                                        "else its latest checkpoint-N); none: the base model alone")
     sampler: Literal["transformers", "vllm"] = option("transformers", "transformers (CPU/GPU) or vllm "
@@ -61,15 +71,17 @@ class GenerateConfig:
     seed: int = option(0, "random seed; the same seed gives the same file")
     batch_size: int = option(32, "prompts per generation batch")
     device: str | None = option(None, "torch device for the transformers sampler (default: cuda if available)")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "model dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "model dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     merge_adapter: bool = option(False, "merge the adapter into the weights in memory (faster sampling)")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the tokenizer's chat template; auto: chat if it has one")
     limit_concepts: int | None = option(None, "only the first N concepts (quick runs)")
-    legacy_json: str | None = option(None, "also write EX2's format: a JSON object class name -> descriptions")
-    from_legacy: str | None = option(None, "convert an original EX2 output (JSON) into --output; samples nothing")
+    legacy_json: str | None = option(None, "also write EX2's format: a JSON list, per class, of its raw completions")
+    from_legacy: str | None = option(None, "convert an EX2 output (JSON, per class a list of completions) into "
+                                           "--output with --templates and --classnames; samples nothing")
 
     def __post_init__(self) -> None:
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         positive = {"samples_per_template": self.samples_per_template, "max_new_tokens": self.max_new_tokens,
                     "batch_size": self.batch_size}
         for name, value in positive.items():
@@ -83,6 +95,11 @@ class GenerateConfig:
             raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0 (0 turns top-k off), not {self.top_k}")
+        if self.classnames and self.concepts:
+            raise ConfigError("give --classnames or --concepts, not both: both name the concepts")
+        if self.from_legacy and not self.templates:
+            raise ConfigError("--from-legacy needs --templates: the template set or file the EX2 output was made "
+                              "with (EX2's data_files/mult_template_v1.json for its own runs)")
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -143,18 +160,19 @@ def run_settings(config: GenerateConfig, adapter: Path | None, prompt_format: st
 
 
 def load_partial(path: Path, settings: dict[str, Any]) -> list[dict]:
-    """Records of an interrupted run with the same settings; the file is rewritten (settings line
-    first, no line torn by a kill) so that appending can go on after it."""
+    """Records of an interrupted run with the same settings, so that appending can go on after them.
+    A line torn by a kill is dropped; a file without records starts over with these settings."""
     records: list[dict] = []
     if path.is_file():
-        rows = read_jsonl(path, tolerate_torn_tail=True)
+        rows = repair_jsonl(path)
         if not rows or PARTIAL_HEADER not in rows[0]:
             raise ValueError(f"{path}: expected a partial descriptions file starting with its settings; "
                              "delete it to start over")
         records = rows[1:]
         if records:
             _check_partial(path, rows[0][PARTIAL_HEADER], settings, records)
-    write_jsonl(path, [{PARTIAL_HEADER: settings}, *records])
+    if not records:
+        write_jsonl(path, [{PARTIAL_HEADER: settings}])
     return records
 
 
@@ -201,70 +219,97 @@ def ordered_records(jobs: list[Job], records: Iterable[dict]) -> list[dict]:
     return [by_key[job.key] for job in jobs]
 
 
-def legacy_view(records: list[dict]) -> dict[str, list[str]]:
-    """EX2's format: class name -> its descriptions, in record order."""
-    out: dict[str, list[str]] = {}
+def legacy_view(records: list[dict]) -> list[list[str]]:
+    """EX2's format: one list per class (class-id order) of its raw completions, in record order."""
+    by_class: dict[int, list[str]] = {}
     for record in records:
-        out.setdefault(record["concept"], []).append(record["description"])
-    return out
+        by_class.setdefault(record["class_id"], []).append(record["raw"])
+    return [by_class[class_id] for class_id in sorted(by_class)]
 
 
 # --- EX2's format in ------------------------------------------------------------------------
 
-Concepts = list[str] | Callable[[], list[str]] | None  # class names, or how to get them when needed
+Concepts = list[str] | Callable[[int], list[str]] | None  # class names, or how to get n of them when needed
+LEGACY_EXPECTED = ("EX2's output: a list of completion lists, one per class (or a JSON object class name -> "
+                   "list of descriptions)")
+
+
+def read_legacy(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected {LEGACY_EXPECTED})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); expected {LEGACY_EXPECTED}") from err
 
 
 def _legacy_classes(path: Path, data: Any, concepts: Concepts) -> list[tuple[str, list]]:
-    expected = ("a JSON object class name -> list of descriptions, or a list of description lists "
-                "(one per class)")
-    if isinstance(data, dict):
+    if isinstance(data, dict):  # names its classes itself
         classes = list(data.items())
     elif isinstance(data, list) and concepts is not None:
-        concepts = concepts() if callable(concepts) else concepts
+        concepts = concepts(len(data)) if callable(concepts) else concepts
         if len(data) != len(concepts):
             raise ValueError(f"{path}: holds {len(data)} description lists but the concepts number "
-                             f"{len(concepts)}; pass the --dataset or --concepts it was made for")
+                             f"{len(concepts)}; pass the --classnames (or --dataset) it was made for")
         classes = list(zip(concepts, data, strict=True))
+    elif isinstance(data, list):
+        raise ValueError(f"{path}: EX2's output names no classes; pass --classnames (or --dataset)")
     else:
-        raise ValueError(f"{path}: expected {expected}")
-    for name, descriptions in classes:
-        if not isinstance(descriptions, list) or not all(isinstance(d, str) for d in descriptions):
-            raise ValueError(f"{path}: descriptions of {name!r} must be a list of strings; expected {expected}")
+        raise ValueError(f"{path}: expected {LEGACY_EXPECTED}")
+    for name, completions in classes:
+        if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
+            raise ValueError(f"{path}: descriptions of {name!r} must be a list of strings; expected {LEGACY_EXPECTED}")
     return classes
 
 
-def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = None) -> list[dict]:
-    """Records from an original EX2 output file; the n-th description of a class answered template
-    ``n mod len(templates)`` when the counts fit (else the template is unknown: None). A list of
-    description lists (EX2's own output) takes its class names from ``concepts``."""
+def _check_counts(path: Path, classes: list[tuple[str, list]], templates: list[str], samples: int) -> None:
+    expected = len(templates) * samples
+    for class_id, (name, completions) in enumerate(classes):
+        if len(completions) != expected:
+            raise ValueError(
+                f"{path}: class {class_id} ({name!r}) has {len(completions)} completions; expected "
+                f"{len(templates)} templates x {samples} sample(s) = {expected}; pass the --templates and "
+                "--samples-per-template the file was made with")
+
+
+def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = None,
+                samples_per_template: int = 1) -> list[dict]:
+    """Records from an EX2 output file, each labelled with the template it answered.
+
+    A class's completions are in template order, ``samples_per_template`` per template (EX2: one),
+    so every class must hold ``len(templates) * samples_per_template``. EX2's list of lists takes
+    its class names from ``concepts`` (a list, or a function of the number of classes). ``raw`` is
+    the completion untouched; ``description`` is it cleaned (:func:`clean_description`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected EX2's descriptions JSON)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); expected EX2's descriptions JSON") from err
-    records = []
-    for class_id, (concept, descriptions) in enumerate(_legacy_classes(path, data, concepts)):
-        fits = len(descriptions) % len(templates) == 0
-        for n, raw in enumerate(descriptions):
-            records.append({
-                "concept": concept, "class_id": class_id,
-                "template": templates[n % len(templates)] if fits else None,
-                "description": clean_description(raw), "raw": raw, "model": None, "adapter": None,
-                "sample": n // len(templates) if fits else n, "seed": None, "prompt_format": None,
-            })
-    return records
+    classes = _legacy_classes(path, read_legacy(path), concepts)
+    _check_counts(path, classes, templates, samples_per_template)
+    return [
+        {"concept": concept, "class_id": class_id, "template": templates[n // samples_per_template],
+         "description": clean_description(raw), "raw": raw, "model": None, "adapter": None,
+         "sample": n % samples_per_template, "seed": None, "prompt_format": None}
+        for class_id, (concept, completions) in enumerate(classes)
+        for n, raw in enumerate(completions)
+    ]
 
 
 # --- the stage ------------------------------------------------------------------------------
 
 
-def load_concepts(config: GenerateConfig) -> list[str]:
-    from ex2.data import concept_names
+def load_concepts(config: GenerateConfig, expected: int | None = None) -> list[str]:
+    """The concept names: ``--classnames`` (checked against ``expected`` classes, else against the
+    dataset's), ``--concepts`` or the dataset's class names; the first ``--limit-concepts`` of them."""
+    from ex2.data import concept_names, load_classnames
 
-    dataset = f"{config.dataset}:{config.data_root}" if config.data_root else config.dataset
-    concepts = concept_names(config.concepts or dataset)
+    if config.classnames:
+        where = "the EX2 output" if expected is not None else f"dataset {config.dataset}"
+        count = expected if expected is not None else len(concept_names(config.dataset, config.data_root))
+        concepts = load_classnames(config.classnames, count, where)
+    elif config.concepts:
+        concepts = concept_names(config.concepts)
+    else:
+        concepts = concept_names(config.dataset, config.data_root)
     return concepts[: config.limit_concepts] if config.limit_concepts else concepts
 
 
@@ -280,7 +325,9 @@ def convert(config: GenerateConfig) -> Path:
     """``--from-legacy``: EX2's JSON into our JSONL, sampling nothing."""
     from ex2.data import load_templates
 
-    records = from_legacy(config.from_legacy, load_templates(config.templates), lambda: load_concepts(config))
+    templates = load_templates(config.templates)
+    records = from_legacy(config.from_legacy, templates, lambda n: load_concepts(config, n),
+                          config.samples_per_template)
     return write_outputs(config, Path(config.output), records)
 
 
@@ -302,7 +349,8 @@ def generate(config: GenerateConfig) -> Path:
     from ex2.samplers import resolve_adapter
 
     output = Path(config.output)
-    jobs = plan_jobs(load_concepts(config), load_templates(config.templates), config.samples_per_template)
+    templates = load_templates(config.templates or DEFAULT_TEMPLATES)
+    jobs = plan_jobs(load_concepts(config), templates, config.samples_per_template)
     adapter = resolve_adapter(config.adapter) if config.adapter else None
     settings = run_settings(config, adapter, resolve_prompt_format(load_tokenizer(config.llm), config.prompt_format))
     partial = partial_path(output)
@@ -314,7 +362,9 @@ def generate(config: GenerateConfig) -> Path:
             for finished in sample_missing(sampler, todo, partial, settings, config.batch_size):
                 bar.update(finished)
     records = ordered_records(jobs, read_jsonl(partial)[1:])
-    write_outputs(dataclasses.replace(config, prompt_format=settings["prompt_format"]), output, records)
+    resolved = dataclasses.replace(config, prompt_format=settings["prompt_format"],
+                                   templates=config.templates or DEFAULT_TEMPLATES)
+    write_outputs(resolved, output, records)
     partial.unlink()
     return output
 

@@ -21,6 +21,15 @@ the judge could not answer for gets ``category: "unparsed"``. Judges (:mod:`ex2.
     ex2 inspect --input d.jsonl --backend hf --model smollm2             # a local chat model as judge
     ex2 inspect --input d.jsonl --backend openai --model gpt-4o-mini     # OPENAI_API_KEY from the environment
     ex2 inspect --input d.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 --model MODEL
+    ex2 inspect --input d.jsonl --backend openai --model gpt-3.5-turbo-1106 \\
+        --prompt-file configs/judge_ex2_question.yaml                   # EX2's question, at temperature 0.1
+    ex2 inspect --input pets.jsonl --from-ex2-answers answers.json      # EX2's inspection output read in
+
+``--prompt-file`` replaces the first question (informative or not) with one read from a file; ex2's
+category question still sorts the informative ones (:func:`ex2.judges.load_judge_prompt`).
+``--from-ex2-answers`` takes the first question's answers from EX2's ``inspection.py`` output, a list
+per class parallel to the descriptions (counts checked class by class); only informative ones go to
+the judge, for their category.
 
 Results are appended as they arrive, keyed by (judge backend, model, prompt version, concept,
 description); a rerun judges only what is missing. The report (``summary.json``, ``summary.md`` and
@@ -30,6 +39,8 @@ the output).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -40,10 +51,18 @@ from typing import Literal
 from tqdm import tqdm
 
 from ex2.config import option, save_config
-from ex2.io import append_jsonl, read_jsonl, write_jsonl
-from ex2.judges import Judgement
+from ex2.io import append_jsonl, read_jsonl, repair_jsonl
+from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
+from ex2.names import split_dataset_name
+from ex2.registry import LazyRegistry
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
+# judge backend -> "module:Class", imported only when chosen
+JUDGES = LazyRegistry("judge backend", {
+    "embedded": "ex2.categorize:EmbeddedJudge",
+    "hf": "ex2.judges:HFJudge",
+    "openai": "ex2.judges:OpenAIJudge",
+})
 DEFAULT_MODELS = {"embedded": "all-MiniLM-L6-v2", "hf": "smollm2", "openai": ""}
 
 
@@ -65,10 +84,16 @@ class InspectConfig:
     device: str = option("", "device for the embedded and hf judges (default: cuda if available, else cpu)")
     batch_size: int = option(64, "descriptions per batch (embedded backend)")
     limit: int = option(0, "judge only the first N input records (0: all)")
-    dataset: str = option("", "dataset name for records that carry none (used by the report)")
+    dataset: str = option("", "dataset name for records that carry none (used by the report; NAME:ROOT keeps NAME)")
     vlm: str = option("", "VLM name for records that carry none (used by the report)")
     report: bool = option(True, "write summary.json, summary.md and plots after judging")
     report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
+    prompt_file: str = option("", "the judge's first question from a YAML/JSON file: system, user template "
+                                  "({concept}, {description}), answer field and values, temperature "
+                                  "(e.g. configs/judge_ex2_question.yaml); openai and hf backends")
+    from_ex2_answers: str = option("", "EX2's inspection output (per class, its answers, parallel to --input): "
+                                       "read informative/spurious from it instead of asking; the judge only "
+                                       "sorts informative ones into visual/non_visual")
 
     def __post_init__(self):
         if not self.input:
@@ -78,8 +103,18 @@ class InspectConfig:
         if self.max_retries < 0 or self.limit < 0:
             raise ValueError("--max-retries and --limit must be 0 or more")
         self.model = self.model or DEFAULT_MODELS[self.backend]
+        self.dataset = split_dataset_name(self.dataset)[0]
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model: the model name the server serves")
+        if self.prompt_file:
+            try:
+                load_judge_prompt(self.prompt_file)  # errors name the file and the key, before any work
+            except FileNotFoundError as err:
+                raise ValueError(str(err)) from err
+            if self.backend == "embedded" and not self.from_ex2_answers:
+                raise ValueError("--prompt-file is a question for an LLM judge: add --backend openai or hf")
+        if self.from_ex2_answers and not Path(self.from_ex2_answers).is_file():
+            raise ValueError(f"{self.from_ex2_answers}: no such file (expected EX2's inspection output)")
 
     @property
     def output_path(self) -> Path:
@@ -90,25 +125,25 @@ class InspectConfig:
         return Path(self.report_dir) if self.report_dir else self.output_path.parent / "inspect_report"
 
 
+def judge_options(config: InspectConfig) -> dict:
+    """The constructor arguments of the judge ``config.backend`` names."""
+    if config.backend == "embedded":
+        return {"device": config.device or None}
+    if config.backend == "hf":
+        return {"model": config.model, "max_retries": config.max_retries, "max_tokens": config.max_tokens,
+                "device": config.device or None}
+    return {
+        "model": config.model,
+        "base_url": config.base_url or os.environ.get("OPENAI_BASE_URL"),
+        "api_key": config.api_key or os.environ.get("OPENAI_API_KEY"),
+        "max_retries": config.max_retries, "timeout": config.timeout, "max_tokens": config.max_tokens,
+        "json_mode": config.json_mode,
+    }
+
+
 def make_judge(config: InspectConfig):
     """The judge a config names; heavy imports happen only for the chosen backend."""
-    if config.backend == "embedded":
-        from ex2.categorize import EmbeddedJudge
-
-        return EmbeddedJudge(device=config.device or None)
-    if config.backend == "hf":
-        from ex2.judges import HFJudge
-
-        return HFJudge(config.model, config.max_retries, config.max_tokens, device=config.device or None)
-    from ex2.judges import OpenAIJudge
-
-    return OpenAIJudge(
-        config.model,
-        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL"),
-        api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
-        max_retries=config.max_retries, timeout=config.timeout, max_tokens=config.max_tokens,
-        json_mode=config.json_mode,
-    )
+    return JUDGES.load(config.backend)(**judge_options(config))
 
 
 def record_key(record: dict) -> tuple:
@@ -132,10 +167,7 @@ def load_done(path: Path) -> list[dict]:
     """Records already written; a torn last line (a kill mid-write) is dropped from the file."""
     if not path.is_file():
         return []
-    done = read_jsonl(path, required=("concept", "description"), tolerate_torn_tail=True)
-    if not path.read_text().endswith("\n") and path.stat().st_size:
-        write_jsonl(path, done)
-    return done
+    return repair_jsonl(path, required=("concept", "description"))
 
 
 def _judge_parallel(judge, pending: list[tuple[str, str]], config: InspectConfig):
@@ -198,11 +230,60 @@ def _judgement_of(output: Path, ident: tuple, pair: tuple) -> dict:
     raise ValueError(f"{output}: no judgement for {pair!r}")
 
 
+def _class_groups(records: list[dict]) -> list[list[dict]]:
+    """Records per class, in class order (``class_id`` when every record has one, else first appearance)."""
+    by_id = all("class_id" in r for r in records)
+    groups: dict = {}
+    for record in records:
+        groups.setdefault(record["class_id"] if by_id else record["concept"], []).append(record)
+    return [groups[key] for key in (sorted(groups) if by_id else groups)]
+
+
+def ex2_answers(path: str | Path, records: list[dict], source: str) -> dict[tuple[str, str], str | dict]:
+    """EX2's inspection output (a list per class of answers, parallel to EX2's descriptions) keyed by
+    (concept, description) of ``records``; the counts must match class by class. A description
+    repeated within a class takes its first answer."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); expected EX2's inspection output") from err
+    if not isinstance(data, list) or not all(
+        isinstance(answers, list) and all(isinstance(a, str | dict) for a in answers) for answers in data
+    ):
+        raise ValueError(f"{path}: expected EX2's inspection output: a list with one list of answers per class")
+    classes = _class_groups(records)
+    if len(data) != len(classes):
+        raise ValueError(f"{path}: holds answers for {len(data)} classes but {source} has {len(classes)}")
+    mapping: dict[tuple[str, str], str | dict] = {}
+    for class_id, (answers, group) in enumerate(zip(data, classes, strict=True)):
+        if len(answers) != len(group):
+            raise ValueError(f"{path}: class {class_id} ({group[0]['concept']!r}) has {len(answers)} answers but "
+                             f"{source} has {len(group)} descriptions of it")
+        for record, answer in zip(group, answers, strict=True):
+            mapping.setdefault((record["concept"], record["description"]), answer)
+    return mapping
+
+
+def answered_judge(config: InspectConfig, judge, answers: dict) -> AnsweredJudge:
+    spec = load_judge_prompt(config.prompt_file).answer if config.prompt_file else EX2_ANSWER
+    digest = hashlib.sha256(Path(config.from_ex2_answers).read_bytes()).hexdigest()[:8]
+    return AnsweredJudge(judge, answers, spec, f"ex2-answers-{digest}")
+
+
 def run(config: InspectConfig) -> Path:
     """Judge the input descriptions into ``categories.jsonl``, then write the report."""
     records = load_inputs(config)
     output = config.output_path
+    answers = None
+    if config.from_ex2_answers:  # checked before any model loads
+        everything = read_jsonl(config.input, required=("concept", "description"))
+        answers = ex2_answers(config.from_ex2_answers, everything, config.input)
     judge = make_judge(config)
+    if config.prompt_file and hasattr(judge, "use_prompt"):
+        judge.use_prompt(load_judge_prompt(config.prompt_file))
+    if answers is not None:
+        judge = answered_judge(config, judge, answers)
     judged = judge_records(config, judge, records, output)
     save_config(config, output.parent, name="inspect_config.yaml")
     if config.report:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ex2.io import atomic_write_text, write_json
 from ex2.judges import ATTRIBUTES, CATEGORIES, UNPARSED
+from ex2.plotting import pyplot, save_png
 from ex2.text import mask_concept
 
 SCHEMA = "ex2.inspect.summary/v1"
@@ -90,11 +91,7 @@ def summarize(records: list[dict], source: str = "") -> dict:
 
 def plot_stacked(groups: dict, title: str, path: Path) -> Path:
     """Stacked bars of category shares, one bar per group value (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(groups)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(names) + 2), 3.5))
     bottom = [0.0] * len(names)
@@ -109,12 +106,7 @@ def plot_stacked(groups: dict, title: str, path: Path) -> Path:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def _table(rows: list[list], header: list[str]) -> str:

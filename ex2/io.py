@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +37,25 @@ def temp_folder_beside(target: Path) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     folder.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+    return folder
+
+
+def materialise(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``folder``, made once by ``build(tmp)`` in a temp folder beside it and then renamed into
+    place, so a killed build never leaves half a folder; later calls reuse it."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    tmp = temp_folder_beside(folder)
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not folder.is_dir():  # else another process finished the same build first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -115,4 +134,22 @@ def read_jsonl(
         if missing:
             raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
         records.append(record)
+    return records
+
+
+def repair_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
+    """The records of a JSONL file that a killed job may have left mid-line, so appending can go on.
+
+    A torn last line is dropped and a last line without its newline is completed; the file is then
+    rewritten atomically. Any other bad line raises ValueError naming the file and line.
+    """
+    path = Path(path)
+    records = read_jsonl(path, required, tolerate_torn_tail=True)
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(-1, os.SEEK_END)
+        complete = not size or handle.read(1) == b"\n"
+    if not complete:
+        write_jsonl(path, records)
     return records

@@ -15,11 +15,9 @@ An unusable answer is asked again, then recorded as ``unparsed``, never guessed.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,10 +119,10 @@ def _json_object(answer: str) -> dict:
     return value
 
 
-def _explanation(value: dict) -> str:
-    explanation = value.get("explanation", "")
+def _explanation(value: dict, key: str = "explanation") -> str:
+    explanation = value.get(key, "")
     if not isinstance(explanation, str):
-        raise AnswerError("explanation must be a string")
+        raise AnswerError(f"{key} must be a string")
     return " ".join(explanation.split())[:300]
 
 
@@ -148,6 +146,187 @@ def parse_category(answer: str) -> tuple[str, str, str]:
     return category, attribute, _explanation(value)
 
 
+# --- a judge question from a file (ex2 inspect --prompt-file) --------------------------------
+#
+# EX2 asks one question per description: does it mention details that increase a student's knowledge
+# of the concept, answered in JSON with a yes/no field. "Yes" is informative, "No" is spurious; the
+# question does not say whether an informative description is visual or not, so ex2 then asks its
+# own category question (CATEGORY_SYSTEM) for those. A prompt file states the question and how its
+# answers map onto informative/spurious; configs/judge_ex2_question.yaml is EX2's question.
+
+PROMPT_PLACEHOLDERS = ("concept", "description")
+PROMPT_FILE_KEYS = ("system", "user", "answer", "examples", "temperature", "top_p", "version")
+ANSWER_KEYS = ("field", "values", "explanation_field")
+ANSWER_TARGETS = ("informative", "spurious")
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """Where a judge's JSON answer says informative or not: ``field``, whose values map (case and
+    surrounding spaces ignored) to ``informative`` or ``spurious``."""
+
+    field: str
+    values: dict[str, str]
+    explanation_field: str = "explanation"
+
+    def parse(self, answer: str) -> tuple[bool, str]:
+        """``(informative, explanation)`` from one answer, or an AnswerError."""
+        value = _json_object(answer)
+        given = value.get(self.field)
+        key = given.strip().casefold() if isinstance(given, str) else None
+        if key not in self.values:
+            allowed = " or ".join(repr(v) for v in self.values)
+            raise AnswerError(f"{self.field!r} must be {allowed}, got {given!r}")
+        return self.values[key] == "informative", _explanation(value, self.explanation_field)
+
+
+EX2_ANSWER = AnswerSpec("increases_knowledge", {"yes": "informative", "no": "spurious"})
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A first question read from a prompt file: system message, user template, worked examples,
+    the answer's field and values, and the sampling temperature (and top-p) of the first attempt."""
+
+    system: str
+    user: str
+    answer: AnswerSpec
+    examples: tuple[tuple[str, str], ...] = ()
+    temperature: float = 0.0
+    top_p: float | None = None
+    version: str = ""
+
+    def user_turn(self, concept: str, description: str) -> str:
+        return self.user.format(concept=concept, description=description)
+
+    def messages(self, concept: str, description: str) -> list[dict]:
+        turns = [{"role": "system", "content": self.system}]
+        for user, answer in self.examples:
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return [*turns, {"role": "user", "content": self.user_turn(concept, description)}]
+
+    def parse(self, answer: str) -> tuple[bool, str]:
+        return self.answer.parse(answer)
+
+
+class PromptFileError(ValueError):
+    """A judge prompt file that cannot be used; the message names the file and the key."""
+
+
+def _need(path: Path, data: dict, key: str, kind: type | tuple, where: str = "") -> object:
+    name = f"{where}{key}"
+    if key not in data:
+        raise PromptFileError(f"{path}: missing key {name!r}; a judge prompt file needs system, user, "
+                              "answer.field and answer.values (see configs/judge_ex2_question.yaml)")
+    if not isinstance(data[key], kind):
+        raise PromptFileError(f"{path}: {name!r} must be {getattr(kind, '__name__', kind)}, "
+                              f"not {type(data[key]).__name__}")
+    return data[key]
+
+
+def _check_keys(path: Path, data: dict, valid: tuple, where: str = "") -> None:
+    unknown = sorted(str(k) for k in data if k not in valid)
+    if unknown:
+        raise PromptFileError(f"{path}: unknown key(s) {', '.join(where + k for k in unknown)}; "
+                              f"valid: {', '.join(where + k for k in valid)}")
+
+
+def _check_template(path: Path, user: str) -> None:
+    import string
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(user) if name is not None}
+    except ValueError as err:
+        raise PromptFileError(f"{path}: 'user' is not a valid template ({err}); write literal braces as "
+                              "{{ and }}") from err
+    unknown = sorted(fields - set(PROMPT_PLACEHOLDERS))
+    if unknown:
+        raise PromptFileError(f"{path}: 'user' has unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}"
+                              f"; allowed: {{concept}}, {{description}} (literal braces: {{{{ and }}}})")
+    if "description" not in fields:
+        raise PromptFileError(f"{path}: 'user' must hold {{description}}: where the description goes")
+
+
+def _answer_spec(path: Path, data: dict) -> AnswerSpec:
+    answer = _need(path, data, "answer", dict)
+    _check_keys(path, answer, ANSWER_KEYS, "answer.")
+    field = _need(path, answer, "field", str, "answer.")
+    values = _need(path, answer, "values", dict, "answer.")
+    mapped = {str(k).strip().casefold(): v for k, v in values.items()}
+    bad = [f"{k!r}: {v!r}" for k, v in values.items() if v not in ANSWER_TARGETS]
+    if bad or set(mapped.values()) != set(ANSWER_TARGETS):
+        raise PromptFileError(f"{path}: 'answer.values' must map the answers to informative and spurious "
+                              f"(each at least once), e.g. {{Yes: informative, No: spurious}}; got {values!r}")
+    explanation = answer.get("explanation_field", "explanation")
+    if not isinstance(explanation, str):
+        raise PromptFileError(f"{path}: 'answer.explanation_field' must be a string")
+    return AnswerSpec(field, mapped, explanation)
+
+
+def _examples(path: Path, data: dict, prompt: JudgePrompt) -> tuple[tuple[str, str], ...]:
+    examples = data.get("examples", [])
+    if not isinstance(examples, list):
+        raise PromptFileError(f"{path}: 'examples' must be a list of {{concept, description, answer}}")
+    out = []
+    for n, example in enumerate(examples):
+        where = f"examples[{n}]."
+        if not isinstance(example, dict):
+            raise PromptFileError(f"{path}: examples[{n}] must be a mapping of concept, description, answer")
+        _check_keys(path, example, ("concept", "description", "answer"), where)
+        concept, description = (_need(path, example, k, str, where) for k in ("concept", "description"))
+        answer = _need(path, example, "answer", (str, dict), where)
+        answer = answer if isinstance(answer, str) else json.dumps(answer)
+        try:
+            prompt.parse(answer)
+        except AnswerError as err:
+            raise PromptFileError(f"{path}: {where}answer does not parse as the answer it asks for: {err}") from err
+        out.append((prompt.user_turn(concept, description), answer))
+    return tuple(out)
+
+
+def _sampling(path: Path, data: dict) -> tuple[float, float | None]:
+    temperature = data.get("temperature", 0.0)
+    top_p = data.get("top_p")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
+        raise PromptFileError(f"{path}: 'temperature' must be a number >= 0, not {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1):
+        raise PromptFileError(f"{path}: 'top_p' must be a number in (0, 1], not {top_p!r}")
+    return float(temperature), None if top_p is None else float(top_p)
+
+
+def load_judge_prompt(path: str | Path) -> JudgePrompt:
+    """A judge question from a YAML or JSON file, validated before anything is asked.
+
+    Keys: ``system`` (used as written), ``user`` (a template with ``{concept}`` and
+    ``{description}``), ``answer`` (``field``, ``values`` mapping each answer to informative or
+    spurious, optional ``explanation_field``), optional ``examples`` (worked examples shown first:
+    ``concept``, ``description``, ``answer``), ``temperature`` (default 0), ``top_p`` and
+    ``version`` (recorded as ``judge_prompt_version``, with a hash of the file).
+    """
+    import hashlib
+
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such judge prompt file (YAML or JSON; see configs/judge_ex2_question.yaml)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PromptFileError(f"{path}: not valid YAML or JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise PromptFileError(f"{path}: expected a mapping with system, user and answer")
+    _check_keys(path, data, PROMPT_FILE_KEYS)
+    system, user = (_need(path, data, key, str) for key in ("system", "user"))
+    _check_template(path, user)
+    version = data.get("version") or path.stem
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    temperature, top_p = _sampling(path, data)
+    prompt = JudgePrompt(system, user, _answer_spec(path, data), (), temperature, top_p, f"{version}-{digest}")
+    return dataclasses.replace(prompt, examples=_examples(path, data, prompt))
+
+
 class ChatJudge:
     """The two-question protocol over any ``chat(messages, attempt) -> str`` (subclasses supply it)."""
 
@@ -157,6 +336,15 @@ class ChatJudge:
         self.model = model
         self.max_retries = max_retries
         self.prompt_version = PROMPT_VERSION
+        self.question: JudgePrompt | None = None  # None: ex2's own first question
+        self.temperature = 0.0  # of first attempts; retries sample at 0.7
+        self.top_p: float | None = None
+
+    def use_prompt(self, prompt: JudgePrompt) -> None:
+        """Ask ``prompt``'s question first (at its temperature), ex2's category question after it."""
+        self.question = prompt
+        self.temperature, self.top_p = prompt.temperature, prompt.top_p
+        self.prompt_version = f"{prompt.version}+{PROMPT_VERSION}"
 
     def chat(self, messages: list[dict], attempt: int) -> str:
         raise NotImplementedError
@@ -176,18 +364,78 @@ class ChatJudge:
             informative, category, attribute, explanation, self.backend, self.model, self.prompt_version, requests
         )
 
-    def judge(self, concept: str, description: str) -> Judgement:
-        first, asked, problem = self._ask(informative_messages(concept, description), parse_informative)
-        if first is None:
-            return self._judgement(None, UNPARSED, UNPARSED, f"unusable answer: {problem}", asked)
-        informative, explanation = first
-        if not informative:
-            return self._judgement(False, "spurious", "none", explanation, asked)
+    def categorize(self, concept: str, description: str, asked: int = 0) -> Judgement:
+        """The judgement of an informative description: ex2's category question (``asked``: requests
+        already made for it)."""
         second, more, problem = self._ask(category_messages(concept, description), parse_category)
         if second is None:
             return self._judgement(True, UNPARSED, UNPARSED, f"unusable answer: {problem}", asked + more)
         category, attribute, explanation = second
         return self._judgement(True, category, attribute, explanation, asked + more)
+
+    def judge(self, concept: str, description: str) -> Judgement:
+        if self.question is None:
+            first, asked, problem = self._ask(informative_messages(concept, description), parse_informative)
+        else:
+            first, asked, problem = self._ask(self.question.messages(concept, description), self.question.parse)
+        if first is None:
+            return self._judgement(None, UNPARSED, UNPARSED, f"unusable answer: {problem}", asked)
+        informative, explanation = first
+        if not informative:
+            return self._judgement(False, "spurious", "none", explanation, asked)
+        return self.categorize(concept, description, asked)
+
+
+# --- EX2's inspection output in (ex2 inspect --from-ex2-answers) -----------------------------
+
+
+def ex2_answer_text(item: str | dict) -> str:
+    """The judge's answer in one item of EX2's inspection output: a chat completion dumped as JSON
+    (what EX2 saves: the answer is its ``choices[0].message.content``), or the answer itself."""
+    value = item
+    if isinstance(item, str):
+        try:
+            value = json.loads(item)
+        except json.JSONDecodeError:
+            return item
+    if isinstance(value, dict) and "choices" in value:
+        try:
+            content = value["choices"][0]["message"]["content"]
+        except (LookupError, TypeError) as err:
+            raise AnswerError("a chat completion without choices[0].message.content") from err
+        return content if isinstance(content, str) else ""
+    return item if isinstance(item, str) else json.dumps(item)
+
+
+class AnsweredJudge:
+    """Whether each description is informative is read from answers already given (EX2's inspection
+    output, parsed with ``spec``); an informative one's category is asked of ``judge``: ex2's
+    category question for an LLM judge, the embedded judge's verdict otherwise (``unparsed`` when
+    that verdict is spurious, since the answers said informative)."""
+
+    def __init__(self, judge, answers: dict[tuple[str, str], str | dict], spec: AnswerSpec, source: str):
+        self.inner, self.answers, self.spec = judge, answers, spec
+        self.backend, self.model = judge.backend, judge.model
+        self.prompt_version = f"{source}+{judge.prompt_version}"
+
+    def _judgement(self, informative: bool | None, category: str, attribute: str, explanation: str) -> Judgement:
+        return Judgement(informative, category, attribute, explanation, self.backend, self.model, self.prompt_version)
+
+    def judge(self, concept: str, description: str) -> Judgement:
+        try:
+            informative, explanation = self.spec.parse(ex2_answer_text(self.answers[(concept, description)]))
+        except AnswerError as err:
+            return self._judgement(None, UNPARSED, UNPARSED, f"unusable answer: {err}")
+        if not informative:
+            return self._judgement(False, "spurious", "none", explanation)
+        if hasattr(self.inner, "categorize"):
+            found = self.inner.categorize(concept, description)
+        else:
+            found = self.inner.judge(concept, description)
+            if found.category == "spurious":
+                found = dataclasses.replace(found, category=UNPARSED, attribute=UNPARSED, explanation=(
+                    f"the answers say informative, the {self.backend} judge says spurious: {found.explanation}"))
+        return dataclasses.replace(found, informative=True, judge_prompt_version=self.prompt_version)
 
 
 class OpenAIJudge(ChatJudge):
@@ -215,7 +463,9 @@ class OpenAIJudge(ChatJudge):
 
     def chat(self, messages: list[dict], attempt: int) -> str:
         kwargs = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                  "temperature": 0.0 if attempt == 0 else 0.7}
+                  "temperature": self.temperature if attempt == 0 else 0.7}
+        if self.top_p is not None and attempt == 0:
+            kwargs["top_p"] = self.top_p
         if self.json_mode:
             try:
                 reply = self.client.chat.completions.create(response_format={"type": "json_object"}, **kwargs)
@@ -247,55 +497,14 @@ class HFJudge(ChatJudge):
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.llm.device)
-        sampling = {"do_sample": True, "temperature": 0.7} if attempt else {"do_sample": False}
+        if attempt:
+            sampling = {"do_sample": True, "temperature": 0.7}
+        elif self.temperature > 0:  # a prompt file's temperature (and top-p) for first attempts
+            sampling = {"do_sample": True, "temperature": self.temperature}
+            sampling |= {"top_p": self.top_p} if self.top_p is not None else {}
+        else:
+            sampling = {"do_sample": False}
         with torch.no_grad():
             out = self.llm.generate(**inputs, max_new_tokens=self.max_tokens,
                                     pad_token_id=self.tokenizer.pad_token_id, **sampling)
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def local_server(model_dir: str, log: str | Path, timeout: float = 180.0) -> Iterator[str]:
-    """``transformers serve MODEL_DIR`` on a free 127.0.0.1 port, offline; yields its base URL, stops it after.
-
-    Its access log (``log``) has one ``"POST /v1/chat/completions HTTP/1.1" 200`` line per answered request.
-    """
-    import importlib.util
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    if not (importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn")):
-        raise ImportError("transformers serve needs fastapi and uvicorn: pip install 'ex2[serve]'")
-    port = free_port()
-    cli = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log, "w") as out:
-        server = subprocess.Popen([str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-                                   "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not start; its log: {log}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

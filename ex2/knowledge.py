@@ -555,12 +555,14 @@ def gather(config: KnowledgeConfig, concepts: list[str], done: dict, partial: Pa
 
 def run(config: KnowledgeConfig) -> Path:
     """``ex2 knowledge``: the output JSONL file."""
-    from ex2.generate import load_concepts, resolve_prompt_format
+    from ex2.data import concept_names
+    from ex2.generate import resolve_prompt_format
     from ex2.llm import load_tokenizer
     from ex2.samplers import resolve_adapter
 
     output = Path(config.output)
-    concepts = load_concepts(config)
+    concepts = concept_names(config.concepts) if config.concepts else concept_names(config.dataset, config.data_root)
+    concepts = concepts[: config.limit_concepts] if config.limit_concepts else concepts
     adapter = resolve_adapter(config.adapter) if config.adapter else None
     asks_llm = any(k in LLM_KINDS for k in config.kinds if not any(f.startswith(f"{k}=") for f in config.from_json))
     fmt = resolve_prompt_format(load_tokenizer(config.llm), config.prompt_format) if asks_llm else config.prompt_format

@@ -12,12 +12,12 @@ transformers folder under ``$EX2_CACHE/models/``, after which it loads in well u
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
 
-from ex2.io import cache_dir, temp_folder_beside
+from ex2.devices import resolve_device, resolve_dtype
+from ex2.io import cache_dir, materialise
 from ex2.names import LLMSpec, parse_llm_name
 from ex2.vlm.offline import hub_offline
 
@@ -40,7 +40,7 @@ def smollm2_gguf_dir() -> Path:
 
 
 def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
-    """Dequantise a GGUF model into a plain transformers folder (written to a temp dir, then renamed)."""
+    """Dequantise a GGUF model into a plain transformers folder (built beside it, then renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
@@ -51,17 +51,12 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     model = type(gguf_model)(config)  # plain, unquantised copy: save_pretrained accepts it
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()  # lm_head stays tied to the embeddings and is left out of the file
-    tmp = temp_folder_beside(target)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process won the race
-            shutil.rmtree(tmp)
-            return
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    materialise(target, save)
 
 
 def embedded_llm_dir(name: str = "smollm2") -> Path:
@@ -99,25 +94,14 @@ def load_tokenizer(name: str, padding_side: str = "left"):
     return tokenizer
 
 
-def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    if dtype != "auto":
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_llm(name: str, device: str | None = None, dtype: str = "auto"):
-    """Load ``(model, tokenizer)`` for a causal LM named per :mod:`ex2.names`."""
+    """Load ``(model, tokenizer)`` for a causal LM named per :mod:`ex2.names`; ``device`` and
+    ``dtype`` (``auto``, ``fp32``, ``fp16``, ``bf16``) as :mod:`ex2.devices` resolves them."""
     from transformers import AutoModelForCausalLM
 
-    target = torch.device(device) if device else default_device()
+    target = resolve_device(device)
     with hub_offline():
-        model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=pick_dtype(target, dtype))
+        model = AutoModelForCausalLM.from_pretrained(resolve_llm(name), dtype=resolve_dtype(dtype, target))
     return model.to(target).eval(), load_tokenizer(name)
 
 
@@ -126,14 +110,28 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompt(tokenizer, query: str, prompt_format: str = "auto") -> str:
-    """The text an LLM sees for one query: EX2's base format (``query + "\\n\\n"``) or a chat turn."""
+def resolve_prompt_format(tokenizer, prompt_format: str = "auto") -> str:
+    """``base`` or ``chat``; ``auto`` is chat when the tokenizer has a chat template."""
     if prompt_format == "auto":
-        prompt_format = "chat" if uses_chat_template(tokenizer) else "base"
+        return "chat" if uses_chat_template(tokenizer) else "base"
+    if prompt_format not in ("base", "chat"):
+        raise ValueError(f"prompt format must be auto, base or chat, not {prompt_format!r}")
+    return prompt_format
+
+
+def query_prompt(query: str, prompt_format: str) -> str | list[dict[str, str]]:
+    """One query as EX2's base prompt (``query + "\\n\\n"``) or as a user chat turn (messages, what
+    trl takes and renders with the chat template)."""
     if prompt_format == "base":
         return query + "\n\n"
     if prompt_format != "chat":
-        raise ValueError(f"prompt format must be auto, base or chat, not {prompt_format!r}")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
-    )
+        raise ValueError(f"prompt format must be base or chat (auto resolved first), not {prompt_format!r}")
+    return [{"role": "user", "content": query}]
+
+
+def format_prompt(tokenizer, query: str, prompt_format: str = "auto") -> str:
+    """The text an LLM sees for one query: EX2's base format (``query + "\\n\\n"``) or a chat turn."""
+    prompt = query_prompt(query, resolve_prompt_format(tokenizer, prompt_format))
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

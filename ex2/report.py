@@ -5,22 +5,25 @@
 Every folder given is searched recursively for run outputs, never for models:
 
     metrics.json   from ``ex2 classify`` (accuracy by dataset, VLM, method, categories)
-    summary.json   from ``ex2 inspect`` (category shares, grouped by VLM and adapter)
-    log.jsonl      from ``ex2 train`` (reward per step; labels from the run's config.yaml)
+    summary.json   from ``ex2 inspect`` (category and attribute shares); the categorized descriptions
+                   it names (its ``source``) are read too, for the description tables
+    log.jsonl      from ``ex2 train`` (reward, KL, completion length per step, sampled completions;
+                   labels from the run's config.yaml); ``eval.json`` beside it gives the held-out
+                   base → trained rewards and pairs
 
-``summary.csv`` gets one row per run (columns: the union over kinds); ``report.html`` holds the
-tables and the plots as embedded base64 PNGs, so it can be mailed or opened offline.
+The page (``report.html``, plots as embedded PNGs, inline script only, so it opens offline) shows
+accuracy, the descriptions base vs aligned side by side (sortable, filterable), the best and worst
+rewarded texts, held-out pairs, attribute shares per VLM and adapter, training curves and signs of
+reward hacking. ``summary.csv`` has one row per run; every other table is a CSV beside it.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
 import json
 import os
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,12 @@ import yaml
 
 from ex2.config import option, save_config
 from ex2.io import atomic_open, atomic_write_text, read_jsonl
+from ex2.judges import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
+from ex2.report_stats import hacking_signs
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
+ATTRIBUTES = VISUAL_ATTRIBUTES + NON_VISUAL_ATTRIBUTES
+EXTREMES = 10  # texts in the top- and bottom-rewarded tables
 
 
 @dataclass
@@ -37,7 +44,7 @@ class ReportConfig:
     """Tables, plots and an HTML report from classify, inspect and train run folders."""
 
     runs: list[str] = option([], "run folders to search recursively (also as bare arguments)", positional=True)
-    output: str = option("runs/report", "folder for summary.csv and report.html")
+    output: str = option("runs/report", "folder for summary.csv, the other CSVs and report.html")
     title: str = option("ex2 report", "title of the HTML page")
 
     def __post_init__(self) -> None:
@@ -52,8 +59,11 @@ class Runs:
     classify: list[dict] = field(default_factory=list)
     inspect: list[dict] = field(default_factory=list)
     train: list[dict] = field(default_factory=list)
-    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # run -> (steps, rewards)
-    groups: dict[str, dict] = field(default_factory=dict)  # inspect run -> summary["groups"]
+    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # run -> {"step", "reward", "kl", ...}
+    summaries: dict[str, dict] = field(default_factory=dict)  # inspect run -> summary.json
+    descriptions: list[dict] = field(default_factory=list)  # categorized records, with "run", "vlm", "variant"
+    heldout: list[dict] = field(default_factory=list)  # eval.json samples, with "run"
+    rewarded: list[dict] = field(default_factory=list)  # every text with a known reward
     skipped: list[str] = field(default_factory=list)  # "file: why"
 
 
@@ -78,6 +88,11 @@ def _run_config(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def variant_of(adapter) -> str:
+    """"base" for descriptions from the base model, else "aligned"."""
+    return "aligned" if adapter not in (None, "", "base") else "base"
+
+
 def classify_row(run: str, metrics: dict) -> dict:
     source = metrics.get("descriptions") or {}
     categories = metrics.get("categories")
@@ -98,24 +113,82 @@ def inspect_row(run: str, summary: dict, config: dict) -> dict:
     judge = summary.get("judge") or {}
     shares = summary["category_shares"]
     vlms = ", ".join((summary.get("groups") or {}).get("vlm") or {})  # the VLMs the records name
+    variants = ", ".join((summary.get("groups") or {}).get("aligned") or {})
     return {
         "kind": "inspect", "run": run, "source": summary.get("source"),
-        "vlm": config.get("vlm") or vlms or None, "judge": judge.get("model") or judge.get("backend"),
+        "vlm": config.get("vlm") or vlms or None, "variant": variants or None,
+        "judge": judge.get("model") or judge.get("backend"),
         "n_descriptions": summary.get("n_descriptions"), "informative_share": summary.get("informative_share"),
         **{f"share_{name}": shares.get(name) for name in CATEGORY_COLORS},
     }
 
 
-def train_row(run: str, records: list[dict], config: dict) -> tuple[dict, list[float], list[float]]:
-    points = [(r.get("step", i), r["reward"]) for i, r in enumerate(records) if r.get("reward") is not None]
-    steps, rewards = [float(s) for s, _ in points], [float(r) for _, r in points]
+def _series(records: list[dict], key: str) -> list:
+    return [r.get(key) for r in records]
+
+
+def train_row(run: str, records: list[dict], config: dict) -> tuple[dict, dict[str, list]]:
+    """The run's row and its per-step series (reward on steps that generated; KL, length where logged)."""
+    curve = {"step": [float(r.get("step", i)) for i, r in enumerate(records)]}
+    for key in ("reward", "reward_std", "kl", "completion_length"):
+        curve[key] = [float(v) if isinstance(v, int | float) else None for v in _series(records, key)]
+    rewards = [r for r in curve["reward"] if r is not None]
     row = {
         "kind": "train", "run": run, "vlm": config.get("vlm"), "llm": config.get("llm"),
-        "reward": config.get("reward"), "steps": int(steps[-1]) if steps else 0,
+        "reward": config.get("reward"), "steps": int(curve["step"][-1]) if records else 0,
         "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
         "reward_max": max(rewards) if rewards else None,
+        "kl_last": next((k for k in reversed(curve["kl"]) if k is not None), None),
+        "completion_length_last": next((k for k in reversed(curve["completion_length"]) if k is not None), None),
     }
-    return row, steps, rewards
+    return row, curve
+
+
+def _source_path(summary_path: Path, source: str) -> Path | None:
+    """The categorized-descriptions file a summary names: as written, else near the summary."""
+    candidates = [Path(source), summary_path.parent / source, summary_path.parent / Path(source).name,
+                  summary_path.parent.parent / Path(source).name]
+    return next((p for p in candidates if source and p.is_file()), None)
+
+
+def _add_descriptions(runs: Runs, run: str, summary_path: Path, summary: dict, vlm: str | None) -> None:
+    source = _source_path(summary_path, str(summary.get("source") or ""))
+    if source is None:
+        return
+    for record in read_jsonl(source, required=("concept", "description"), tolerate_torn_tail=True):
+        runs.descriptions.append({
+            "run": run, "vlm": record.get("vlm") or vlm, "variant": variant_of(record.get("adapter")),
+            "adapter": record.get("adapter"), "concept": record["concept"], "template": record.get("template"),
+            "sample": record.get("sample"), "description": record["description"],
+            "category": record.get("category"), "attribute": record.get("attribute"), "reward": None,
+        })
+
+
+def _add_training(runs: Runs, run: str, path: Path) -> None:
+    records = read_jsonl(path, tolerate_torn_tail=True)
+    if not any("reward" in r for r in records):
+        return
+    row, curve = train_row(run, records, _run_config(path.parent))
+    for record in records:
+        for sample in record.get("samples") or []:
+            if isinstance(sample, dict) and isinstance(sample.get("reward"), int | float):
+                runs.rewarded.append({"run": run, "from": f"training step {record.get('step')}",
+                                      "concept": sample.get("concept"), "text": sample.get("text"),
+                                      "reward": float(sample["reward"])})
+    evaluation = path.parent / "eval.json"
+    if evaluation.is_file():
+        result = _read_json(evaluation)
+        row["heldout_base_reward"] = result.get("base_mean_reward")
+        row["heldout_trained_reward"] = result.get("trained_mean_reward")
+        for sample in result.get("samples") or []:
+            runs.heldout.append({"run": run, **{k: sample.get(k) for k in (
+                "concept", "query", "base", "base_reward", "trained", "trained_reward")}})
+            for variant, key in (("base", "base"), ("aligned", "trained")):
+                if isinstance(sample.get(f"{key}_reward"), int | float):
+                    runs.rewarded.append({"run": run, "from": f"held-out {variant}", "concept": sample.get("concept"),
+                                          "text": sample.get(key), "reward": float(sample[f"{key}_reward"])})
+    runs.train.append(row)
+    runs.curves[run] = curve
 
 
 def _add(runs: Runs, path: Path, run: str) -> None:
@@ -127,14 +200,19 @@ def _add(runs: Runs, path: Path, run: str) -> None:
     elif path.name == "summary.json":
         summary = _read_json(path)
         if isinstance(summary.get("category_shares"), dict):
-            runs.inspect.append(inspect_row(run, summary, _run_config(path.parent)))
-            runs.groups[run] = summary.get("groups") or {}
+            row = inspect_row(run, summary, _run_config(path.parent))
+            runs.inspect.append(row)
+            runs.summaries[run] = summary
+            _add_descriptions(runs, run, path, summary, row["vlm"])
     elif path.name == "log.jsonl":
-        records = read_jsonl(path, tolerate_torn_tail=True)
-        if any("reward" in r for r in records):
-            row, steps, rewards = train_row(run, records, _run_config(path.parent))
-            runs.train.append(row)
-            runs.curves[run] = (steps, rewards)
+        _add_training(runs, run, path)
+
+
+def _attach_rewards(runs: Runs) -> None:
+    """Descriptions whose (concept, text) was scored in training or held-out evaluation get that reward."""
+    known = {(r["concept"], r["text"]): r["reward"] for r in runs.rewarded}
+    for record in runs.descriptions:
+        record["reward"] = known.get((record["concept"], record["description"]))
 
 
 def collect(folders: list[str | Path], exclude: Path | None = None) -> Runs:
@@ -154,108 +232,101 @@ def collect(folders: list[str | Path], exclude: Path | None = None) -> Runs:
                 except (ValueError, KeyError, TypeError, OSError) as err:
                     runs.skipped.append(f"{path}: {err}")
                     warnings.warn(f"ex2 report: skipping {path}: {err}", stacklevel=2)
+    _attach_rewards(runs)
     return runs
 
 
-# --- plots -------------------------------------------------------------------------------------
+# --- tables ------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png_base64(fig) -> str:
-    """A figure as a base64 PNG (the figure is closed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def bar_label(row: dict) -> str:
-    """A classify row's bar: method, whose descriptions (base or aligned model, or the file) and category."""
-    label = row["method"]
-    if row.get("descriptions"):
-        source = ("aligned" if row.get("descriptions_adapter") else "base" if row.get("descriptions_model")
-                  else Path(row["descriptions"]).stem)
-        label += f" · {source}"
-    return label if row["categories"] == "all" else f"{label} [{row['categories']}]"
-
-
-def plot_accuracy(rows: list[dict]) -> str:
-    """Grouped bars: top-1 accuracy per method, description source and category filter, one colour per
-    dataset × VLM (runs with the same bar and colour are averaged)."""
-    plt = _pyplot()
-    labels = list(dict.fromkeys(bar_label(r) for r in rows))
-    series = list(dict.fromkeys(f"{r['dataset']} · {r['vlm']}" for r in rows))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(labels) * max(1, len(series) / 2)), 3.8))
-    for s, name in enumerate(series):
-        values = {}
-        for r in rows:
-            if f"{r['dataset']} · {r['vlm']}" == name:
-                values.setdefault(bar_label(r), []).append(r["acc1"])
-        xs = [i + (s - (len(series) - 1) / 2) * width for i, label in enumerate(labels) if label in values]
-        ys = [sum(values[label]) / len(values[label]) for label in labels if label in values]
-        ax.bar(xs, ys, width, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("top-1 accuracy")
-    ax.legend(fontsize=8)
-    ax.set_title("accuracy by method and description category")
-    return png_base64(fig)
-
-
-def share_bars(runs: Runs) -> dict[str, dict[str, float]]:
-    """Bar label -> category shares, by VLM and by adapter (one bar per run when ungrouped)."""
-    bars: dict[str, dict[str, float]] = {}
+def attribute_rows(runs: Runs) -> list[dict]:
+    """One row per inspection run (per variant when a run mixes base and aligned descriptions): category
+    shares and each attribute's share of all its descriptions."""
+    rows = []
     for row in runs.inspect:
-        groups = runs.groups.get(row["run"], {})
-        prefix = f"{row['run']}: " if len(runs.inspect) > 1 else ""
-        added = False
-        for field_name in ("vlm", "adapter"):
-            for value, group in (groups.get(field_name) or {}).items():
-                if isinstance(group, dict) and isinstance(group.get("category_shares"), dict):
-                    bars[f"{prefix}{field_name}={value}"] = group["category_shares"]
-                    added = True
-        if not added:
-            bars[row["run"]] = {name: row.get(f"share_{name}") or 0.0 for name in CATEGORY_COLORS}
-    return bars
+        summary = runs.summaries[row["run"]]
+        groups = (summary.get("groups") or {}).get("aligned") or {}
+        parts = groups.items() if len(groups) > 1 else [(row.get("variant") or "all", summary)]
+        for variant, part in parts:
+            categories = part.get("category_shares") or {}
+            within = part.get("attribute_shares") or {}
+            out = {"run": row["run"], "vlm": row.get("vlm"), "variant": variant,
+                   "n": part.get("n", summary.get("n_descriptions"))}
+            out |= {f"share_{c}": categories.get(c) for c in CATEGORY_COLORS}
+            for category, names in (("visual", VISUAL_ATTRIBUTES), ("non_visual", NON_VISUAL_ATTRIBUTES)):
+                found = within.get(category) or {}
+                out |= {a: (categories.get(category) or 0.0) * float(found.get(a) or 0.0) for a in names}
+            rows.append(out)
+    order = {"base": 0, "aligned": 1}
+    return sorted(rows, key=lambda r: (r["vlm"] or "", order.get(r["variant"], 2)))  # base before aligned
 
 
-def plot_shares(bars: dict[str, dict[str, float]]) -> str:
-    """Stacked horizontal bars of category shares."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 1 + 0.45 * len(bars)))
-    left = [0.0] * len(bars)
-    for category, colour in CATEGORY_COLORS.items():
-        values = [float(shares.get(category) or 0.0) for shares in bars.values()]
-        ax.barh(range(len(bars)), values, left=left, color=colour, label=category)
-        left = [a + b for a, b in zip(left, values, strict=True)]
-    ax.set_yticks(range(len(bars)), list(bars), fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.invert_yaxis()
-    ax.set_xlabel("share of descriptions")
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
-    return png_base64(fig)
+def side_by_side(descriptions: list[dict]) -> list[dict]:
+    """Base and aligned descriptions of the same concept, template and sample in one row."""
+    rows: dict[tuple, dict] = {}
+    for record in descriptions:
+        key = (record["vlm"], record["concept"], record["template"], record["sample"])
+        while record["variant"] in rows.get(key, {}).get("_filled", ()):
+            key = (*key, "again")  # a second aligned run: its own row
+        row = rows.setdefault(key, {"_filled": set(), "vlm": record["vlm"], "concept": record["concept"],
+                                    "template": record["template"]})
+        row["_filled"].add(record["variant"])
+        for name in ("description", "category", "attribute", "reward"):
+            row[f"{record['variant']}_{name}"] = record[name]
+    columns = ["vlm", "concept", "template"] + [f"{v}_{n}" for v in ("base", "aligned")
+                                                for n in ("description", "category", "attribute", "reward")]
+    return [{c: row.get(c) for c in columns} for row in rows.values()]
 
 
-def plot_curves(curves: dict[str, tuple[list[float], list[float]]]) -> str:
-    """Mean reward against step, one line per training run."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for run, (steps, rewards) in curves.items():
-        ax.plot(steps, rewards, marker="o" if len(steps) < 30 else None, markersize=3, label=run)
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean reward")
-    ax.legend(fontsize=8)
-    ax.set_title("reward curves")
-    return png_base64(fig)
+def extremes(rewarded: list[dict], count: int = EXTREMES) -> tuple[list[dict], list[dict]]:
+    """The ``count`` highest- and lowest-rewarded texts (each text of a concept once)."""
+    unique: dict[tuple, dict] = {}
+    for record in rewarded:  # a text scored at several steps is listed once, at its first
+        if record.get("text") is not None:
+            unique.setdefault((record["concept"], record["text"]), record)
+    ordered = sorted(unique.values(), key=lambda r: r["reward"], reverse=True)
+    return ordered[:count], ordered[::-1][:count]
+
+
+def hacking_rows(runs: Runs) -> list[dict]:
+    """Signs of reward hacking per set of descriptions: each inspection run's base and aligned texts,
+    and each training run's held-out samples."""
+    sets: dict[tuple, list[dict]] = defaultdict(list)
+    for record in runs.descriptions:
+        sets[("descriptions", record["run"], record["vlm"], record["variant"])].append(
+            {"text": record["description"], "concept": record["concept"]})
+    vlms = {row["run"]: row.get("vlm") for row in runs.train}
+    for sample in runs.heldout:
+        for variant, key in (("base", "base"), ("aligned", "trained")):
+            if isinstance(sample.get(key), str):
+                sets[("held-out", sample["run"], vlms.get(sample["run"]), variant)].append({"text": sample[key],
+                                                                          "concept": str(sample["concept"])})
+    rows = []
+    for (source, run, vlm, variant), items in sets.items():
+        signs = hacking_signs([i["text"] for i in items], [i["concept"] for i in items])
+        rows.append({"from": source, "run": run, "vlm": vlm, "variant": variant, **signs})
+    return rows
+
+
+def _first(rows: list[dict], key: str, **match) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None and all(r.get(k) == v for k, v in match.items())]
+    return values[0] if values else None
+
+
+def headline(runs: Runs) -> dict[str, tuple[float | None, float | None]]:
+    """The numbers that matter, base → aligned: held-out reward, accuracy with all the descriptions,
+    informative share (the first run of each kind that has them; pairs missing both are left out)."""
+    described = [r for r in runs.classify if r["method"] == "ex2" and r["categories"] == "all"]
+    numbers = {
+        "held-out reward": (_first(runs.train, "heldout_base_reward"), _first(runs.train, "heldout_trained_reward")),
+        "accuracy with the descriptions": (
+            _first([r for r in described if not r.get("descriptions_adapter") and r.get("descriptions_model")],
+                   "acc1"),
+            _first([r for r in described if r.get("descriptions_adapter")], "acc1")),
+        "informative share": (_first(runs.inspect, "informative_share", variant="base"),
+                              _first(runs.inspect, "informative_share", variant="aligned")),
+    }
+    return {name: pair for name, pair in numbers.items() if pair != (None, None)}
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -270,7 +341,7 @@ def _cell(value) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    """One row per run; columns are the union of all rows' keys, in first-seen order."""
+    """One row per record; columns are the union of all rows' keys, in first-seen order."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_open(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -279,48 +350,28 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def html_table(rows: list[dict], caption: str) -> str:
-    columns = [k for k in dict.fromkeys(key for row in rows for key in row) if k != "kind"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
-    )
-    return (f'<div class="scroll"><table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+def relative_paths(rows: list[dict], out: Path, keys=("descriptions", "descriptions_adapter", "source")) -> None:
+    """Paths in ``keys`` rewritten relative to the report folder (when they name an existing file)."""
+    for row in rows:
+        for key in keys:
+            value = row.get(key)
+            if value and Path(value).exists():
+                row[key] = os.path.relpath(Path(value).resolve(), out.resolve())
 
 
-def html_image(data: str, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
-
-
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0;
-font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f0f0f0}caption{font-weight:bold;
-text-align:left;padding:4px 0}img{max-width:100%}figure{margin:1em 0}code{background:#f5f5f5}
-.scroll{overflow-x:auto}"""
-
-
-def render_html(runs: Runs, title: str) -> str:
-    """The page: a section per kind of run found, tables first, then plots."""
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    if runs.classify:
-        parts += ["<h2>Classification</h2>", html_table(runs.classify, "zero-shot accuracy per run"),
-                  html_image(plot_accuracy(runs.classify), "accuracy by method and category")]
-    if runs.inspect:
-        parts += ["<h2>Inspection</h2>", html_table(runs.inspect, "description categories per run"),
-                  html_image(plot_shares(share_bars(runs)), "category shares by VLM and adapter")]
-    if runs.train:
-        parts += ["<h2>Training</h2>", html_table(runs.train, "reward per training run"),
-                  html_image(plot_curves(runs.curves), "reward curves")]
-    if runs.skipped:
-        items = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in runs.skipped)
-        parts += [f"<h2>Skipped files</h2><ul>{items}</ul>"]
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+def tables(runs: Runs) -> dict[str, list[dict]]:
+    """Every table beyond the per-run rows, by CSV name (empty tables are left out)."""
+    top, bottom = extremes(runs.rewarded)
+    found = {"descriptions": side_by_side(runs.descriptions), "attributes": attribute_rows(runs),
+             "hacking": hacking_rows(runs), "top_rewarded": top, "bottom_rewarded": bottom,
+             "heldout_pairs": runs.heldout}
+    return {name: rows for name, rows in found.items() if rows}
 
 
 def run(config: ReportConfig) -> Path:
-    """Collect the runs and write summary.csv, report.html and the resolved config."""
+    """Collect the runs and write summary.csv, a CSV per table, report.html and the resolved config."""
+    from ex2.report_html import render_html
+
     out = Path(config.output)
     runs = collect(config.runs, exclude=out.resolve() if out.exists() else None)
     if not (runs.classify or runs.inspect or runs.train):
@@ -329,9 +380,13 @@ def run(config: ReportConfig) -> Path:
             "summary.json (ex2 inspect) or log.jsonl (ex2 train) somewhere inside"
         )
     out.mkdir(parents=True, exist_ok=True)
+    relative_paths(runs.classify + runs.inspect, out)
     save_config(config, out)
     write_csv(out / "summary.csv", runs.classify + runs.inspect + runs.train)
-    atomic_write_text(out / "report.html", render_html(runs, config.title))
+    extra = tables(runs)
+    for name, rows in extra.items():
+        write_csv(out / f"{name}.csv", rows)
+    atomic_write_text(out / "report.html", render_html(runs, extra, config.title, headline(runs)))
     print(f"report of {len(runs.classify)} classify, {len(runs.inspect)} inspect and {len(runs.train)} "
           f"train run(s) -> {out / 'report.html'}")
     return out

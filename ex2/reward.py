@@ -16,6 +16,9 @@ computed once and each reward is one dot product. The rewards, by name (:data:`R
 ``planted``              :class:`PlantedReward`: ``s · <a, t>`` for a fixed attribute text ``a`` (a
                          known answer, for validation), plus ``planted_bonus`` when ``t`` names one of
                          ``planted_keywords`` (whole words); it looks at no image
+``gen-likelihood``       :class:`ex2.gvlm.reward.GenLikelihoodReward`: a generative VLM's
+                         length-normalised log-likelihood of the description given the concept's
+                         images minus given no image
 
 Each is a plain trl reward callable, ``reward(prompts=…, completions=…, concept=…, **columns)`` ->
 one float per completion, so it can be passed to any ``GRPOTrainer``. :func:`build_reward` builds
@@ -304,6 +307,12 @@ def _planted(vlm, dataset, planted_text: str = DEFAULT_PLANTED_TEXT, planted_key
     return PlantedReward(vlm, dataset.classnames, planted_text, planted_keywords, planted_bonus, empty_reward)
 
 
+def _gen_likelihood(vlm, dataset, **options) -> ConceptReward:
+    from ex2.gvlm.reward import build_gen_likelihood  # generative VLMs load only when chosen
+
+    return build_gen_likelihood(vlm, dataset, **options)
+
+
 RewardBuilder = Callable[..., ConceptReward]
 # name -> builder(vlm, dataset, **options); each builder takes the options it needs, ignores the rest
 BUILDERS: dict[str, RewardBuilder] = {
@@ -311,6 +320,7 @@ BUILDERS: dict[str, RewardBuilder] = {
     "contrastive": partial(_from_class_means, ContrastiveReward),
     "contrastive-softmax": partial(_from_class_means, ContrastiveSoftmaxReward),
     "planted": _planted,
+    "gen-likelihood": _gen_likelihood,  # a generative VLM (gen:…): ex2.gvlm.reward
 }
 REWARDS = tuple(BUILDERS)
 

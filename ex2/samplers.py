@@ -16,7 +16,6 @@ Backends are registered as "module:Class" strings and imported only when chosen:
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,14 @@ from typing import Any, Protocol
 import torch
 from transformers import LogitsProcessor
 
+from ex2.devices import dtype_name, resolve_dtype
+from ex2.registry import LazyRegistry
+
 # sampler name -> "module:Class"
-SAMPLERS: dict[str, str] = {
+SAMPLERS = LazyRegistry("sampler", {
     "transformers": "ex2.samplers:TransformersSampler",
     "vllm": "ex2.samplers:VLLMSampler",
-}
+})
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vllm accepts
 
 
@@ -57,11 +59,7 @@ class Sampler(Protocol):
 def load_sampler(name: str, llm: str, adapter: str | Path | None, settings: SamplingSettings,
                  **options: Any) -> Sampler:
     """Build the sampler registered as ``name``; ``options`` go to its constructor."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
-    module_name, class_name = SAMPLERS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(llm, adapter, settings, **options)
+    return SAMPLERS.load(name)(llm, adapter, settings, **options)
 
 
 def encode_prompts(tokenizer, prompts: list[str], prompt_format: str) -> list[list[int]]:
@@ -162,19 +160,30 @@ class TransformersSampler:
     def __init__(self, llm: str, adapter: str | Path | None, settings: SamplingSettings,
                  device: str | None = None, dtype: str = "auto", merge_adapter: bool = False,
                  batch_size: int = 32):
-        from transformers import GenerationConfig
-
         from ex2.llm import load_llm
 
         self.settings, self.batch_size = settings, batch_size
-        model, self.tokenizer = load_llm(llm, device=device, dtype=dtype)
-        self.eos_ids = eos_token_ids(self.tokenizer, model.generation_config)
+        model, tokenizer = load_llm(llm, device=device, dtype=dtype)
+        eos_ids = eos_token_ids(tokenizer, model.generation_config)
         if adapter is not None:
             model = self._with_adapter(model, Path(adapter), merge_adapter)
+        self._use(model, tokenizer, eos_ids)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, settings: SamplingSettings, batch_size: int = 32) -> TransformersSampler:
+        """A sampler over a model already in memory (a peft model just trained, say)."""
+        sampler = cls.__new__(cls)
+        sampler.settings, sampler.batch_size = settings, batch_size
+        sampler._use(model, tokenizer, eos_token_ids(tokenizer, model.generation_config))
+        return sampler
+
+    def _use(self, model, tokenizer, eos_ids: list[int]) -> None:
+        from transformers import GenerationConfig
+
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
         # a clean generation config: the model's own sampling defaults must not leak in
         model.generation_config = GenerationConfig(
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         )
         self.model = model.eval()
 
@@ -242,9 +251,10 @@ def vllm_max_lora_rank(rank: int) -> int:
 
 def vllm_engine_kwargs(model_path: str, adapter: Path | None, seed: int = 0,
                        dtype: str = "auto") -> dict[str, Any]:
-    """Arguments for ``vllm.LLM``: the base model, with LoRA enabled when an adapter is given."""
+    """Arguments for ``vllm.LLM``: the base model, with LoRA enabled when an adapter is given.
+    ``dtype`` resolves as on any CUDA device (:func:`ex2.devices.resolve_dtype`)."""
     kwargs: dict[str, Any] = {"model": model_path, "seed": seed, "max_model_len": 2048,
-                              "dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)}
+                              "dtype": dtype_name(resolve_dtype(dtype, "cuda"))}
     if adapter is not None:
         kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(adapter_rank(adapter)), max_loras=1)
     return kwargs

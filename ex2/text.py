@@ -3,7 +3,7 @@ and matching, and masking a concept's name in a text.
 
     clean_description("<|im_start|> Red wings.\\n\\nMore.")   -> "Red wings."
     clean_name("Black_footed__Albatross ")                   -> "Black footed Albatross"
-    normalise_name("Black_footed  albatross")                -> "black footed albatross"
+    normalise_name("Black-footed  albatross")                -> "black footed albatross"
     mask_concept("Two Golden Retrievers.", "golden retriever") -> "Two X."
 """
 
@@ -18,6 +18,7 @@ SPECIAL_TOKEN = re.compile(
 )
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SPACES = re.compile(r"\s+")
+_NAME_SEPARATORS = re.compile(r"[\s_\-]+")
 
 
 # --- descriptions ----------------------------------------------------------------------------
@@ -60,8 +61,9 @@ def clean_name(raw: str) -> str:
 
 
 def normalise_name(name: str) -> str:
-    """Class-name key for matching: case, underscores and runs of whitespace ignored."""
-    return clean_name(name).casefold()
+    """Class-name key for matching: case, and runs of spaces, hyphens and underscores, ignored
+    ("Black-footed Albatross" and "black_footed albatross" agree)."""
+    return _NAME_SEPARATORS.sub(" ", name).strip().casefold()
 
 
 def concept_pattern(concept: str) -> re.Pattern | None:

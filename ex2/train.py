@@ -8,10 +8,19 @@ measure the reward before and after training. On the embedded default, on a lapt
     ex2 train ... --output runs/demo --resume          # continue from the newest checkpoint
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m ex2.cli train --config configs/train_ex2_pets.yaml
 
-The run folder holds ``config.yaml``, ``checkpoint-N/`` (PEFT adapter + optimizer + trainer state,
-every ``save_steps``), ``log.jsonl`` (one record per step: reward mean/std, KL, sampled
-completions), ``reward_curve.png``, ``eval.json`` (held-out templates, base vs. trained) and the
-final adapter in ``adapter/`` (what ``ex2 generate --adapter`` takes).
+Its options are ex2's own (:class:`TrainConfig`: data, reward, templates, LoRA, ...) beside every
+field of trl's ``GRPOConfig`` (or ``RLOOConfig`` with ``--algorithm rloo``), parsed together as trl's
+own scripts do: any trl option works as a flag or YAML key, with EX2's defaults where they differ
+(:data:`EX2_TRAINER_DEFAULTS`). From Python::
+
+    config = TrainConfig(llm="smollm2", reward="ex2")
+    run(config, trainer_config(config, max_steps=20, output_dir="runs/demo"))
+
+The run folder holds ``config.yaml`` (ex2's settings and trl's that were set; ``--config`` reruns
+it), ``checkpoint-N/`` (PEFT adapter + optimizer + trainer state, every ``save_steps``),
+``log.jsonl`` (one record per step: reward mean/std, KL, sampled completions),
+``reward_curve.png``, ``eval.json`` (held-out templates, base vs. trained, sampled with
+:mod:`ex2.samplers`) and the final adapter in ``adapter/`` (what ``ex2 generate --adapter`` takes).
 
 How EX2's PPO settings (trl 0.7 ``PPOTrainer`` with a value head) map onto ours
 ------------------------------------------------------------------------------
@@ -45,14 +54,31 @@ LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dro
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import random
 import signal
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ex2.config import ConfigError, option, save_config
+import yaml
+
+from ex2.config import (
+    ConfigError,
+    config_to_dict,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    read_yaml_options,
+    split_option,
+    vlm_option,
+)
+from ex2.io import atomic_write_text
+from ex2.names import split_dataset_name
 from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
@@ -61,16 +87,33 @@ LORA_TARGETS: dict[str, list[str]] = {
     for name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
 }
 
+# EX2's settings where they differ from trl's defaults; the one place they are set. Any other field
+# of trl's GRPOConfig / RLOOConfig keeps trl's default and can be set by flag, YAML key or keyword.
+EX2_TRAINER_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/train", "max_steps": 100, "learning_rate": 1.41e-5, "beta": 0.05,
+    "per_device_train_batch_size": 8, "num_generations": 8, "loss_type": "dapo", "scale_rewards": "group",
+    "max_completion_length": 32, "temperature": 1.0, "top_p": 1.0, "top_k": 0,  # EX2's plain sampling
+    "save_strategy": "steps", "save_steps": 20, "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
+    "remove_unused_columns": False,  # the reward reads the concept columns
+    "gradient_checkpointing": None,  # off, and unset so transformers' renamed flag does not warn
+    "seed": 0,
+}
+# flags (and YAML keys) that ex2 used before it took trl's names -> trl's field
+TRAINER_ALIASES: dict[str, str] = {"output": "output_dir", "batch_size": "per_device_train_batch_size"}
+
 
 @dataclass
 class TrainConfig:
-    """RL-align a LoRA adapter on an LLM against a VLM reward (trl GRPO or RLOO)."""
+    """RL-align a LoRA adapter on an LLM against a VLM reward (trl GRPO or RLOO).
 
-    dataset: str = option("samples", "image dataset whose class names are the concepts (see `ex2 ls`)")
-    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
-    split: str | None = option(None, "dataset split (default: the dataset's usual one)")
-    vlm: str = option("conse", "VLM that gives the reward (see `ex2 ls`)")
-    llm: str = option("smollm2", "LLM to align: smollm2, a hub id, a folder or a .gguf file")
+    ex2's own settings; trl's trainer settings are trl's ``GRPOConfig``/``RLOOConfig`` (see
+    :func:`trainer_config`)."""
+
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    split: str | None = split_option()
+    vlm: str = vlm_option()
+    llm: str = llm_option()
     reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
@@ -81,50 +124,136 @@ class TrainConfig:
     heldout_templates: int = option(5, "templates held out of training to evaluate base vs. trained")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the chat template; auto: chat if the model has one")
-    algorithm: Literal["grpo", "rloo"] = option("grpo", "trl trainer: grpo or rloo")
-    max_steps: int = option(100, "optimizer steps")
-    learning_rate: float = option(1.41e-5, "learning rate (EX2: 1.41e-5)")
-    batch_size: int = option(8, "completions per device per step")
-    gradient_accumulation_steps: int = option(1, "steps accumulated per optimizer update")
-    num_generations: int = option(8, "completions per query; advantages are relative within them")
-    num_iterations: int = option(1, "optimisation passes per generated batch (EX2's ppo_epochs: 4)")
-    epsilon: float = option(0.2, "clipping range of the surrogate objective")
-    beta: float = option(0.05, "KL coefficient to the base model (0 skips the reference pass)")
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = option("dapo", "GRPO loss aggregation")
-    scale_rewards: Literal["group", "batch", "none"] = option("group", "GRPO reward scaling by std")
-    max_completion_length: int = option(32, "new tokens per description (EX2: 32)")
-    temperature: float = option(1.0, "sampling temperature")
+    algorithm: Literal["grpo", "rloo"] = option("grpo", "trl trainer: grpo (GRPOConfig) or rloo (RLOOConfig)")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
     lora_target_modules: list[str] | None = option(None, "LoRA target modules (default: per architecture)")
     quantization: Literal["none", "4bit", "8bit"] = option("none", "QLoRA base weights (CUDA + ex2[quant])")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "weights/compute (auto: bf16 on CUDA)")
-    gradient_checkpointing: bool = option(False, "trade compute for memory (large models)")
-    use_vllm: bool = option(False, "generate with vLLM (pip install 'ex2[vllm]')")
-    vllm_mode: Literal["colocate", "server"] = option("colocate", "vLLM in the training process or a server")
-    vllm_server_base_url: str | None = option(None, "URL of a `trl vllm-serve` server (server mode)")
-    save_steps: int = option(20, "save a checkpoint every this many steps (EX2's save_freq)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     log_samples: int = option(4, "sampled completions (with rewards) kept per step in log.jsonl")
     eval_samples: int = option(2, "completions per held-out prompt for the base/trained evaluation")
-    seed: int = option(0, "random seed")
-    output: str = option("runs/train", "run folder", short="-o")
     resume: bool = option(False, "continue from the newest checkpoint in the run folder")
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "num_iterations",
-                     "max_completion_length", "lora_r", "save_steps", "images_per_class"):
+        self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
+        for name in ("images_per_class", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.num_generations < 2:
-            raise ConfigError("--num-generations must be at least 2: advantages compare samples of one query")
-        if self.batch_size % self.num_generations:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} must be a multiple of --num-generations {self.num_generations}")
         if self.heldout_templates < 0 or self.eval_samples < 0 or self.log_samples < 0:
             raise ConfigError("--heldout-templates, --eval-samples and --log-samples must not be negative")
-        if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
-            self.vllm_server_base_url = "http://localhost:8000"
+        for name in ("reward", "prompt_format", "algorithm", "quantization", "precision"):
+            allowed = typing.get_args(typing.get_type_hints(TrainConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+
+
+# --- trl's config ----------------------------------------------------------------------------------
+
+def trainer_class(algorithm: str) -> type:
+    """trl's ``GRPOConfig`` or ``RLOOConfig``."""
+    if algorithm == "rloo":
+        from trl import RLOOConfig
+
+        return RLOOConfig
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+def trainer_defaults(config: TrainConfig) -> dict[str, Any]:
+    """EX2's trl settings for ``config.algorithm`` (fields the class lacks dropped), with the device's:
+    CPU-only without CUDA, mixed precision and model weights per ``config.precision``."""
+    import torch
+
+    from ex2.devices import dtype_name, resolve_dtype
+
+    dtype = resolve_dtype(config.precision)
+    device = {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == torch.bfloat16,
+              "fp16": dtype == torch.float16, "model_init_kwargs": {"dtype": dtype_name(dtype)}}
+    names = {f.name for f in dataclasses.fields(trainer_class(config.algorithm))}
+    return {k: v for k, v in {**EX2_TRAINER_DEFAULTS, **device}.items() if k in names}
+
+
+def trainer_config(config: TrainConfig, **settings: Any):
+    """trl's ``GRPOConfig`` (or ``RLOOConfig``) for ``config``: EX2's defaults, then ``settings``
+    (any field of trl's config, e.g. ``max_steps=20, output_dir="runs/x"``). trl validates it."""
+    return trainer_class(config.algorithm)(**{**trainer_defaults(config), **settings})
+
+
+def trainer_settings(config: TrainConfig, args) -> dict[str, Any]:
+    """The trl fields a run set (EX2's defaults and every value that differs from them), as YAML-ready
+    data: enough to rebuild ``args`` with :func:`trainer_config`. Tokens are never included."""
+    given, reference = args.to_dict(), trainer_config(config, output_dir=args.output_dir).to_dict()
+    defaults = trainer_defaults(config)  # the device's settings are left to the machine that reruns it
+    out = {k: v for k, v in defaults.items() if k in EX2_TRAINER_DEFAULTS and given.get(k) == reference.get(k)}
+    out.update({k: v for k, v in given.items() if v != reference.get(k) or k == "output_dir"})
+    out.pop("generation_batch_size", None)  # trl derives it from steps_per_generation
+    return {k: v for k, v in out.items() if not k.endswith("_token")}
+
+
+def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
+    """``RUN/config.yaml``: ex2's settings and trl's that were set; ``ex2 train --config`` reruns it."""
+    path = run_dir / "config.yaml"
+    data = {**config_to_dict(config), **trainer_settings(config, args)}
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    return {TRAINER_ALIASES.get(k, k): v for k, v in read_yaml_options(path).items()}
+
+
+def _usage(prog: str) -> str:
+    return f"{prog} [--config FILE.yaml] [options]   ({prog} --help lists them)"
+
+
+def build_parser(config: TrainConfig, prog: str = "ex2 train"):
+    """ex2's options and every field of trl's config for ``config.algorithm``, with EX2's defaults."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((TrainConfig, trainer_class(config.algorithm)), prog=prog, usage=_usage(prog),
+                              description=(TrainConfig.__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults; flags override it")
+    parser.add_argument("-o", "--output", dest="output_dir", default=argparse.SUPPRESS, help="same as --output-dir")
+    parser.add_argument("--batch-size", "--batch_size", dest="per_device_train_batch_size", type=int,
+                        default=argparse.SUPPRESS, help="same as --per-device-train-batch-size")
+    parser.set_defaults(**trainer_defaults(config))
+    return parser
+
+
+def parse_args(argv: list[str] | None, prog: str = "ex2 train"):
+    """``(TrainConfig, GRPOConfig | RLOOConfig)`` from flags and ``--config FILE.yaml`` (defaults that
+    flags override). Bad values exit with the parser's usage and trl's or our message."""
+    first = argparse.ArgumentParser(prog=prog, usage=_usage(prog), add_help=False, allow_abbrev=False)
+    for name in ("config", "algorithm", "precision"):
+        first.add_argument(f"--{name}")
+    early, _ = first.parse_known_args(argv)
+    try:
+        values = _read_yaml(early.config) if early.config else {}
+        choice = TrainConfig(**{k: v for k in ("algorithm", "precision") if (v := getattr(early, k) or values.get(k))})
+    except ConfigError as err:
+        first.error(str(err))
+    parser = build_parser(choice, prog)
+    known = {action.dest for action in parser._actions} - {"config", "help"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"config file {early.config}: unknown key(s) {', '.join(unknown)}; "
+                     f"valid keys: the flags of {prog} --help, with underscores")
+    parser.set_defaults(**values)
+    namespace = vars(parser.parse_args(argv))
+    namespace.pop("config")
+    ours = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        config = TrainConfig(**{k: v for k, v in namespace.items() if k in ours})
+        return config, trainer_class(config.algorithm)(**{k: v for k, v in namespace.items() if k not in ours})
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
 
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -138,22 +267,17 @@ def split_templates(templates: list[str], heldout: int, seed: int = 0) -> tuple[
             [t for i, t in enumerate(templates) if i in chosen])
 
 
-def resolve_format(tokenizer, prompt_format: str) -> str:
-    from ex2.llm import uses_chat_template
-
-    if prompt_format == "auto":
-        return "chat" if uses_chat_template(tokenizer) else "base"
-    return prompt_format
-
-
 def prompt_records(concepts: list[str], templates: list[str], prompt_format: str) -> list[dict[str, Any]]:
-    """One record per (concept, template): a trl ``prompt`` plus the columns the reward reads."""
+    """One record per (concept, template): a trl ``prompt`` (EX2's base text or chat messages, which
+    trl renders with the chat template) plus the columns the reward reads."""
+    from ex2.llm import query_prompt
+
     records = []
     for concept_id, concept in enumerate(concepts):
         for template in templates:
             query = template.format(concept)
-            prompt = [{"role": "user", "content": query}] if prompt_format == "chat" else query + "\n\n"
-            records.append({"prompt": prompt, "concept": concept, "concept_id": concept_id, "query": query})
+            records.append({"prompt": query_prompt(query, prompt_format), "concept": concept,
+                            "concept_id": concept_id, "query": query})
     return records
 
 
@@ -196,73 +320,11 @@ def quantization_config(mode: str):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def check_vllm(config: TrainConfig) -> None:
-    if not config.use_vllm:
-        return
+def check_vllm(args) -> None:
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
+    if args.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ValueError("--use-vllm needs vLLM: pip install 'ex2[vllm]'")
-
-
-def precision_flags(precision: str) -> dict[str, bool]:
-    """trl's ``bf16``/``fp16`` flags; ``auto`` is bf16 on CUDA (fp16 without bf16) and fp32 elsewhere."""
-    import torch
-
-    if precision == "auto":
-        cuda = torch.cuda.is_available()
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        return {"bf16": bf16, "fp16": cuda and not bf16}
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def checkpointing_flag(enabled: bool) -> dict[str, bool]:
-    """Activation checkpointing under the name the installed transformers uses (``gradient_checkpointing``
-    became ``activation_checkpointing`` in 5.x and warns when the old name is set)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {field.name for field in dataclasses.fields(TrainingArguments)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
-
-
-def trainer_args(config: TrainConfig, run_dir: Path):
-    """A ``GRPOConfig`` or ``RLOOConfig`` from our config."""
-    import torch
-
-    common: dict[str, Any] = dict(
-        output_dir=str(run_dir), max_steps=config.max_steps, learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_generations=config.num_generations, num_iterations=config.num_iterations,
-        epsilon=config.epsilon, beta=config.beta, max_completion_length=config.max_completion_length,
-        temperature=config.temperature, top_p=1.0, top_k=0,
-        **checkpointing_flag(config.gradient_checkpointing),
-        save_strategy="steps", save_steps=config.save_steps, logging_steps=1, report_to="none",
-        seed=config.seed, remove_unused_columns=False, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        use_vllm=config.use_vllm, vllm_mode=config.vllm_mode, vllm_server_base_url=config.vllm_server_base_url,
-        model_init_kwargs={"dtype": _model_dtype(config.precision)},
-        **precision_flags(config.precision),
-    )
-    if config.algorithm == "rloo":
-        from trl import RLOOConfig
-
-        return RLOOConfig(**common)
-    from trl import GRPOConfig
-
-    return GRPOConfig(**common, loss_type=config.loss_type, scale_rewards=config.scale_rewards)
-
-
-def _model_dtype(precision: str) -> str:
-    import torch
-
-    if precision == "auto":
-        if not torch.cuda.is_available():
-            return "float32"
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
 
 
 # --- run -------------------------------------------------------------------------------------------
@@ -273,9 +335,9 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
+def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from; refuses to overwrite a run without --resume."""
-    run_dir = Path(config.output).expanduser()
+    run_dir = Path(args.output_dir).expanduser()
     found = checkpoints(run_dir) if run_dir.is_dir() else []
     if found and not config.resume:
         raise ValueError(f"{run_dir} already holds {found[-1].name}; pass --resume to continue it "
@@ -284,7 +346,7 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
     return run_dir, (found[-1] if found and config.resume else None)
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, reward, train_data, tokenizer, callbacks: list):
+def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, callbacks: list):
     """The trl trainer, with LoRA applied and our callbacks in place of the default progress output."""
     from transformers import AutoConfig
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -298,7 +360,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, reward, train_data, tokeni
     else:
         from trl import GRPOTrainer as Trainer
     trainer = Trainer(
-        model=model_path, reward_funcs=reward, args=trainer_args(config, run_dir), train_dataset=train_data,
+        model=model_path, reward_funcs=reward, args=args, train_dataset=train_data,
         processing_class=tokenizer, callbacks=callbacks, quantization_config=quantization_config(config.quantization),
         peft_config=lora_config(model_type, config.lora_r, config.lora_alpha, config.lora_dropout,
                                 config.lora_target_modules),
@@ -308,24 +370,27 @@ def build_trainer(config: TrainConfig, run_dir: Path, reward, train_data, tokeni
     return trainer
 
 
-def run(config: TrainConfig) -> Path:
-    """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder."""
+def run(config: TrainConfig, args=None) -> Path:
+    """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder.
+
+    ``args`` is trl's config (:func:`trainer_config`; EX2's defaults when omitted)."""
     from ex2.data import load_dataset, load_templates
-    from ex2.llm import load_tokenizer
+    from ex2.llm import load_tokenizer, resolve_prompt_format
     from ex2.reward import build_reward
     from ex2.train_callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
     from ex2.train_eval import evaluate_heldout
     from ex2.vlm import load_vlm
 
-    check_vllm(config)
+    args = trainer_config(config) if args is None else args
+    check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
-    run_dir, resume_from = prepare_run_dir(config)
-    save_config(config, run_dir)
+    run_dir, resume_from = prepare_run_dir(config, args)
+    save_run_config(config, args, run_dir)
     dataset = load_dataset(config.dataset, config.data_root, config.split)
     train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
-                                               config.seed)
+                                               args.seed)
     tokenizer = load_tokenizer(config.llm, padding_side="left")
-    prompt_format = resolve_format(tokenizer, config.prompt_format)
+    prompt_format = resolve_prompt_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
                           config.image_seed, config.planted_text, planted_keywords=config.planted_keywords,
                           planted_bonus=config.planted_bonus)
@@ -334,8 +399,8 @@ def run(config: TrainConfig) -> Path:
         trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     stop = StopOnSignal()
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
-    trainer = build_trainer(config, run_dir, reward, prompt_dataset(dataset.classnames, train_templates,
-                                                                    prompt_format), tokenizer, callbacks)
+    trainer = build_trainer(config, args, reward, prompt_dataset(dataset.classnames, train_templates,
+                                                                 prompt_format), tokenizer, callbacks)
     with stop.installed(signal.SIGTERM):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.received:
@@ -347,6 +412,14 @@ def run(config: TrainConfig) -> Path:
         plot_reward_curve(log_path, run_dir / "reward_curve.png")
         if heldout and config.eval_samples:
             records = prompt_records(dataset.classnames, heldout, prompt_format)
-            evaluate_heldout(trainer.model, tokenizer, records, reward, run_dir / "eval.json",
-                             config.eval_samples, config.max_completion_length, config.seed)
+            evaluate_heldout(trainer.model, tokenizer, records, prompt_format, reward, run_dir / "eval.json",
+                             config.eval_samples, sampling_settings(args), args.seed)
     return run_dir
+
+
+def sampling_settings(args):
+    """The sampler settings of training (trl's completion length, temperature, top-p, top-k)."""
+    from ex2.samplers import SamplingSettings
+
+    return SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k or 0)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ex2.io import append_jsonl, read_jsonl, write_jsonl
+from ex2.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
+from ex2.plotting import pyplot, save_png
 
 LOGGED = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss": "loss", "entropy": "entropy",
           "learning_rate": "learning_rate", "frac_reward_zero_std": "frac_reward_zero_std",
@@ -52,9 +53,9 @@ def trim_log(path: Path, last_step: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    records = read_jsonl(path, tolerate_torn_tail=True)
+    records = repair_jsonl(path)
     kept = [r for r in records if r.get("step", 0) <= last_step]
-    if len(kept) != len(records) or not path.read_text().endswith("\n"):
+    if len(kept) != len(records):
         write_jsonl(path, kept)
 
 
@@ -122,13 +123,7 @@ def plot_reward_curve(log_path: Path, png_path: Path) -> Path | None:
         if Path(log_path).is_file() else []
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ex2.io import atomic_open
-
+    plt = pyplot()
     steps = [r["step"] for r in records]
     mean = [r["reward"] for r in records]
     std = [r.get("reward_std") or 0.0 for r in records]
@@ -141,7 +136,4 @@ def plot_reward_curve(log_path: Path, png_path: Path) -> Path | None:
     ax.set_ylabel("reward")
     ax.legend(loc="best")
     fig.tight_layout()
-    with atomic_open(png_path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
-    return Path(png_path)
+    return save_png(fig, png_path, dpi=120)

@@ -12,7 +12,6 @@ import PIL.Image
 import pytest
 import torch
 import yaml
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.classify import evaluate
 from ex2.cli import main
@@ -36,7 +35,7 @@ def folder(tmp_path) -> Path:
 
 
 @pytest.fixture
-def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:  # noqa: F811
+def base_args(folder, open_clip_dir, tmp_cache) -> list[str]:
     return ["--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
             "--no-progress"]
 
@@ -105,13 +104,19 @@ def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_
     assert len(list((out / "explanations").glob("*.png"))) == 2
 
 
-def test_mismatched_concepts_fail_naming_them(base_args, tmp_path, capsys):
+def test_unused_keys_are_reported_and_unmatched_classes_fail_naming_the_keys(base_args, tmp_path, capsys):
     source = tmp_path / "descriptors.json"
     source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "blue sky": ["blue"], "zebra": ["x"]}))
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source), "--output", str(out)]) == 0
+    assert "1 of 4 keys name no class of this dataset and are unused: 'zebra'" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["class_match"]["unused_keys"] == 1
+    source.write_text(json.dumps({"red apple": ["red"], "green leaf": ["green"], "zebra": ["x"]}))
     assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(source),
-                 "--output", str(tmp_path / "run")]) == 1
+                 "--output", str(tmp_path / "refused")]) == 1
     err = capsys.readouterr().err
-    assert "descriptors.json: 1 concept(s) match no class" in err and "'zebra'" in err
+    assert "descriptors.json: 1 class(es) have no descriptions" in err and "blue sky" in err and "'zebra'" in err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_dclip_and_waffle_runs(base_args, tmp_path):
@@ -130,6 +135,20 @@ def test_dclip_and_waffle_runs(base_args, tmp_path):
     assert metrics["texts_per_class"] == 8
 
 
+def test_a_refused_run_writes_nothing_and_leaves_an_older_run_as_it_was(base_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["classify", *base_args, "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    missing = tmp_path / "missing.json"
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(missing), "--output", str(out)]) == 1
+    assert main(["classify", *base_args, "--method", "clip", "--templates", str(missing), "--output", str(out)]) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["classify", *base_args, "--method", "dclip", "--descriptions", str(missing),
+                 "--output", str(tmp_path / "new")]) == 1
+    assert not (tmp_path / "new").exists()
+    assert "missing.json does not exist" in capsys.readouterr().err
+
+
 def test_bad_flags_say_how_to_fix_them(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--method", "ex2"])
@@ -137,6 +156,13 @@ def test_bad_flags_say_how_to_fix_them(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--method", "ex2", "--descriptions", "d.jsonl", "--categories", "colourful"])
     assert "unknown categories colourful" in capsys.readouterr().err
+    for method in ("dclip", "cupl", "waffle", "clip"):
+        with pytest.raises(SystemExit):
+            main(["classify", "--method", method, "--descriptions", "d.json", "--description-format", "{class}: {description}"])
+        assert "--description-format shapes --method ex2's texts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", "--method", "waffle", "--waffle-concept", "bird", "--waffle-prefix", "A bird: "])
+    assert "not both" in capsys.readouterr().err
 
 
 # --- which texts does the VLM use? a colour VLM makes the answer known ---------------------------------
@@ -180,3 +206,20 @@ def test_conse_classifies_the_embedded_samples(shared_cache, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_classes"] >= 8 and metrics["n_skipped_images"] == 0
     assert metrics["acc1"] >= 0.8
+
+
+def test_dataset_given_as_name_colon_root(folder, open_clip_dir, tmp_cache, tmp_path, capsys):
+    vlm = ["--vlm", f"local-dir:{open_clip_dir}", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["classify", "--dataset", f"imagefolder:{folder}", *vlm, "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "imagefolder" and metrics["n_images"] == 9 and metrics["n_classes"] == 3
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["dataset"], saved["data_root"]) == ("imagefolder", str(folder))
+    clash = tmp_path / "clash"
+    with pytest.raises(SystemExit):
+        main(["classify", "--dataset", f"imagefolder:{folder}", "--data-root", str(tmp_path), *vlm,
+              "--output", str(clash)])
+    err = capsys.readouterr().err
+    assert "given twice" in err and str(folder) in err and str(tmp_path) in err
+    assert not clash.exists()

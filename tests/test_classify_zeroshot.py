@@ -29,8 +29,10 @@ def test_template_texts_fill_each_class_into_each_template():
         ("antlers", "which is antlers"),  # DCLIP's string-prefix rule, kept so their numbers reproduce
         ("used for hunting", "which is used for hunting"),
         ("often found in water", "which often found in water"),
-        ("is black and white", "which is black and white"),
-        ("which barks", "which barks"),
+        ("is black and white", "which has is black and white"),  # the raw string: nothing completed
+        ("which barks", "which has which barks"),
+        ("An eye", "which has An eye"),  # case-sensitive, as theirs
+        ("", "which has "),
     ],
 )
 def test_dclip_descriptor_sentences_follow_their_rule(descriptor, sentence):

@@ -11,8 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_classify import folder  # noqa: F401  (ImageFolder of colour classes)
-from test_generate import tiny  # noqa: F401  (tiny random-init Llama)
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.cli import main
 from ex2.coder import (
@@ -167,9 +165,9 @@ def test_support_and_validation_are_disjoint_per_class():
 
 
 @pytest.fixture
-def knowledge_file(tiny, folder, open_clip_dir, tmp_path, tmp_cache) -> Path:  # noqa: F811
+def knowledge_file(tiny_llm, folder, open_clip_dir, tmp_path, tmp_cache) -> Path:  # noqa: F811
     out = tmp_path / "knowledge.jsonl"
-    assert main(["knowledge", "--dataset", "imagefolder", "--data-root", str(folder), "--llm", str(tiny.model),
+    assert main(["knowledge", "--dataset", "imagefolder", "--data-root", str(folder), "--llm", str(tiny_llm),
                  "--vlm", f"local-dir:{open_clip_dir}", "--kinds", "attributes,analogous,ovo",
                  "--max-new-tokens", "12", "--pairs", "nearest:1", "--output", str(out)]) == 0
     return out

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import PIL.Image
 import pytest
 import yaml
 
@@ -77,3 +79,80 @@ def test_list_options_repeat_and_replace_the_default():
     config = parse_config(DemoConfig, ["--tags", "a", "--tags", "b", "c"], prog="t")
     assert config.tags == ["a", "b", "c"]
     assert parse_config(DemoConfig, [], prog="t").tags == ["x"]
+
+
+# --- options the stages share ------------------------------------------------------------------
+
+SHARED = ("dataset", "data_root", "split", "vlm", "llm")
+
+
+def stage_configs() -> list[type]:
+    from ex2.classify import ClassifyConfig
+    from ex2.demo import DemoConfig as PipelineConfig
+    from ex2.generate import GenerateConfig
+
+    return [ClassifyConfig, GenerateConfig, PipelineConfig]
+
+
+def test_stages_share_one_declaration_of_each_common_option():
+    from ex2 import config as config_module
+
+    declared = {
+        "dataset": config_module.dataset_option(), "data_root": config_module.data_root_option(),
+        "split": config_module.split_option(), "vlm": config_module.vlm_option(), "llm": config_module.llm_option(),
+    }
+    seen = set()
+    for cls in stage_configs():
+        for field in dataclasses.fields(cls):
+            if field.name in SHARED:
+                assert dict(field.metadata) == dict(declared[field.name].metadata), (cls.__name__, field.name)
+                assert field.default == declared[field.name].default
+                seen.add(field.name)
+    assert seen == set(SHARED)
+
+
+def test_shared_options_work_in_hf_argument_parser():
+    from transformers import HfArgumentParser
+
+    from ex2.config import data_root_option, dataset_option, llm_option, split_option, vlm_option
+
+    @dataclass
+    class Options:
+        dataset: str = dataset_option()
+        data_root: str | None = data_root_option()
+        split: str | None = split_option()
+        vlm: str = vlm_option()
+        llm: str = llm_option()
+        output: str = option("runs/x", "run folder", short="-o")
+
+    (parsed,) = HfArgumentParser(Options).parse_args_into_dataclasses(
+        ["--dataset", "pets", "--data-root", "/data/pets", "-o", "out"])
+    assert (parsed.dataset, parsed.data_root, parsed.split, parsed.vlm, parsed.output) == (
+        "pets", "/data/pets", None, "conse", "out")
+    assert parse_config(Options, ["-o", "o2"], prog="t").output == "o2"
+
+
+def test_every_stage_config_reads_name_colon_root(tmp_path):
+    from ex2.data import load_dataset
+    from ex2.inspect import InspectConfig
+    from ex2.train import TrainConfig
+
+    tree = tmp_path / "tree"
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        PIL.Image.new("RGB", (4, 4)).save(tree / cls / "0.png")
+    spec = f"imagefolder:{tree}"
+    for cls in stage_configs():
+        config = parse_config(cls, ["--dataset", spec], prog="t")
+        assert (config.dataset, config.data_root) == ("imagefolder", str(tree)), cls.__name__
+    train = TrainConfig(dataset=spec)  # train reads it when it loads the dataset
+    assert load_dataset(train.dataset, train.data_root, train.split).classnames == ["a", "b"]
+    assert InspectConfig(input="d.jsonl", dataset=spec).dataset == "imagefolder"  # a label: the name alone
+
+
+def test_a_root_given_twice_is_a_command_line_error(tmp_path, capsys):
+    for cls in stage_configs():
+        with pytest.raises(SystemExit):
+            parse_config(cls, ["--dataset", f"pets:{tmp_path / 'a'}", "--data-root", str(tmp_path / "b")], prog="t")
+        err = capsys.readouterr().err
+        assert str(tmp_path / "a") in err and str(tmp_path / "b") in err

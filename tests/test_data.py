@@ -21,9 +21,9 @@ from ex2.data import (
     load_image,
     sample_per_class,
 )
-from ex2.data import dataset as dataset_module
 from ex2.data import samples as samples_module
 from ex2.data.fine_grained import flowers102_classnames
+from ex2.names import DatasetNameError
 
 
 def image(path: Path, color=(200, 30, 30), size=(4, 4)) -> Path:
@@ -468,31 +468,6 @@ def test_images_load_from_threads_beside_a_bomb(tmp_path, monkeypatch):
 # --- the embedded samples -------------------------------------------------------------------
 
 
-def test_materialise_leaves_nothing_when_the_build_fails(tmp_path):
-    def build(out: Path) -> None:
-        (out / "half").write_text("x")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        dataset_module.materialise(tmp_path / "set", build)
-    assert list(tmp_path.iterdir()) == []
-    dataset_module.materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
-    assert [p.name for p in (tmp_path / "set").iterdir()] == ["done"]
-    dataset_module.materialise(tmp_path / "set", lambda out: pytest.fail("rebuilt"))
-
-
-def test_materialise_clears_what_killed_builds_left(tmp_path):
-    import os
-
-    old, fresh = tmp_path / ".set.old.tmp", tmp_path / ".set.fresh.tmp"  # as a SIGKILLed build leaves them
-    for folder in (old, fresh):
-        folder.mkdir()
-        (folder / "half").write_text("x")
-    os.utime(old, (0, 0))
-    dataset_module.materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".set.fresh.tmp", "set"]  # a fresh one may be live
-
-
 def test_augmented_views_are_deterministic_and_distinct():
     photo = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
     views = [samples_module.augmented_view(photo, 3, view) for view in range(4)]
@@ -524,3 +499,47 @@ def test_samples_dataset_is_built_once(tmp_cache, monkeypatch):
     assert [p.name for p in (tmp_cache / "datasets").iterdir()] == ["samples-v1"]
     monkeypatch.setattr(samples_module, "_write_samples", lambda out: pytest.fail("rebuilt"))
     assert load_dataset("samples").items == ds.items
+
+
+# --- NAME:ROOT ---------------------------------------------------------------------------------
+
+
+def tiny_tree(root: Path) -> Path:
+    for cls in ("golden_retriever", "tabby"):
+        image(root / cls / "a.png")
+    return root
+
+
+def test_name_colon_root_is_the_same_as_a_data_root(tmp_path, monkeypatch):
+    tree = tiny_tree(tmp_path / "odd:name")  # a colon inside the root is part of the root
+    given = load_dataset("imagefolder", tree)
+    assert load_dataset(f"imagefolder:{tree}").items == given.items
+    assert load_dataset(f"imagefolder:{tree}", tree).items == given.items  # the same root twice is fine
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("imagefolder:odd:name").items == load_dataset("imagefolder", "odd:name").items
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert [p for p, _ in load_dataset("imagefolder:~/odd:name").items] == [p for p, _ in given.items]
+    assert concept_names(f"imagefolder:{tree}") == concept_names("imagefolder", tree) == ["golden retriever", "tabby"]
+
+
+def test_samples_with_a_root_reads_that_folder(tmp_path):
+    root = tmp_path / "views"
+    for name in samples_module.SAMPLE_CONCEPTS:
+        image(root / name.replace(" ", "_") / "00.png")  # already built there: nothing is rendered
+    ds = load_dataset(f"samples:{root}")
+    assert ds.root == root and len(ds) == len(samples_module.SAMPLE_CONCEPTS)
+    assert ds.items == load_dataset("samples", root).items
+
+
+def test_a_root_given_twice_must_agree(tmp_path):
+    tree = tiny_tree(tmp_path / "tree")
+    other = tmp_path / "other"
+    for call in (lambda: load_dataset(f"imagefolder:{tree}", other),
+                 lambda: concept_names(f"imagefolder:{tree}", other)):
+        with pytest.raises(DatasetNameError, match="given twice") as error:
+            call()
+        assert str(tree) in str(error.value) and str(other) in str(error.value)
+    with pytest.raises(DatasetNameError, match="expected NAME or NAME:ROOT"):
+        load_dataset("imagefolder:")
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
+        load_dataset(f"nope:{tree}")

@@ -45,6 +45,8 @@ def test_demo_runs_every_stage_and_reuses_finished_work(shared_cache, tmp_path, 
     assert "<table" in html and "data:image/png;base64," in html
     assert yaml.safe_load((out / "demo_config.yaml").read_text())["train_steps"] == 2
 
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "report: " in printed and "held-out reward: base " in printed and "informative share: base " in printed
+    assert "accuracy with the descriptions: base " in printed
     assert main(argv) == 0  # everything finished: every stage is skipped
     assert capsys.readouterr().out.count("done already") == 1 + 4 + 9 + 1  # train, generate+inspect x2, classify x9, report

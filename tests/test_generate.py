@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from ex2.samplers import (
     vllm_prompts,
     vllm_sampling_kwargs,
 )
+from ex2.text import clean_description
 
 REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = ["cat", "rocket", "daisy"]
@@ -103,9 +105,16 @@ def test_generate_writes_one_record_per_concept_template_sample(tiny, tmp_cache,
     assert not partial_path(out).exists()
     saved = (out.parent / "descriptions.jsonl.config.yaml").read_text()
     assert "prompt_format: chat" in saved and "samples_per_template: 2" in saved
-    assert json.loads(legacy.read_text()) == {
-        c: [r["description"] for r in records if r["concept"] == c] for c in CONCEPTS
-    }
+    assert json.loads(legacy.read_text()) == [  # EX2's shape: per class, its raw completions
+        [r["raw"] for r in records if r["concept"] == c] for c in CONCEPTS
+    ]
+    back = tmp_path / "out" / "back.jsonl"
+    assert main(["generate", "--from-legacy", str(legacy), "--templates", str(tiny.templates), "--classnames",
+                 str(tiny.concepts), "--samples-per-template", "2", "--output", str(back)]) == 0
+    assert [{k: r[k] for k in ("concept", "class_id", "template", "sample", "raw", "description")}
+            for r in read_jsonl(back)] == [
+        {k: r[k] for k in ("concept", "class_id", "template", "sample", "raw")}
+        | {"description": clean_description(r["raw"])} for r in records]
 
 
 def test_same_seed_same_file_whatever_the_batch_size(tiny, tmp_cache, tmp_path):
@@ -232,24 +241,50 @@ def test_from_legacy_object_and_list(tiny, tmp_cache, tmp_path):
     ]
     assert records[0]["raw"] == " Furry.\n\nmore" and all(set(r) == set(RECORD_FIELDS) for r in records)
 
-    legacy.write_text(json.dumps([["a"], ["b"], ["c"]]))  # EX2's own output: one list per class
+    legacy.write_text(json.dumps([["a", "b"], ["c", "d"], ["e", "f"]]))  # EX2's own output: one list per class
     assert main(["generate", "--from-legacy", str(legacy), "--concepts", str(tiny.concepts),
                  "--templates", str(tiny.templates), "--output", str(out)]) == 0
-    assert [(r["concept"], r["template"], r["sample"]) for r in read_jsonl(out)] == [
-        ("cat", None, 0), ("rocket", None, 0), ("daisy", None, 0)]
+    assert [(r["concept"], r["template"], r["sample"], r["raw"]) for r in read_jsonl(out)] == [
+        (c, t, 0, raw) for (c, t), raw in zip([(c, t) for c in CONCEPTS for t in TEMPLATES], "abcdef", strict=True)]
+
+
+@pytest.mark.parametrize(("content", "extra", "message"), [
+    ('[["a", "b"], ["c"], ["e", "f"]]', [], "class 1 ('rocket') has 1 completions; expected 2 templates x 1 sample(s)"),
+    ('[["a", "b"], ["c", "d"], ["e", "f"]]', ["--samples-per-template", "2"], "expected 2 templates x 2 sample(s) = 4"),
+])
+def test_from_legacy_checks_counts(tiny, tmp_path, capsys, content, extra, message):
+    legacy = tmp_path / "ex2.json"
+    legacy.write_text(content)
+    code = main(["generate", "--from-legacy", str(legacy), "--classnames", str(tiny.concepts), "--templates",
+                 str(tiny.templates), "--output", str(tmp_path / "o.jsonl"), *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and str(legacy) in err and message in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_from_legacy_needs_templates_and_classnames_count(tiny, tmp_path, capsys):
+    legacy = tmp_path / "ex2.json"
+    legacy.write_text('[["a", "b"], ["c", "d"]]')
+    with pytest.raises(SystemExit):
+        main(["generate", "--from-legacy", str(legacy), "--classnames", str(tiny.concepts)])
+    assert "--from-legacy needs --templates" in capsys.readouterr().err
+    code = main(["generate", "--from-legacy", str(legacy), "--classnames", str(tiny.concepts), "--templates",
+                 str(tiny.templates), "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and "holds 3 class names but the EX2 output has 2 classes" in err and str(tiny.concepts) in err
 
 
 @pytest.mark.parametrize(("content", "message"), [
     ("{not json", "not valid JSON"),
     ('{"cat": "one string"}', "must be a list of strings"),
     ('[["a"], ["b"]]', "holds 2 description lists but the concepts number 3"),
-    ("42", "expected a JSON object class name -> list of descriptions"),
+    ("42", "expected EX2's output: a list of completion lists, one per class"),
 ])
 def test_from_legacy_rejects_bad_files(tiny, tmp_path, capsys, content, message):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     code = main(["generate", "--from-legacy", str(bad), "--concepts", str(tiny.concepts),
-                 "--output", str(tmp_path / "o.jsonl")])
+                 "--templates", str(tiny.templates), "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert code == 1 and str(bad) in err and message in err
 
@@ -258,10 +293,12 @@ def test_from_legacy_rejects_bad_files(tiny, tmp_path, capsys, content, message)
 
 
 def test_vllm_requests(tiny):
-    settings = SamplingSettings()
+    settings = SamplingSettings(max_new_tokens=7, temperature=0.5, top_p=0.9)
     kwargs = vllm_sampling_kwargs(settings, seed=123, eos_ids=[2])
-    assert kwargs == {"n": 1, "max_tokens": 32, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
-                      "seed": 123, "stop_token_ids": [2], "skip_special_tokens": False}
+    assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["top_p"]) == (7, 0.5, 0.9)
+    assert kwargs["n"] == 1 and kwargs["seed"] == 123 and kwargs["stop_token_ids"] == [2]
+    assert kwargs["skip_special_tokens"] is False  # clean_description strips them, knowing which they were
+    assert kwargs["top_k"] == -1  # top_k 0 (off) is -1 for vllm
     assert vllm_sampling_kwargs(SamplingSettings(top_k=5), 1, [2])["top_k"] == 5
     engine = vllm_engine_kwargs("/models/base", tiny.adapter, seed=3, dtype="bf16")
     assert engine["enable_lora"] is True and engine["max_lora_rank"] == 8  # rank 4 rounds up
@@ -271,6 +308,35 @@ def test_vllm_requests(tiny):
     assert vllm_lora_args(None) is None
     assert vllm_prompts([[1, 2], [3]]) == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     assert [vllm_max_lora_rank(r) for r in (1, 2, 16, 17, 512)] == [1, 8, 16, 32, 512]
+
+
+def test_vllm_accepts_every_argument_we_pass(tiny):
+    vllm = pytest.importorskip("vllm")
+    import inspect
+
+    sampling = set(inspect.signature(vllm.SamplingParams).parameters)
+    assert set(vllm_sampling_kwargs(SamplingSettings(), 0, [2])) <= sampling
+    engine = {f.name for f in dataclasses.fields(vllm.EngineArgs)} | set(inspect.signature(vllm.LLM).parameters)
+    assert set(vllm_engine_kwargs("/models/base", tiny.adapter, seed=3)) <= engine
+
+
+def test_concepts_from_name_colon_root(tmp_path):
+    import PIL.Image
+
+    from ex2.generate import GenerateConfig, load_concepts
+
+    for cls in ("golden_retriever", "tabby"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        PIL.Image.new("RGB", (4, 4)).save(tmp_path / "tree" / cls / "0.png")
+    tree = tmp_path / "tree"
+    joined = load_concepts(GenerateConfig(dataset=f"imagefolder:{tree}"))
+    assert joined == load_concepts(GenerateConfig(dataset="imagefolder", data_root=str(tree)))
+    assert joined == ["golden retriever", "tabby"]
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("otter\n")
+    assert load_concepts(GenerateConfig(dataset=f"imagefolder:{tree}", concepts=str(concepts))) == ["otter"]
+    with pytest.raises(ValueError, match="given twice"):
+        GenerateConfig(dataset=f"imagefolder:{tree}", data_root=str(tmp_path))
 
 
 def test_prompts_match_between_samplers(tiny):
@@ -349,3 +415,16 @@ def test_vllm_sampler_on_gpu(shared_cache, tmp_path):
     assert main(["generate", *flags, "--output", str(tmp_path / "w.jsonl")]) == 0
     first, again = read_jsonl(tmp_path / "v.jsonl"), read_jsonl(tmp_path / "w.jsonl")
     assert len(first) == 2 * 25 and [r["raw"] for r in again] == [r["raw"] for r in first]
+
+
+def test_classnames_name_the_datasets_concepts(tmp_path):
+    from ex2.data.samples import SAMPLE_CONCEPTS
+    from ex2.generate import GenerateConfig, load_concepts
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"Concept {n}" for n in range(len(SAMPLE_CONCEPTS))) + "\n")
+    assert load_concepts(GenerateConfig(classnames=str(names))) == [f"Concept {n}" for n in range(len(SAMPLE_CONCEPTS))]
+    assert load_concepts(GenerateConfig(classnames=str(names), limit_concepts=2)) == ["Concept 0", "Concept 1"]
+    names.write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match=f"holds 2 class names but dataset samples has {len(SAMPLE_CONCEPTS)} classes"):
+        load_concepts(GenerateConfig(classnames=str(names)))

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from serving import local_server  # tests/serving.py
 
 from ex2.cli import main
 from ex2.io import read_jsonl, write_jsonl
-from ex2.judges import local_server
 
 pytestmark = pytest.mark.slow
 ACCESS_LINE = '"POST /v1/chat/completions HTTP/1.1" 200'

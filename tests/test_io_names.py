@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from ex2.io import append_jsonl, atomic_open, read_jsonl, write_jsonl
+from ex2.io import append_jsonl, atomic_open, materialise, read_jsonl, repair_jsonl, write_jsonl
 from ex2.names import ModelNameError, parse_llm_name, parse_vlm_name
 
 
@@ -24,6 +26,57 @@ def test_jsonl_round_trip_and_torn_tail(tmp_path):
     assert [r["a"] for r in read_jsonl(path, tolerate_torn_tail=True)] == [1, 2]
     with pytest.raises(ValueError, match=r"a\.jsonl:3"):
         read_jsonl(path)
+
+
+
+def test_repair_jsonl_drops_a_torn_line_and_completes_the_last(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')  # a kill mid-write
+    assert repair_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    append_jsonl(path, {"a": 3})
+    assert [r["a"] for r in read_jsonl(path)] == [1, 2, 3]
+    path.write_text('{"a": 1}')  # whole, but without its newline: appending would glue records
+    assert repair_jsonl(path) == [{"a": 1}] and path.read_text() == '{"a": 1}\n'
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2"):
+        repair_jsonl(path)
+    path.write_text("")
+    assert repair_jsonl(path) == [] and path.read_text() == ""
+    with pytest.raises(ValueError, match="lacks field"):
+        repair_jsonl(write_jsonl(path, [{"a": 1}]), required=("b",))
+
+
+def test_repair_jsonl_leaves_a_whole_file_untouched(tmp_path):
+    path = write_jsonl(tmp_path / "log.jsonl", [{"a": 1}])
+    before = path.stat().st_ino
+    assert repair_jsonl(path) == [{"a": 1}]
+    assert path.stat().st_ino == before  # not rewritten
+
+
+def test_materialise_leaves_nothing_when_the_build_fails(tmp_path):
+    def build(out: Path) -> None:
+        (out / "half").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        materialise(tmp_path / "set", build)
+    assert list(tmp_path.iterdir()) == []
+    materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
+    assert [p.name for p in (tmp_path / "set").iterdir()] == ["done"]
+    materialise(tmp_path / "set", lambda out: pytest.fail("rebuilt"))
+
+
+def test_materialise_clears_what_killed_builds_left(tmp_path):
+    import os
+
+    old, fresh = tmp_path / ".set.old.tmp", tmp_path / ".set.fresh.tmp"  # as a SIGKILLed build leaves them
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "half").write_text("x")
+    os.utime(old, (0, 0))
+    materialise(tmp_path / "set", lambda out: (out / "done").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".set.fresh.tmp", "set"]  # a fresh one may be live
 
 
 def test_jsonl_missing_field_names_line(tmp_path):

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_generate import tiny  # noqa: F401  (tiny random-init Llama and its tokenizer)
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.cli import main
 from ex2.io import read_jsonl
@@ -84,31 +82,31 @@ class WordsVLM:
         return torch.nn.functional.normalize(rows, dim=-1)
 
 
-def _knowledge(tiny, open_clip_dir, out: Path, *extra: str) -> int:  # noqa: F811
+def _knowledge(tiny_llm, open_clip_dir, out: Path, *extra: str) -> int:
     concepts = out.parent / "concepts.txt"
     concepts.write_text("\n".join(CONCEPTS) + "\n")
-    return main(["knowledge", "--concepts", str(concepts), "--llm", str(tiny.model), "--vlm",
+    return main(["knowledge", "--concepts", str(concepts), "--llm", str(tiny_llm), "--vlm",
                  f"local-dir:{open_clip_dir}", "--kinds", "attributes,analogous,ovo", "--pairs", "nearest:1",
                  "--analogous-max-similarity", "0.99", "--batch-size", "2", "--output", str(out), *extra])
 
 
-def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny, open_clip_dir, tmp_path, tmp_cache,  # noqa: F811
+def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny_llm, open_clip_dir, tmp_path, tmp_cache,
                                                                        monkeypatch):
     import ex2.samplers
     import ex2.vlm
     from ex2.llm import load_tokenizer
 
     monkeypatch.setattr(ex2.vlm, "load_vlm", lambda *a, **k: WordsVLM())
-    tokenizer = load_tokenizer(str(tiny.model))
+    tokenizer = load_tokenizer(str(tiny_llm))
     killed = FakeSampler(tokenizer, fail_after=2)
     monkeypatch.setattr(ex2.samplers, "load_sampler", lambda *a, **k: killed)
     out = tmp_path / "knowledge.jsonl"
     with pytest.raises(RuntimeError):
-        _knowledge(tiny, open_clip_dir, out)
+        _knowledge(tiny_llm, open_clip_dir, out)
     assert len(read_jsonl(partial_path(out))) == 1 + 2 and not out.exists()
     fresh = FakeSampler(tokenizer)
     monkeypatch.setattr(ex2.samplers, "load_sampler", lambda *a, **k: fresh)
-    assert _knowledge(tiny, open_clip_dir, out) == 0
+    assert _knowledge(tiny_llm, open_clip_dir, out) == 0
     assert len(killed.asked) == 2 and not any(p in killed.asked for p in fresh.asked)
     records = read_jsonl(out)
     by_kind = {k: [r for r in records if r["kind"] == k] for k in ("attributes", "analogous", "ovo")}
@@ -120,7 +118,7 @@ def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny, open
     assert sum("but not green leaf" in p for p in fresh.asked) >= 1
     pairs = {(r["concept"], r["other_concept"]) for r in by_kind["ovo"]}
     assert all((b, a) in pairs for a, b in pairs) and len(pairs) >= 2
-    assert all(r["source"] == "llm" and r["model"] == str(tiny.model) for r in records)
+    assert all(r["source"] == "llm" and r["model"] == str(tiny_llm) for r in records)
     assert not partial_path(out).exists() and len(read_jsonl(answers_path(out))) == 1 + len(fresh.asked) + 2
     knowledge, provenance = load_knowledge(out)
     assert knowledge["attributes"]["red apple"] == ["round shape", "shiny skin"] and provenance["n_records"] == len(records)

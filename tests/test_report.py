@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ex2.cli import main
-from ex2.report import bar_label, collect
+from ex2.report import collect, headline, side_by_side
+from ex2.report_html import bar_label
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -27,22 +28,49 @@ def _metrics(folder: Path, method: str, acc1: float, categories=None, vlm="conse
     }))
 
 
+DESCRIPTIONS = [  # (concept, template, adapter, description, category, attribute)
+    ("cardinal", "t1", None, "A cardinal is a songbird.", "non_visual", "behavior"),
+    ("cardinal", "t1", "runs/train/adapter", "The cardinal has bright red plumage and a crest.", "visual", "color"),
+    ("cardinal", "t2", None, "Here's a description of a cardinal:", "spurious", "none"),
+    ("cardinal", "t2", "runs/train/adapter", "A red bird with a black mask.", "visual", "color"),
+    ("tabby", "t1", None, "Tabby cat photo, free download", "spurious", "none"),
+    ("tabby", "t1", "runs/train/adapter", "A cat with a striped coat and an M on the forehead.", "visual", "pattern"),
+]
+
+
 def _inspection(folder: Path) -> None:
     folder.mkdir(parents=True)
     shares = {"spurious": 0.2, "visual": 0.5, "non_visual": 0.3, "unparsed": 0.0}
-    group = {"n": 10, "category_shares": shares, "attribute_shares": {}}
+    within = {"visual": {"color": 0.6, "pattern": 0.4}, "non_visual": {"behavior": 1.0}}
+    group = {"n": 10, "category_shares": shares, "attribute_shares": within}
+    records = [{"concept": c, "template": t, "sample": 0, "adapter": a, "model": "smollm2", "description": d,
+                "category": cat, "attribute": attr, "informative": cat != "spurious", "vlm": "conse"}
+               for c, t, a, d, cat, attr in DESCRIPTIONS]
+    (folder / "categories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "summary.json").write_text(json.dumps({
-        "schema": "ex2.inspect.summary/v1", "source": "categories.jsonl", "judge": {"backend": "rules", "model": None},
+        "schema": "ex2.inspect.summary/v1", "source": "elsewhere/categories.jsonl",  # found beside the summary
+        "judge": {"backend": "rules", "model": None},
         "n_descriptions": 20, "n_unparsed": 0, "informative_share": 0.8, "category_shares": shares,
-        "groups": {"vlm": {"conse": group}, "adapter": {"base": group, "runs/train/adapter": group}},
+        "attribute_shares": within,
+        "groups": {"vlm": {"conse": group}, "adapter": {"base": group, "runs/train/adapter": group},
+                   "aligned": {"aligned": group, "base": group}},
     }))
 
 
 def _training(folder: Path, torn: bool = False) -> None:
     folder.mkdir(parents=True)
-    lines = [json.dumps({"step": s, "reward": 0.1 * s, "kl": 0.0}) for s in range(1, 6)]
+    samples = [{"concept": "cardinal", "text": "A red bird with a black mask.", "reward": 31.5}]
+    lines = [json.dumps({"step": s, "reward": 0.1 * s, "kl": 0.01 * s, "completion_length": 20 - s,
+                         "samples": samples}) for s in range(1, 6)]
     (folder / "log.jsonl").write_text("\n".join(lines) + ("\n{\"step\": 6, \"rew" if torn else "\n"))
     (folder / "config.yaml").write_text("vlm: conse\nllm: smollm2\nreward: ex2\n")
+    (folder / "eval.json").write_text(json.dumps({
+        "prompts": 2, "samples_per_prompt": 1, "seed": 0, "base_mean_reward": 25.0, "trained_mean_reward": 30.0,
+        "samples": [{"concept": "cardinal", "query": "q", "base": "Here's a cardinal:", "base_reward": 20.0,
+                     "trained": "Red crest, black face.", "trained_reward": 33.0},
+                    {"concept": "tabby", "query": "q", "base": "tabby", "base_reward": 30.0,
+                     "trained": "Striped grey fur.", "trained_reward": 27.0}],
+    }))
 
 
 @pytest.fixture
@@ -81,9 +109,70 @@ def test_report_writes_csv_and_a_self_contained_page(runs, tmp_path):
     assert [r["kind"] for r in rows] == ["classify"] * 3 + ["inspect", "train"]
     assert {r["categories"] for r in rows if r["kind"] == "classify"} == {"all", "visual", "spurious"}
     page = (out / "report.html").read_text()
-    assert page.count("<table>") == 3 and page.count('src="data:image/png;base64,') == 3
-    assert not re.search(r'(src|href)="(?!data:)|<link|<script', page)  # nothing fetched from elsewhere
+    assert page.count("<table") == 9 and page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r'src="(?!data:)|<link|<script[^>]', page)  # nothing fetched from elsewhere
+    for target in re.findall(r'href="([^"]*)"', page):  # in-page anchors and the CSVs beside the page
+        assert (target.startswith("#") and f'id="{target[1:]}"' in page) or (out / target).is_file(), target
     assert (out / "config.yaml").is_file()
+
+    def table(name: str) -> list[dict]:
+        with (out / f"{name}.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    pairs = table("descriptions")
+    assert len(pairs) == 3 and {p["concept"] for p in pairs} == {"cardinal", "tabby"}
+    mask = next(p for p in pairs if p["aligned_description"] == "A red bird with a black mask.")
+    assert mask["aligned_reward"] == "31.5000" and mask["base_category"] == "spurious"  # reward from the log
+    attributes = table("attributes")
+    assert [(r["run"], r["variant"]) for r in attributes] == [("inspect", "base"), ("inspect", "aligned")]
+    assert float(attributes[1]["color"]) == pytest.approx(0.5 * 0.6)  # share of all descriptions
+    assert float(attributes[1]["diet"]) == 0.0  # every attribute has a column
+    hacking = {(r["from"], r["variant"]): r for r in table("hacking")}
+    assert float(hacking["descriptions", "base"]["header_share"]) == pytest.approx(1 / 3, abs=1e-4)
+    assert float(hacking["held-out", "base"]["name_only_share"]) == pytest.approx(1 / 2)
+    assert float(hacking["held-out", "aligned"]["header_share"]) == 0.0
+    assert table("top_rewarded")[0]["text"] == "Red crest, black face."
+    assert table("bottom_rewarded")[0]["reward"] == "20.0000"
+    assert len(table("heldout_pairs")) == 2
+    assert [r["heldout_trained_reward"] for r in rows if r["kind"] == "train"] == ["30.0000"]
+
+
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
+def test_each_inspection_run_once_and_the_numbers_that_matter(runs, tmp_path):
+    found = collect([runs])
+    assert [r["run"] for r in found.inspect] == ["runs/inspect"]  # once, whatever its groupings
+    assert headline(found) == {"held-out reward": (25.0, 30.0)}
+    rows = side_by_side(found.descriptions)
+    assert [(r["concept"], r["template"]) for r in rows] == [("cardinal", "t1"), ("cardinal", "t2"), ("tabby", "t1")]
+    again = side_by_side(found.descriptions + [dict(found.descriptions[1], description="another adapter")])
+    assert len(again) == 4 and again[-1]["aligned_description"] == "another adapter" and not again[-1]["base_description"]
+
+
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
+def test_demo_ends_with_the_numbers_that_matter(runs):
+    from ex2.demo import headline_lines
+
+    assert headline_lines(runs) == ["held-out reward: base 25.00 -> aligned 30.00"]
+
+
+def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
+    from ex2.report import relative_paths
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "d.jsonl").write_text("")
+    rows = [{"descriptions": str(tmp_path / "runs" / "d.jsonl"), "source": "not/there.jsonl"}]
+    relative_paths(rows, tmp_path / "report")
+    assert rows == [{"descriptions": "../runs/d.jsonl", "source": "not/there.jsonl"}]
+
+
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
+def test_every_in_page_link_has_its_section_with_training_alone(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs / "train"), "--output", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "held-out templates" in page and "<table" in page
+    for target in re.findall(r'href="#([^"]*)"', page):
+        assert f'id="{target}"' in page, target
 
 
 def test_report_takes_runs_as_a_flag_too_and_fails_clearly_without_outputs(runs, tmp_path, capsys):
@@ -99,15 +188,42 @@ def test_report_takes_runs_as_a_flag_too_and_fails_clearly_without_outputs(runs,
 CHECK = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
-  const out = document.createElement('pre');
-  out.id = 'check';
-  out.textContent = JSON.stringify({tables: document.querySelectorAll('table').length,
+  const rows = () => [...document.querySelectorAll('#descriptions tbody tr')];
+  const result = {tables: document.querySelectorAll('table').length,
     rows: document.querySelectorAll('tbody tr').length, images: imgs.length,
     loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
-    widths: imgs.map(i => i.naturalWidth)});
+    widths: imgs.map(i => i.naturalWidth), descriptions: rows().length,
+    preset: document.getElementById('descriptions-filter').value};
+  const box = document.getElementById('descriptions-filter');
+  box.value = 'tabby';
+  box.dispatchEvent(new Event('input'));
+  result.shownTabby = rows().filter(r => !r.hidden).length;
+  result.count = document.getElementById('descriptions-count').textContent;
+  box.value = '';
+  box.dispatchEvent(new Event('input'));
+  result.shownAll = rows().filter(r => !r.hidden).length;
+  const header = [...document.querySelectorAll('#descriptions th')].find(th => th.textContent === 'concept');
+  header.click();
+  header.click();
+  result.firstAfterSort = rows()[0].cells[1].textContent;
+  const out = document.createElement('pre');
+  out.id = 'check';
+  out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
 });
 </script>"""
+
+
+def _chromium_check(page: Path, tmp_path: Path, fragment: str = "") -> dict:
+    profile = tmp_path / "profile"
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri() + fragment]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
+    found = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"no check output from chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(found.group(1).replace("&quot;", '"'))
 
 
 @pytest.mark.filterwarnings("ignore:ex2 report. skipping")
@@ -117,19 +233,14 @@ def test_page_renders_tables_and_images_in_headless_chromium(runs, tmp_path):
     )
     out = tmp_path / "report"
     assert main(["report", str(runs), "--output", str(out)]) == 0
-    page = tmp_path / "page.html"  # the report itself has no script; a copy gets the check appended
+    page = tmp_path / "page.html"  # a copy of the report with the check appended
     page.write_text((out / "report.html").read_text().replace("</body>", CHECK + "</body>"))
-    profile = tmp_path / "profile"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    shutil.rmtree(profile, ignore_errors=True)
-    found = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.S)
-    assert found, f"no check output from chromium (rc {done.returncode}): {done.stderr[-2000:]}"
-    check = json.loads(found.group(1).replace("&quot;", '"'))
-    assert check["tables"] == 3 and check["rows"] == 6
-    assert check["images"] == 3 and check["loaded"] == 3 and min(check["widths"]) > 100
+    check = _chromium_check(page, tmp_path)
+    assert check["tables"] == 9 and check["descriptions"] == 3
+    assert check["images"] == 4 and check["loaded"] == 4 and min(check["widths"]) > 100
+    assert check["shownTabby"] == 1 and check["count"] == "1 of 3 rows" and check["shownAll"] == 3
+    assert check["firstAfterSort"] == "tabby"  # clicked twice: descending
+    assert _chromium_check(page, tmp_path, "#filter=cardinal")["preset"] == "cardinal"  # a link can preset it
 
 
 def test_accuracy_bars_keep_base_and_aligned_descriptions_apart():

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_vlm import open_clip_dir  # noqa: F401  (tiny open_clip folder fixture)
 
 from ex2.reward import (
     REWARDS,
@@ -129,7 +128,7 @@ def test_only_the_first_paragraph_is_scored():
     assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
 
 
-def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):  # noqa: F811
+def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):
     import numpy as np
     from PIL import Image
 
@@ -191,7 +190,7 @@ def trl_call(reward, concepts: list[str], classnames: list[str], texts: list[str
     )
 
 
-@pytest.mark.parametrize("kind", REWARDS)
+@pytest.mark.parametrize("kind", [k for k in REWARDS if k != "gen-likelihood"])  # that one: test_gvlm.py
 def test_every_registered_reward_is_a_plain_trl_callable(kind, open_clip_dir, tmp_path, tmp_cache):  # noqa: F811
     from ex2.vlm import load_vlm
 

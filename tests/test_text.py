@@ -41,9 +41,10 @@ def test_clean_name_keeps_case_and_punctuation(raw, clean):
     assert clean_name(raw) == clean
 
 
-def test_normalise_name_is_the_clean_name_without_case():
+def test_normalise_name_ignores_case_spaces_hyphens_and_underscores():
     assert normalise_name("Black_footed  ALBATROSS ") == "black footed albatross"
     assert normalise_name("Straße") == normalise_name("STRASSE")  # casefold, not lower
+    assert normalise_name("Black-footed Albatross") == normalise_name("black_footed  albatross")
     assert normalise_name("pug") != normalise_name("pugs")
 
 

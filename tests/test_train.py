@@ -13,40 +13,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_CACHE
-from test_vlm import hf_clip_dir  # noqa: F401  (session fixture)
+import yaml
 
 from ex2.cli import main
 from ex2.config import ConfigError
 from ex2.io import read_jsonl
-from ex2.train import TrainConfig, lora_config, prompt_records, quantization_config, split_templates
+from ex2.train import (
+    TrainConfig,
+    build_trainer,
+    lora_config,
+    parse_args,
+    prompt_dataset,
+    prompt_records,
+    quantization_config,
+    split_templates,
+    trainer_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    """A 2-layer, 16-wide Llama saved with the smollm2 tokenizer (and its chat template)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ex2.llm import resolve_llm
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EX2_CACHE", str(SHARED_CACHE))
-        tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llm")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(hf_clip_dir) -> Path:  # noqa: F811
+def tiny_clip(hf_clip_dir) -> Path:
     """A transformers CLIP folder with a character vocabulary and 32-pixel images (test_vlm's)."""
     return hf_clip_dir
 
@@ -56,6 +44,19 @@ def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:
             "--images-per-class", "2", "--batch-size", "4", "--num-generations", "4",
             "--max-completion-length", "6", "--heldout-templates", "2", "--eval-samples", "1",
             "--learning-rate", "1e-2", "--output", str(output), *extra]
+
+
+def reference_samples(llm: Path, adapter: Path | None, queries: list[str], max_new_tokens: int) -> list[str]:
+    """What ``ex2.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``)."""
+    from ex2.llm import format_prompt
+    from ex2.samplers import SamplingSettings, TransformersSampler, encode_prompts
+    from ex2.text import clean_description
+
+    sampler = TransformersSampler(str(llm), adapter, SamplingSettings(max_new_tokens=max_new_tokens), device="cpu")
+    prompts = [format_prompt(sampler.tokenizer, query, "chat") for query in queries]
+    raws = sampler.generate(encode_prompts(sampler.tokenizer, prompts, "chat"), list(range(len(queries))))
+    special = list(sampler.tokenizer.all_special_tokens)
+    return [clean_description(raw, special_tokens=special) for raw in raws]
 
 
 def subprocess_env(cache: Path) -> dict[str, str]:
@@ -111,10 +112,83 @@ def test_quantization_needs_cuda():
 
 
 def test_config_errors_say_how_to_fix():
-    with pytest.raises(ConfigError, match="multiple of --num-generations"):
-        TrainConfig(batch_size=6, num_generations=4)
-    with pytest.raises(ConfigError, match="at least 2"):
-        TrainConfig(num_generations=1, batch_size=4)
+    # trl's rule: the global batch (per device x processes x steps per generation) holds whole groups
+    with pytest.raises(ValueError, match=r"generation_batch_size \(6\) must be divisible by num_generations \(4\)"):
+        trainer_config(TrainConfig(), per_device_train_batch_size=6, num_generations=4)
+    with pytest.raises(ValueError, match="at least 2"):
+        trainer_config(TrainConfig(), num_generations=1, per_device_train_batch_size=4)
+    with pytest.raises(ConfigError, match="--algorithm must be one of grpo, rloo"):
+        TrainConfig(algorithm="ppo")
+
+
+def test_python_api_keeps_ex2_defaults_and_takes_any_trl_field():
+    from trl import GRPOConfig, RLOOConfig
+
+    args = trainer_config(TrainConfig(), max_steps=7, warmup_steps=0.1)
+    assert isinstance(args, GRPOConfig) and (args.max_steps, args.warmup_steps) == (7, 0.1)
+    assert (args.learning_rate, args.max_completion_length, args.beta, args.loss_type) == (1.41e-5, 32, 0.05, "dapo")
+    assert (args.top_k, args.top_p, args.temperature, args.num_generations, args.save_steps) == (0, 1.0, 1.0, 8, 20)
+    assert args.use_cpu is not torch.cuda.is_available() and args.remove_unused_columns is False
+    assert isinstance(trainer_config(TrainConfig(algorithm="rloo")), RLOOConfig)
+
+
+def test_every_trl_field_is_a_flag_or_yaml_key(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("llm: some/model\nbatch-size: 4\nnum_generations: 4\nlr_scheduler_type: cosine\n"
+                    "output: runs/x\n")
+    config, args = parse_args(["--config", str(path), "--warmup-steps", "0.1", "--mask-truncated-completions",
+                               "--max_steps", "3", "--lr-scheduler-type", "constant", "-o", "runs/y"], "ex2 train")
+    assert config.llm == "some/model" and args.per_device_train_batch_size == 4
+    assert (args.warmup_steps, args.mask_truncated_completions, args.max_steps) == (0.1, True, 3)
+    assert (args.lr_scheduler_type.value, args.output_dir) == ("constant", "runs/y")  # flags override YAML
+    path.write_text("max_completion_length: 9\n")
+    assert parse_args(["--config", str(path)], "ex2 train")[1].max_completion_length == 9
+    config, args = parse_args(["--algorithm", "rloo", "--batch-size", "4", "--num-generations", "4"], "ex2 train")
+    assert type(args).__name__ == "RLOOConfig" and args.learning_rate == 1.41e-5
+
+
+def test_unknown_yaml_key_is_an_error_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "train.yaml"
+    path.write_text("max_stepz: 3\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)], "ex2 train")
+    err = capsys.readouterr().err
+    assert "max_stepz" in err and str(path) in err
+
+
+def test_the_global_batch_must_hold_whole_groups(capsys):
+    # 6 per device is no multiple of 4, but 6 x 2 accumulation steps is: trl accepts it, so do we
+    _, args = parse_args(["--batch-size", "6", "--num-generations", "4", "--gradient-accumulation-steps", "2"],
+                         "ex2 train")
+    assert args.generation_batch_size == 12
+    with pytest.raises(SystemExit):
+        parse_args(["--batch-size", "6", "--num-generations", "4"], "ex2 train")
+    assert "generation_batch_size (6) must be divisible by num_generations (4)" in capsys.readouterr().err
+
+
+def test_lora_training_moves_the_adapter_and_freezes_the_base(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    from ex2.data import load_dataset
+    from ex2.llm import load_tokenizer
+    from ex2.reward import build_reward
+    from ex2.vlm import load_vlm
+
+    config = TrainConfig(llm=str(tiny_llm), vlm=str(tiny_clip), images_per_class=2)
+    args = trainer_config(config, output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                          num_generations=4, max_completion_length=6, learning_rate=1e-2, save_strategy="no")
+    dataset = load_dataset("samples")
+    reward = build_reward("ex2", load_vlm(str(tiny_clip)), dataset, 2)
+    tokenizer = load_tokenizer(str(tiny_llm))
+    trainer = build_trainer(config, args, reward, prompt_dataset(dataset.classnames, ["Describe a {}."], "chat"),
+                            tokenizer, [])
+    before = {name: tensor.clone() for name, tensor in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    lora = [name for name in before if "lora_" in name]
+    assert lora and all(not after[name].requires_grad for name in before if name not in lora)
+    assert any(not torch.equal(before[name], after[name]) for name in lora)
+    for name in before:
+        if name not in lora:
+            assert torch.equal(before[name], after[name]), f"base weight {name} changed"
 
 
 # --- training through the CLI --------------------------------------------------------------------
@@ -135,6 +209,16 @@ def test_train_writes_a_complete_run_folder(tiny_llm, tiny_clip, tmp_path, tmp_c
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # the adapter moved away from its zero init
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["prompts"] == 2 * 8 and "base_mean_reward" in evaluation
+    # the evaluation samples with ex2's one sampler: base = the model without the adapter, same seeds
+    queries = [sample["query"] for sample in evaluation["samples"]]
+    for key, adapter in (("base", None), ("trained", run / "adapter")):
+        expected = reference_samples(tiny_llm, adapter, queries, max_new_tokens=6)
+        assert [sample[key] for sample in evaluation["samples"]] == expected, key
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["llm"] == str(tiny_llm) and saved["per_device_train_batch_size"] == 4 and saved["max_steps"] == 2
+    assert "use_cpu" not in saved and not any(key.endswith("_token") for key in saved)
+    config, args = parse_args(["--config", str(run / "config.yaml")], "ex2 train")  # enough to rerun
+    assert (args.max_steps, args.save_steps, args.learning_rate, config.eval_samples) == (2, 1, 1e-2, 1)
     # an existing run is never overwritten silently
     assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", "2")) == 1
     assert "--resume" in capsys.readouterr().err

@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import tiny_clip, tiny_llm  # noqa: F401  (module fixtures)
-from test_vlm import hf_clip_dir  # noqa: F401  (tiny_clip builds on it)
 
 STUDY = Path(__file__).resolve().parents[1] / "analysis" / "planted_preference.py"
 
@@ -28,10 +26,10 @@ def test_attribute_share_is_a_keyword_match():
     assert study.share(["in its natural habitat", "a red cup", "forest green", "metal"]) == 0.5
 
 
-def test_study_measures_base_and_trained_shares(tiny_llm, tiny_clip, tmp_path, tmp_cache):  # noqa: F811
+def test_study_measures_base_and_trained_shares(tiny_llm, hf_clip_dir, tmp_path, tmp_cache):
     study = load_study()
     output = tmp_path / "planted"
-    result = study.main(["--output", str(output), "--llm", str(tiny_llm), "--vlm", str(tiny_clip),
+    result = study.main(["--output", str(output), "--llm", str(tiny_llm), "--vlm", str(hf_clip_dir),
                          "--max-steps", "1", "--batch-size", "4", "--num-generations", "4",
                          "--max-completion-length", "4", "--eval-samples", "1"])
     saved = json.loads((output / "planted_share.json").read_text())

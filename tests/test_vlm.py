@@ -1,4 +1,4 @@
-"""VLM backends and the image-embedding cache, on tiny random-init models built here."""
+"""VLM backends and the image-embedding cache, on conftest's tiny random-init models."""
 
 from __future__ import annotations
 
@@ -10,106 +10,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import TINY_ARCH
 
 from ex2.names import ModelNameError
 from ex2.vlm import VLM, ImageEmbeddings, embed_images, load_vlm
 from ex2.vlm.cache import EmbeddingCache
-
-TINY_ARCH = "ex2-tiny-clip"
-TINY_OPEN_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
-
-
-# --- fixtures: tiny models saved the way users keep real ones -----------------------------------
-
-
-@pytest.fixture(scope="session")
-def open_clip_dir(tmp_path_factory) -> Path:
-    """A ``local-dir:`` folder (config + safetensors) and a bare checkpoint file beside it."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("open_clip")
-    (root / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_OPEN_CLIP))
-    open_clip.add_model_config(root / f"{TINY_ARCH}.json")  # makes "ex2-tiny-clip:/ckpt.pt" valid
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_ARCH)
-    folder = root / "tiny"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
-    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
-    torch.save(model.state_dict(), root / "ckpt.pt")
-    return folder
-
-
-def _tiny_tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in LETTERS:
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(f"{char}</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=24), len(vocab)
-
-
-def _tiny_configs(vocab_size: int) -> tuple[dict, dict]:
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=24,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    vision = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-    )
-    return text, vision
-
-
-@pytest.fixture(scope="session")
-def hf_clip_dir(tmp_path_factory) -> Path:
-    """A transformers CLIP folder: model, tokenizer from a tiny vocab, 32-pixel image processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    folder = tmp_path_factory.mktemp("hf_clip")
-    tokenizer, vocab_size = _tiny_tokenizer()
-    text, vision = _tiny_configs(vocab_size)
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
-    return folder
-
-
-@pytest.fixture(scope="session")
-def hf_siglip_dir(tmp_path_factory) -> Path:
-    """A transformers SigLIP folder (with the tiny CLIP tokenizer: SigLIP's needs sentencepiece)."""
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    folder = tmp_path_factory.mktemp("hf_siglip")
-    tokenizer, vocab_size = _tiny_tokenizer()
-    text, vision = _tiny_configs(vocab_size)
-    text["projection_size"] = 32
-    torch.manual_seed(0)
-    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -126,11 +31,6 @@ def images(tmp_path) -> list[Path]:
     grey = tmp_path / "grey.png"
     PIL.Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(grey)
     return [*paths, grey]
-
-
-@pytest.fixture(scope="session")
-def tiny_open_clip(open_clip_dir) -> VLM:
-    return load_vlm(f"local-dir:{open_clip_dir}", device="cpu")
 
 
 def _count_calls(monkeypatch, vlm: VLM, method: str) -> list:
@@ -175,6 +75,21 @@ def test_open_clip_name_forms_load_the_same_weights(form, open_clip_dir, tiny_op
     torch.testing.assert_close(vlm.encode_texts(texts), tiny_open_clip.encode_texts(texts))
     if "ckpt" in form:
         assert vlm.identity.startswith(f"open_clip:{TINY_ARCH}:{open_clip_dir.parent / 'ckpt.pt'}@")
+
+
+def test_open_clip_accepts_every_argument_we_pass(open_clip_dir):
+    import inspect
+
+    import open_clip
+
+    from ex2.names import parse_vlm_name
+    from ex2.vlm.open_clip_backend import _resolve
+
+    accepted = set(inspect.signature(open_clip.create_model_and_transforms).parameters)
+    checkpoint = open_clip_dir.parent / "ckpt.pt"
+    for name in (f"local-dir:{open_clip_dir}", f"{TINY_ARCH}:{checkpoint}", "ViT-B-32:openai", "hf-hub:org/name"):
+        kwargs, _ = _resolve(parse_vlm_name(name))
+        assert set(kwargs) <= accepted, name
 
 
 def test_openai_weights_get_quick_gelu():
@@ -233,9 +148,10 @@ def test_half_precision_returns_float32_close_to_fp32(backend, precision, open_c
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["open_clip", "transformers"])
-def test_cuda_runs_fp16_and_returns_cpu_float32(backend, open_clip_dir, hf_clip_dir, images):
+def test_cuda_runs_half_precision_and_returns_cpu_float32(backend, open_clip_dir, hf_clip_dir, images):
     vlm = load_vlm(_name_of(backend, open_clip_dir, hf_clip_dir), device="cuda")
-    assert vlm.dtype == torch.float16 and vlm.device.type == "cuda"
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # what "auto" means on CUDA
+    assert vlm.dtype == half and vlm.device.type == "cuda"
     result = embed_images(vlm, images, cache=False, progress=False)
     _assert_unit_rows(result.embeddings, len(images), 16)
     _assert_unit_rows(vlm.encode_texts(["a cat"]), 1, 16)

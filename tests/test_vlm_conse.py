@@ -95,7 +95,7 @@ def test_class_names_forms():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_conse_on_cuda_in_half_precision():
     vlm = load_vlm("conse", device="cuda")
-    assert vlm.dtype == torch.float16
+    assert vlm.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     images = vlm.encode_images(vlm.preprocess(_photo("chelsea"))[None])
     texts = vlm.encode_texts(["a photo of a cat.", "a photo of a rocket."])
     assert images.device.type == "cpu" and images.dtype == torch.float32

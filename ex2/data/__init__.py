@@ -3,6 +3,7 @@
 from ex2.data import load_dataset, load_image, load_templates, sample_per_class
 ds = load_dataset("samples")                          # embedded, offline, smoke-scale
 ds = load_dataset("cub", "/data/CUB_200_2011")        # EX2's datasets from a local copy
+ds = load_dataset("cub:/data/CUB_200_2011")           # the same, as NAME:ROOT
 per_class = sample_per_class(ds, 8)                   # {class id: first 8 image files}
 images = [load_image(p) for p in per_class[0]]        # RGB, None for unreadable files
 questions = load_templates("ex2")                     # 25 "Describe a photo of a {}."-style
@@ -23,6 +24,7 @@ from ex2.data.benchmarks import (
     load_imagenetv2,
     load_places365,
 )
+from ex2.data.classnames import apply_classnames, load_classnames
 from ex2.data.dataset import DatasetError, ImageDataset, sample_per_class
 from ex2.data.fine_grained import (
     flowers102_classnames,
@@ -38,6 +40,7 @@ from ex2.data.generic import load_csv, load_hf_disk, load_imagefolder
 from ex2.data.images import ImageError, load_image, to_rgb
 from ex2.data.samples import SAMPLE_CONCEPTS, load_samples
 from ex2.data.templates import TEMPLATE_SETS, TemplateError, load_templates
+from ex2.names import split_dataset_name
 
 __all__ = [
     "DATASETS",
@@ -46,7 +49,9 @@ __all__ = [
     "ImageError",
     "TEMPLATE_SETS",
     "TemplateError",
+    "apply_classnames",
     "concept_names",
+    "load_classnames",
     "load_dataset",
     "load_image",
     "load_templates",
@@ -86,7 +91,8 @@ KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
 
 
 def load_dataset(name: str, root: str | Path | None = None, split: str | None = None) -> ImageDataset:
-    """Load dataset ``name`` from ``root``; ``split`` None is its usual evaluation split."""
+    """Load dataset ``name`` (or ``NAME:ROOT``) from ``root``; ``split`` None is its usual evaluation split."""
+    name, root = split_dataset_name(name, root)
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     loader = DATASETS[name]
@@ -108,16 +114,17 @@ def _read_concepts(path: Path) -> list[str]:
     return concepts
 
 
-def concept_names(dataset_or_file: str) -> list[str]:
-    """Class names of a dataset (``NAME`` or ``NAME:ROOT``), or one concept a line from a text file."""
-    if dataset_or_file in KNOWN_CLASSNAMES:
+def concept_names(dataset_or_file: str, root: str | Path | None = None) -> list[str]:
+    """Class names of a dataset (``NAME`` or ``NAME:ROOT``, or ``NAME`` with ``root``), or one
+    concept a line from a text file."""
+    if root is None and dataset_or_file in KNOWN_CLASSNAMES:
         return KNOWN_CLASSNAMES[dataset_or_file]()
     path = Path(dataset_or_file).expanduser()
-    if path.is_file():
+    if root is None and path.is_file():
         return _read_concepts(path)
-    name, _, root = dataset_or_file.partition(":")
+    name, root = split_dataset_name(dataset_or_file, root)
     if name in DATASETS:
-        return load_dataset(name, root or None).classnames
+        return load_dataset(name, root).classnames
     raise ValueError(
         f"{dataset_or_file!r} is neither a concept file (one name a line) nor a dataset; "
         f"datasets: {', '.join(DATASETS)} (as NAME, or NAME:ROOT for a local copy)"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ex2.io import temp_folder_beside
 from ex2.text import clean_name  # noqa: F401  (the loaders' class-name clean-up)
 
 Loader = Callable[[Path | None, str], "ImageDataset"]
@@ -95,24 +92,6 @@ def build_dataset(
     if missing:
         raise DatasetError(f"{name} ({split}): {len(missing)} listed image(s) missing, e.g. {missing[0]}")
     return ImageDataset(name, split, Path(root), list(classnames), items)
-
-
-def materialise(folder: Path, build: Callable[[Path], None]) -> Path:
-    """``folder``, made once by ``build(tmp)`` in a temp folder beside it and then renamed into
-    place, so a killed build never leaves half a folder; later calls reuse it."""
-    if folder.is_dir():
-        return folder
-    tmp = temp_folder_beside(folder)
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not folder.is_dir():  # else another process finished the same build first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def sample_per_class(dataset: ImageDataset, n: int | None, seed: int | None = None) -> dict[int, list[Path]]:

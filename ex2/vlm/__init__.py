@@ -11,31 +11,30 @@ Names follow :mod:`ex2.names`. Nothing is downloaded unless ``EX2_ALLOW_DOWNLOAD
 
 from __future__ import annotations
 
-import importlib
-
+from ex2.devices import resolve_device, resolve_dtype
 from ex2.names import VLMSpec, parse_vlm_name
-from ex2.vlm.base import VLM, resolve_device, resolve_precision
+from ex2.registry import LazyRegistry
+from ex2.vlm.base import VLM
 from ex2.vlm.cache import ImageEmbeddings, embed_images
 
 # backend -> "module:loader"; a loader takes (VLMSpec, device, dtype) and is imported only when used
-BACKENDS: dict[str, str] = {
+BACKENDS = LazyRegistry("VLM backend", {
     "open_clip": "ex2.vlm.open_clip_backend:load_open_clip",
     "transformers": "ex2.vlm.transformers_backend:load_transformers",
     "conse": "ex2.vlm.conse:load_conse",
-}
+    "generative": "ex2.gvlm.backend:load_generative",  # gen:… names: a GenerativeVLM, not a dual encoder
+})
 
 
 def load_vlm(name: str, device: str | None = None, precision: str = "auto") -> VLM:
     """Load a VLM by name (see :mod:`ex2.names`) on ``device`` (default: CUDA if available).
 
-    ``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
+    ``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto`` (see :mod:`ex2.devices`).
     """
     spec = parse_vlm_name(name)
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
-    module, _, function = BACKENDS[spec.backend].partition(":")
-    loader = getattr(importlib.import_module(module), function)
-    return loader(spec, torch_device, dtype)
+    dtype = resolve_dtype(precision, torch_device)
+    return BACKENDS.load(spec.backend)(spec, torch_device, dtype)
 
 
 __all__ = ["BACKENDS", "VLM", "ImageEmbeddings", "VLMSpec", "embed_images", "load_vlm"]

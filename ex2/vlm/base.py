@@ -16,24 +16,6 @@ from collections.abc import Iterator
 import PIL.Image
 import torch
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``fp32|fp16|bf16|auto``; ``auto`` is fp16 on CUDA and fp32 elsewhere."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
-
 
 def l2_normalise(features: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length, as float32 on CPU."""

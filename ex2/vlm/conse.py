@@ -10,7 +10,7 @@ ImageNet synset files; their 1000 embeddings are computed once and cached in ``c
 T and the class-name form were chosen by zero-shot top-1 on the ``samples`` dataset (8 classes x 10
 views) with prompts "a photo of a {}.", on CPU in fp32; a second label set adds the 100 CIFAR-100
 class names as distractors. Cells: top-1 % / mean softmax probability of the true class.
-Reproduce with ``python -m ex2.vlm.conse_measure``::
+Reproduce with ``python analysis/conse_measure.py``::
 
     label set      form       T=1       T=3       T=5       T=10      T=20      T=50      T=1000
     8 classes      first      88.7/.87  96.2/.96  96.2/.96  96.2/.96  96.2/.96  96.2/.96  96.2/.96

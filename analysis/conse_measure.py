@@ -1,6 +1,6 @@
 """Choose ConSE's top-T and class-name form by zero-shot top-1 (the table in :mod:`ex2.vlm.conse`).
 
-    python -m ex2.vlm.conse_measure            # samples dataset, CPU, about a minute once cached
+    python analysis/conse_measure.py           # samples dataset, CPU, about a minute once cached
 
 Images: the ``samples`` dataset (8 classes x 10 views). Text: "a photo of a {}." for each class.
 Two label sets: the 8 sample classes alone, and the 8 plus the 100 CIFAR-100 class names as
