@@ -20,11 +20,15 @@ venv: $(STAMP)
 develop: $(STAMP)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
-# The report test renders report.html in headless Chromium (Debian's package).
+# The report test renders report.html in headless Chromium (Debian's package); `ex2 knowledge`
+# reads WordNet synonyms from Debian's wordnet-base (/usr/share/wordnet) through nltk.
 system-deps:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the report test"; fi; }
+	@test -f /usr/share/wordnet/data.noun || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wordnet-base; \
+	  else echo "install Debian's wordnet-base package (sudo apt-get install wordnet-base) for WordNet synonyms"; fi; }
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(EX2_VENV)

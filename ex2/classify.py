@@ -44,11 +44,11 @@ from ex2.config import data_root_option, dataset_option, option, save_config, sp
 from ex2.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.names import split_dataset_name
 
-METHODS = ("clip", "dclip", "cupl", "ex2", "waffle")
+METHODS = ("clip", "dclip", "cupl", "ex2", "waffle", "coder")
 CATEGORIES = ("spurious", "visual", "non_visual", "informative")
 DEFAULT_AGGREGATE = {
     "clip": "mean_embedding", "dclip": "mean_score", "cupl": "mean_embedding", "ex2": "mean_score",
-    "waffle": "mean_score",
+    "waffle": "mean_score", "coder": "mean_score",
 }
 DESCRIPTION_METHODS = ("dclip", "cupl", "ex2")  # need --descriptions
 DCLIP_SUFFIX = {"imagenet": "."}  # DCLIP's after_text per dataset (its load.py); "" elsewhere
@@ -69,7 +69,7 @@ class ClassifyConfig:
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
-    method: Literal["clip", "dclip", "cupl", "ex2", "waffle", "open", "closed", "likelihood"] = option(
+    method: Literal["clip", "dclip", "cupl", "ex2", "waffle", "coder", "open", "closed", "likelihood"] = option(
         "clip", "how each class's texts are made; open, closed or likelihood with a generative VLM (gen:…)"
     )
     templates: str = option("clip", "class-name templates for clip: clip, clip_ensemble or a file")
@@ -116,6 +116,16 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
+    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`")
+    kinds: list[str] = option(["attributes", "analogous", "synonyms"],
+                              "coder: knowledge kinds in the class texts (attributes, analogous, synonyms)")
+    ovo_gap: float = option(0.0, "coder: re-rank with one-vs-one texts where the top-2 softmax gap is below this")
+    ovo_top: int = option(5, "coder: classes re-ranked by one-vs-one texts")
+    shots: int = option(0, "coder: labelled images per class for Tip-Adapter over neighbor vectors (0: zero-shot)")
+    val_shots: int | None = option(None, "coder: validation images per class for alpha/beta (default min(shots, 4))")
+    support_split: str | None = option(None, "coder: split the shots come from; default: carved from the "
+                                             "evaluated split and left out of the test images")
+    augment_views: int = option(10, "coder: random crop/flip views averaged per support image")
     # generative VLMs (--vlm gen:…, --method open|closed|likelihood): see ex2.gvlm.classify
     question: str = option("What type of object is in this photo?", "open/closed/likelihood: the question asked")
     classnames: str | None = option(
@@ -174,6 +184,9 @@ class ClassifyConfig:
             from ex2.gvlm.classify import check_config
 
             check_config(self)
+        from ex2.coder import check_config
+
+        check_config(self)
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -660,6 +673,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
         return generative.run(config, vlm, dataset)
     out = check_output_path(config.output, "folder")
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
+    if config.method == "coder":
+        from ex2.coder import run_classify
+
+        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision))
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:
         print(line, flush=True)

@@ -21,6 +21,8 @@ from ex2.registry import split_reference
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("ex2.train:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
     "generate": ("ex2.generate:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
+    "knowledge": ("ex2.knowledge:KnowledgeConfig", "CoDer's expert knowledge per class: attributes, "
+                  "analogues, synonyms, one-vs-one"),
     "inspect": ("ex2.inspect:InspectConfig", "label descriptions: spurious, visual or non-visual"),
     "classify": ("ex2.classify:ClassifyConfig", "zero-shot classification with class names or descriptions"),
     "probe": ("ex2.probe:ProbeConfig", "linear probe on a VLM's image features (train, choose C on val, test)"),
