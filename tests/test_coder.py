@@ -218,7 +218,7 @@ def test_coder_needs_a_knowledge_file(folder, open_clip_dir, tmp_path, capsys): 
 def test_smollm2_knowledge_and_coder_on_samples_with_conse(shared_cache, tmp_path):
     out = tmp_path / "knowledge.jsonl"
     assert main(["knowledge", "--dataset", "samples", "--llm", "smollm2", "--vlm", "conse", "--limit-concepts", "8",
-                 "--kinds", "attributes,analogous,synonyms", "--output", str(out)]) == 0
+                 "--kinds", "attributes,analogous,synonyms", "--max-new-tokens", "48", "--output", str(out)]) == 0
     records = read_jsonl(out)
     assert {r["kind"] for r in records} >= {"attributes", "analogous"}
     metrics = _run_coder(["--dataset", "samples", "--vlm", "conse"], out, tmp_path / "run")
