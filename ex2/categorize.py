@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ex2.io import read_jsonl
-from ex2.judges import ATTRIBUTES, CATEGORIES, Judgement
+from ex2.judges import Judgement
+from ex2.taxonomy import ATTRIBUTES, CATEGORIES
 from ex2.text import mask_concept
 
 LABELLED_FILE = "labelled_descriptions.jsonl"

@@ -43,9 +43,9 @@ from ex2 import zeroshot
 from ex2.config import data_root_option, dataset_option, option, save_config, split_option, vlm_option
 from ex2.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.names import split_dataset_name
+from ex2.taxonomy import FILTER_CATEGORIES
 
 METHODS = ("clip", "dclip", "cupl", "ex2", "waffle", "coder")
-CATEGORIES = ("spurious", "visual", "non_visual", "informative")
 DEFAULT_AGGREGATE = {
     "clip": "mean_embedding", "dclip": "mean_score", "cupl": "mean_embedding", "ex2": "mean_score",
     "waffle": "mean_score", "coder": "mean_score",
@@ -148,9 +148,9 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
-        unknown = sorted(set(self.categories) - set(CATEGORIES))
+        unknown = sorted(set(self.categories) - set(FILTER_CATEGORIES))
         if unknown:
-            raise ValueError(f"unknown categories {', '.join(unknown)}; choose from {', '.join(CATEGORIES)}")
+            raise ValueError(f"unknown categories {', '.join(unknown)}; choose from {', '.join(FILTER_CATEGORIES)}")
         if self.method in DESCRIPTION_METHODS and not self.descriptions:
             raise ValueError(f"--method {self.method} needs --descriptions FILE (descriptions.jsonl or JSON)")
         if self.categories and self.method != "ex2":

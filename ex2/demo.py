@@ -30,8 +30,7 @@ from ex2.config import (
     vlm_option,
 )
 from ex2.names import split_dataset_name
-
-CATEGORIES = ("visual", "non_visual", "spurious")
+from ex2.taxonomy import CATEGORIES
 
 
 @dataclass

@@ -67,9 +67,10 @@ from ex2.io import (
     repair_jsonl,
     write_json,
 )
-from ex2.judges import EX2_ANSWER, UNPARSED, AnsweredJudge, Judgement, load_judge_prompt
+from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
 from ex2.registry import LazyRegistry
+from ex2.taxonomy import UNPARSED
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 INPUT_FIELD = "input_sha256"  # which input a record was judged for (first 16 hex digits of its SHA-256)

@@ -23,12 +23,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ex2.io import atomic_write_text, write_json
-from ex2.judges import ATTRIBUTES, CATEGORIES, UNPARSED
 from ex2.plotting import pyplot, save_png
+from ex2.taxonomy import ALL_CATEGORIES, ATTRIBUTES, UNPARSED
 from ex2.text import mask_concept
 
 SCHEMA = "ex2.inspect.summary/v1"
-ALL_CATEGORIES = (*CATEGORIES, UNPARSED)
 GROUP_FIELDS = ("concept", "dataset", "vlm", "model", "adapter", "aligned")
 COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
 

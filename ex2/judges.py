@@ -22,12 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ex2.errors import ServiceError
+from ex2.taxonomy import ATTRIBUTES, NON_VISUAL_ATTRIBUTES, UNPARSED, VISUAL_ATTRIBUTES
 
-CATEGORIES = ("spurious", "visual", "non_visual")
-VISUAL_ATTRIBUTES = ("color", "shape", "size", "pattern", "texture", "parts")
-NON_VISUAL_ATTRIBUTES = ("habitat", "behavior", "diet", "origin", "history", "use", "other")
-ATTRIBUTES = {"spurious": ("none",), "visual": VISUAL_ATTRIBUTES, "non_visual": NON_VISUAL_ATTRIBUTES}
-UNPARSED = "unparsed"
 PROMPT_VERSION = "ex2-judge-v1"
 FENCE = "<<<DESCRIPTION>>>"
 

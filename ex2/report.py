@@ -31,11 +31,10 @@ import yaml
 
 from ex2.config import option, save_config
 from ex2.io import atomic_open, atomic_write_text, check_output_path, read_jsonl
-from ex2.judges import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
 from ex2.report_stats import hacking_signs
+from ex2.taxonomy import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
-ATTRIBUTES = VISUAL_ATTRIBUTES + NON_VISUAL_ATTRIBUTES
 EXTREMES = 10  # texts in the top- and bottom-rewarded tables
 
 

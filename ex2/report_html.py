@@ -13,8 +13,10 @@ import io
 from pathlib import Path
 
 from ex2.plotting import pyplot
-from ex2.report import ATTRIBUTES, CATEGORY_COLORS, VISUAL_ATTRIBUTES, Runs, attribute_rows
+from ex2.report import CATEGORY_COLORS, Runs, attribute_rows
 from ex2.report_stats import smooth
+from ex2.taxonomy import INFORMATIVE_ATTRIBUTES as ATTRIBUTES
+from ex2.taxonomy import VISUAL_ATTRIBUTES
 
 TEXT_COLUMNS = ("base_description", "aligned_description", "text", "base", "trained")  # kept readable
 PAGE_ROWS = 5000  # description rows on the page (the CSV has them all)

@@ -9,7 +9,7 @@ import pytest
 from ex2.categorize import EmbeddedJudge, evaluate, labelled_path
 from ex2.cli import main
 from ex2.io import read_jsonl, write_jsonl
-from ex2.judges import CATEGORIES, VISUAL_ATTRIBUTES
+from ex2.taxonomy import CATEGORIES, VISUAL_ATTRIBUTES
 
 pytestmark = pytest.mark.slow
 

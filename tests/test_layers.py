@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ex2"
 # lowest layer first; a module may import its own layer and those before it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("ex2", "ex2.io", "ex2.names", "ex2.text", "ex2.devices", "ex2.registry", "ex2.config",
-              "ex2.plotting", "ex2.errors", "ex2.resources")),
+              "ex2.plotting", "ex2.errors", "ex2.resources", "ex2.taxonomy")),
     ("data", ("ex2.data",)),
     ("models", ("ex2.vlm", "ex2.llm", "ex2.samplers", "ex2.gvlm")),
     ("reward", ("ex2.reward", "ex2.gvlm.reward")),
