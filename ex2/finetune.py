@@ -591,8 +591,49 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
         "categories": config.categories, "annotations": str(Path(config.annotations).resolve()) if config.annotations else None,
         "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision, "last_log": last, "vlm": str(folder.resolve()),
+        "region_decoder": unwrapped.decoder.shape if unwrapped.decoder is not None else None,
     })
     accelerator.print(f"fine-tuned model: {folder} (use --vlm {folder})")
+
+
+@torch.no_grad()
+def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str = "cpu") -> dict[str, float]:
+    """Held-out grounding numbers of a ``grain`` run: each annotated region is matched to a query
+    (Hungarian, as in training); ``region_top1`` is how often the matched query's embedding scores
+    the region's own description highest among all distinct descriptions of ``annotations``,
+    ``mean_iou`` the mean IoU of the matched boxes."""
+    from safetensors.torch import load_file
+
+    from ex2.data.images import load_image
+    from ex2.finetune_data import read_grounding
+    from ex2.grain import RegionDecoder, hungarian_match, matched_iou
+    from ex2.vlm import load_vlm
+
+    run_dir = Path(run_dir)
+    shape = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8")).get("region_decoder")
+    if not shape:
+        raise ValueError(f"{run_dir} is not a grain run: provenance.json has no region_decoder")
+    vlm = load_vlm(str(run_dir / "model"), device=device, precision="fp32")
+    decoder = RegionDecoder(**shape).to(vlm.device).eval()
+    decoder.load_state_dict(load_file(str(run_dir / "region_decoder.safetensors")))
+    model = FinetuneModel(vlm.model, decoder).eval()
+    records = read_grounding(annotations)
+    distinct = list(dict.fromkeys(text for record in records for text, _ in record.regions))
+    texts = F.normalize(vlm.model.encode_text(vlm.tokenizer(distinct).to(vlm.device)).float(), dim=-1)
+    size, hits, ious = _image_size(vlm.model), [], []
+    for record in records:
+        from torchvision.ops import box_convert
+
+        pixels = vlm.preprocess(_square(load_image(record.image, strict=True), size))[None].to(vlm.device)
+        _, patch = model.images(pixels, tokens=True)
+        boxes, embeds = decoder(patch)
+        gold = box_convert(torch.tensor([b for _, b in record.regions]), "xyxy", "cxcywh").to(boxes)
+        query, region = hungarian_match(boxes[0], gold)
+        best = (F.normalize(embeds[0, query].float(), dim=-1) @ texts.T).argmax(-1).cpu()
+        hits += [distinct[i] == record.regions[r][0] for i, r in zip(best.tolist(), region.tolist(), strict=True)]
+        ious += matched_iou(boxes[0], gold).tolist()
+    return {"region_top1": sum(hits) / len(hits), "mean_iou": sum(ious) / len(ious), "regions": len(hits),
+            "chance_top1": 1 / len(distinct)}
 
 
 def run(config: FinetuneConfig) -> Path:

@@ -40,6 +40,7 @@ class RegionDecoder(torch.nn.Module):
 
     def __init__(self, width: int, embed_dim: int, queries: int = 8, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
+        self.shape = {"width": width, "embed_dim": embed_dim, "queries": queries, "layers": layers, "heads": heads}
         if width % heads:
             raise ValueError(f"region decoder: token width {width} is not divisible by {heads} heads")
         self.queries = torch.nn.Embedding(queries, width)
