@@ -494,8 +494,12 @@ def _resume_step(accelerator, config: FinetuneConfig, output: Path, log: Path) -
     return step
 
 
-def _mean(sums: dict[str, float], count: int) -> dict[str, float]:
-    return {k: round(v / max(count, 1), 6) for k, v in sums.items()}
+def _mean(accelerator, sums: dict[str, float], count: int) -> dict[str, float]:
+    """Each logged value's mean over the micro-batches since the last log and over the processes."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] / max(count, 1) for k in keys], device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean") if accelerator.num_processes > 1 else values
+    return {k: round(float(v), 6) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
 def train(config: FinetuneConfig) -> dict:
@@ -554,7 +558,7 @@ def train(config: FinetuneConfig) -> dict:
             step += 1
             progress.update(1)
             if step % config.log_steps == 0 or step == config.max_steps:
-                last = {"step": step, **_mean(sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+                last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
                 sums, count = {}, 0
                 if accelerator.is_main_process:
                     append_jsonl(log, last)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +112,19 @@ def test_desc_resume_continues_at_the_right_step(open_clip_dir, descriptions, tm
     assert main(_desc_args(open_clip_dir, descriptions, fresh, 4) + ["--method", "full"]) == 0
     again = read_jsonl(fresh / "log.jsonl")
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in log], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(open_clip_dir, descriptions, tmp_path, shared_cache):
+    out = tmp_path / "ddp"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node", "2", "-m", "ex2.cli", *_desc_args(open_clip_dir, descriptions, out, 2)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "provenance.json").read_text())["processes"] == 2
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]  # one writer, not two
+    assert (out / "model" / "open_clip_model.safetensors").is_file()
 
 
 def test_finetune_config_errors(tmp_path):
