@@ -72,7 +72,8 @@ class FinetuneConfig:
     learning_rate: float = option(1e-5, "peak learning rate of the towers (AdamW)")
     head_learning_rate: float = option(1e-4, "grain: learning rate of the region decoder")
     weight_decay: float = option(0.1, "AdamW weight decay")
-    warmup_steps: int = option(0, "linear warm-up steps, then cosine decay")
+    warmup_steps: int = option(0, "linear warm-up steps, then the --lr-schedule")
+    lr_schedule: Literal["cosine", "constant"] = option("cosine", "after warm-up: cosine decay to 0 at --max-steps, or constant")
     batch_size: int = option(32, "images per process per micro-batch")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
     max_steps: int = option(1000, "optimiser steps")
@@ -102,6 +103,9 @@ class FinetuneConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        for flag, value in (("--descriptions", self.descriptions), ("--annotations", self.annotations)):
+            if value and not Path(value).is_file():
+                raise FileNotFoundError(f"{flag} file {value} does not exist")
         if "{}" not in self.name_template:
             raise ValueError(f"--name-template needs a {{}} for the class name, got {self.name_template!r}")
 
@@ -446,6 +450,8 @@ def _schedule(optimizer, config: FinetuneConfig):
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "constant":
+            return 1.0
         progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -642,5 +648,10 @@ def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str =
 
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune, save the model and return the run folder."""
+    if not config.resume and checkpoints(Path(config.output)):
+        raise ValueError(
+            f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "
+            "or choose another --output"
+        )
     train(config)
     return Path(config.output)

@@ -75,8 +75,9 @@ def descriptions(tmp_path):
 def _desc_args(open_clip_dir, descriptions, out, steps):
     return ["finetune", "--vlm", str(open_clip_dir), "--dataset", "samples", "--split", "test",
             "--descriptions", str(descriptions), "--categories", "visual", "--objective", "desc",
-            "--output", str(out), "--max-steps", str(steps), "--batch-size", "8", "--save-steps", "2",
-            "--log-steps", "1", "--device", "cpu", "--learning-rate", "1e-3", "--gradient-accumulation-steps", "2"]
+            "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--save-steps", "2",
+            "--log-steps", "1", "--device", "cpu", "--learning-rate", "1e-3", "--gradient-accumulation-steps", "2",
+            "--lr-schedule", "constant"]  # resume's test compares runs of different lengths
 
 
 def test_desc_finetune_reloads_and_classifies(open_clip_dir, descriptions, tmp_path, shared_cache):
@@ -104,6 +105,8 @@ def test_desc_resume_continues_at_the_right_step(open_clip_dir, descriptions, tm
     assert main(_desc_args(open_clip_dir, descriptions, out, 2) + ["--method", "full"]) == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
     assert main(_desc_args(open_clip_dir, descriptions, out, 4) + ["--method", "full", "--resume"]) == 0
+    with pytest.raises(ValueError, match="--resume"):  # a fresh run never mixes with an old one
+        run(FinetuneConfig(output=str(out), vlm=str(open_clip_dir), descriptions=str(descriptions)))
     log = read_jsonl(out / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
@@ -134,6 +137,8 @@ def test_finetune_config_errors(tmp_path):
         FinetuneConfig(output=str(tmp_path), objective="grain")
     with pytest.raises(ValueError, match="--output"):
         FinetuneConfig(descriptions="x.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        FinetuneConfig(output=str(tmp_path), descriptions=str(tmp_path / "missing.jsonl"))
 
 
 def test_read_grounding_checks_boxes(tmp_path):
@@ -157,7 +162,7 @@ def _grain_config(open_clip_dir, annotations, out, steps, **extra) -> FinetuneCo
 
 def test_grain_objective_runs_and_loss_decreases(open_clip_dir, tmp_path):
     annotations = synthetic_grounding(tmp_path / "set", n=8, size=32)
-    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 6)
+    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4)
     run(out)
     log = read_jsonl(tmp_path / "grain" / "log.jsonl")
     assert {"box_l1", "box_giou", "region_text", "caption", "region_acc"} <= set(log[0])
@@ -172,10 +177,10 @@ def test_grain_learns_held_out_regions(open_clip_dir, tmp_path):
     train = synthetic_grounding(tmp_path / "train", n=96, size=32, seed=1)
     held_out = synthetic_grounding(tmp_path / "held_out", n=24, size=32, seed=2)
     out = tmp_path / "grain"
-    run(_grain_config(open_clip_dir, train, out, 120, log_steps=10, save_steps=1000))
+    run(_grain_config(open_clip_dir, train, out, 100, log_steps=10, save_steps=1000))
     log = read_jsonl(out / "log.jsonl")
     after = evaluate_regions(out, held_out)
-    print(f"grain, 120 steps: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; held-out region->description "
+    print(f"grain, 100 steps: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; held-out region->description "
           f"top-1 {after['region_top1']:.3f} (chance {after['chance_top1']:.3f}), mean IoU {after['mean_iou']:.3f}")
     assert log[-1]["loss"] < log[0]["loss"]
     assert log[-1]["box_l1"] < log[0]["box_l1"]
