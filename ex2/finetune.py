@@ -580,13 +580,15 @@ def train(config: FinetuneConfig) -> dict:
 
 def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: str, log: Path, last: dict) -> None:
     accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(model)  # collective: gathers DeepSpeed ZeRO-3 shards
     if not accelerator.is_main_process:
         return
     from safetensors.torch import save_file
 
     from ex2.io import read_jsonl
 
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = _build(config)[0]  # a full copy on the CPU in fp32, whatever the sharding or precision
+    unwrapped.load_state_dict(state)
     clip = merge_lora(unwrapped.clip) if config.method == "lora" else unwrapped.clip
     folder = save_open_clip(clip, model_config(config.vlm), output / "model")
     if unwrapped.decoder is not None:

@@ -15,7 +15,7 @@ import torch
 
 from ex2.cli import main
 from ex2.data import concept_names
-from ex2.finetune import FinetuneConfig, evaluate_regions, multi_positive_nce, run
+from ex2.finetune import FinetuneConfig, add_lora, evaluate_regions, merge_lora, multi_positive_nce, run
 from ex2.finetune_data import read_grounding, synthetic_grounding
 from ex2.grain import hungarian_match, match_cost
 from ex2.io import read_jsonl, write_jsonl
@@ -59,6 +59,28 @@ def test_multi_positive_nce_is_clip_loss_with_identity():
     assert multi_positive_nce(logits, torch.eye(4)).item() == pytest.approx(clip.item(), rel=1e-5)
     two = torch.tensor([[1, 1, 0, 0]] * 2 + [[0, 0, 1, 1]] * 2)
     assert multi_positive_nce(logits, two) < multi_positive_nce(logits, torch.eye(4)) + 1e-6
+
+
+def test_merged_lora_computes_what_the_adapters_did(open_clip_dir, tmp_path):
+    import open_clip
+
+    torch.manual_seed(0)
+    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), FinetuneConfig(output=str(tmp_path), descriptions=__file__))
+    trained = [n for n, p in clip.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    tokens, pixels = torch.randint(1, 400, (2, 16)), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = clip.encode_text(tokens)
+        for name, param in clip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # B starts at zero: give the adapters an effect
+        before = clip.encode_text(tokens), clip.encode_image(pixels)
+        merged = merge_lora(clip)
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        after = merged.encode_text(tokens), merged.encode_image(pixels)
+    for a, b in zip(before, after, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(before[0], base, atol=1e-3)  # the adapters did change the model
 
 
 @pytest.fixture
