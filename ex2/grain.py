@@ -76,6 +76,7 @@ def region_losses(
     distinct descriptions). Returns the L1 and GIoU box losses over matched pairs, the region →
     description cross-entropy and its top-1 accuracy.
     """
+    boxes, embeds = boxes.float(), embeds.float()  # box geometry in fp32 even under bf16 autocast
     pairs = [hungarian_match(boxes[b].detach(), targets[b], l1_weight, giou_weight) for b in range(len(targets))]
     batch = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(pairs)])
     query = torch.cat([q for q, _ in pairs]).to(boxes.device)
