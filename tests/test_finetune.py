@@ -1,0 +1,209 @@
+"""``ex2 finetune``: the Hungarian matcher, the desc objective end to end on the tiny open_clip
+model (reload as an ex2 VLM, classify, resume), and the GRAIN objective on synthetic shapes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ex2.cli import main
+from ex2.data import concept_names
+from ex2.finetune import FinetuneConfig, add_lora, evaluate_regions, merge_lora, multi_positive_nce, run
+from ex2.finetune_data import read_grounding, synthetic_grounding
+from ex2.grain import hungarian_match, match_cost
+from ex2.io import read_jsonl, write_jsonl
+
+
+def _brute_force(cost: torch.Tensor) -> float:
+    q, g = cost.shape
+    if q >= g:
+        return min(sum(cost[p[j], j] for j in range(g)) for p in itertools.permutations(range(q), g)).item()
+    return min(sum(cost[i, p[i]] for i in range(q)) for p in itertools.permutations(range(g), q)).item()
+
+
+def _boxes(n: int, generator: torch.Generator) -> torch.Tensor:
+    centre = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
+    size = torch.rand(n, 2, generator=generator) * 0.3 + 0.05
+    return torch.cat([centre, size], dim=1)
+
+
+@pytest.mark.parametrize(("queries", "regions"), [(3, 3), (4, 2), (2, 4), (5, 3)])
+def test_hungarian_match_equals_brute_force(queries, regions):
+    generator = torch.Generator().manual_seed(queries * 10 + regions)
+    for _ in range(5):
+        pred, gold = _boxes(queries, generator), _boxes(regions, generator)
+        rows, cols = hungarian_match(pred, gold)
+        cost = match_cost(pred, gold)
+        assert len(rows) == min(queries, regions) and len(set(rows.tolist())) == len(rows)
+        assert cost[rows, cols].sum().item() == pytest.approx(_brute_force(cost), abs=1e-5)
+
+
+def test_hungarian_match_finds_identical_boxes():
+    gold = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.2, 0.2]])
+    pred = torch.tensor([[0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.3, 0.3], [0.2, 0.2, 0.1, 0.1]])
+    rows, cols = hungarian_match(pred, gold)
+    assert dict(zip(cols.tolist(), rows.tolist(), strict=True)) == {0: 2, 1: 0}
+
+
+def test_multi_positive_nce_is_clip_loss_with_identity():
+    logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    clip = (torch.nn.functional.cross_entropy(logits, torch.arange(4)) +
+            torch.nn.functional.cross_entropy(logits.T, torch.arange(4))) / 2
+    assert multi_positive_nce(logits, torch.eye(4)).item() == pytest.approx(clip.item(), rel=1e-5)
+    two = torch.tensor([[1, 1, 0, 0]] * 2 + [[0, 0, 1, 1]] * 2)
+    assert multi_positive_nce(logits, two) < multi_positive_nce(logits, torch.eye(4)) + 1e-6
+
+
+def test_merged_lora_computes_what_the_adapters_did(open_clip_dir, tmp_path):
+    import open_clip
+
+    torch.manual_seed(0)
+    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), FinetuneConfig(output=str(tmp_path), descriptions=__file__))
+    trained = [n for n, p in clip.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    tokens, pixels = torch.randint(1, 400, (2, 16)), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = clip.encode_text(tokens)
+        for name, param in clip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # B starts at zero: give the adapters an effect
+        before = clip.encode_text(tokens), clip.encode_image(pixels)
+        merged = merge_lora(clip)
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        after = merged.encode_text(tokens), merged.encode_image(pixels)
+    for a, b in zip(before, after, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(before[0], base, atol=1e-3)  # the adapters did change the model
+
+
+@pytest.fixture
+def descriptions(tmp_path):
+    path = tmp_path / "categories.jsonl"
+    records = []
+    for name in concept_names("samples"):
+        records += [{"concept": name, "description": f"{name} seen up close", "category": "visual"},
+                    {"concept": name, "description": f"{name} in the catalogue", "category": "non_visual"}]
+    write_jsonl(path, records)
+    return path
+
+
+def _desc_args(open_clip_dir, descriptions, out, steps):
+    return ["finetune", "--vlm", str(open_clip_dir), "--dataset", "samples", "--split", "test",
+            "--descriptions", str(descriptions), "--categories", "visual", "--objective", "desc",
+            "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--save-steps", "2",
+            "--log-steps", "1", "--device", "cpu", "--learning-rate", "1e-3", "--gradient-accumulation-steps", "2",
+            "--lr-schedule", "constant"]  # resume's test compares runs of different lengths
+
+
+def test_desc_finetune_reloads_and_classifies(open_clip_dir, descriptions, tmp_path, shared_cache):
+    out = tmp_path / "ft"
+    assert main(_desc_args(open_clip_dir, descriptions, out, 3)) == 0
+    log = read_jsonl(out / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert {"loss", "desc", "name", "desc_acc", "name_acc"} <= set(log[0])
+    assert (out / "loss.png").stat().st_size > 0 and (out / "config.yaml").is_file()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["vlm"] == str((out / "model").resolve()) and provenance["method"] == "lora"
+
+    from ex2.vlm import load_vlm
+
+    tuned, base = load_vlm(str(out / "model"), device="cpu"), load_vlm(f"local-dir:{open_clip_dir}", device="cpu")
+    texts = ["a photo of a cat."]
+    assert not torch.allclose(tuned.encode_texts(texts), base.encode_texts(texts))  # LoRA was merged in
+    assert main(["classify", "--vlm", str(out / "model"), "--dataset", "samples", "--device", "cpu",
+                 "--method", "clip", "--output", str(tmp_path / "cls")]) == 0
+    assert json.loads((tmp_path / "cls" / "metrics.json").read_text())["n_images"] == 80
+
+
+def test_desc_resume_continues_at_the_right_step(open_clip_dir, descriptions, tmp_path, shared_cache):
+    out = tmp_path / "ft"
+    assert main(_desc_args(open_clip_dir, descriptions, out, 2) + ["--method", "full"]) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
+    assert main(_desc_args(open_clip_dir, descriptions, out, 4) + ["--method", "full", "--resume"]) == 0
+    with pytest.raises(ValueError, match="--resume"):  # a fresh run never mixes with an old one
+        run(FinetuneConfig(output=str(out), vlm=str(open_clip_dir), descriptions=str(descriptions)))
+    log = read_jsonl(out / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    # a fresh run of 4 steps sees the same batches: the resumed losses match it
+    fresh = tmp_path / "fresh"
+    assert main(_desc_args(open_clip_dir, descriptions, fresh, 4) + ["--method", "full"]) == 0
+    again = read_jsonl(fresh / "log.jsonl")
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in log], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(open_clip_dir, descriptions, tmp_path, shared_cache):
+    out = tmp_path / "ddp"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node", "2", "-m", "ex2.cli", *_desc_args(open_clip_dir, descriptions, out, 2)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "provenance.json").read_text())["processes"] == 2
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]  # one writer, not two
+    assert (out / "model" / "open_clip_model.safetensors").is_file()
+
+
+def test_finetune_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="--descriptions"):
+        FinetuneConfig(output=str(tmp_path), objective="desc")
+    with pytest.raises(ValueError, match="--annotations"):
+        FinetuneConfig(output=str(tmp_path), objective="grain")
+    with pytest.raises(ValueError, match="--output"):
+        FinetuneConfig(descriptions="x.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        FinetuneConfig(output=str(tmp_path), descriptions=str(tmp_path / "missing.jsonl"))
+
+
+def test_read_grounding_checks_boxes(tmp_path):
+    path = synthetic_grounding(tmp_path / "set", n=3, size=32)
+    records = read_grounding(path)
+    assert len(records) == 3 and all(0 <= v <= 1 for r in records for _, box in r.regions for v in box)
+    text = path.read_text().splitlines()
+    bad = json.loads(text[0])
+    bad["regions"][0]["box"] = [10, 10, 5, 40]
+    path.write_text("\n".join([json.dumps(bad), *text[1:]]) + "\n")
+    with pytest.raises(ValueError, match="line 1.*box"):
+        read_grounding(path)
+
+
+def _grain_config(open_clip_dir, annotations, out, steps, **extra) -> FinetuneConfig:
+    options = {"method": "full", "max_steps": steps, "batch_size": 8, "save_steps": steps, "log_steps": 1,
+               "device": "cpu", "learning_rate": 1e-3, "head_learning_rate": 1e-3, "queries": 4, **extra}
+    return FinetuneConfig(output=str(out), objective="grain", vlm=str(open_clip_dir), annotations=str(annotations),
+                          **options)
+
+
+def test_grain_objective_runs_and_loss_decreases(open_clip_dir, tmp_path):
+    annotations = synthetic_grounding(tmp_path / "set", n=8, size=32)
+    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4)
+    run(out)
+    log = read_jsonl(tmp_path / "grain" / "log.jsonl")
+    assert {"box_l1", "box_giou", "region_text", "caption", "region_acc"} <= set(log[0])
+    assert log[-1]["loss"] < log[0]["loss"]
+    scores = evaluate_regions(tmp_path / "grain", annotations)
+    assert scores["regions"] == sum(len(r.regions) for r in read_grounding(annotations))
+    assert 0 <= scores["region_top1"] <= 1 and 0 <= scores["mean_iou"] <= 1
+
+
+@pytest.mark.slow
+def test_grain_learns_held_out_regions(open_clip_dir, tmp_path):
+    train = synthetic_grounding(tmp_path / "train", n=96, size=32, seed=1)
+    held_out = synthetic_grounding(tmp_path / "held_out", n=24, size=32, seed=2)
+    out = tmp_path / "grain"
+    run(_grain_config(open_clip_dir, train, out, 100, log_steps=10, save_steps=1000))
+    log = read_jsonl(out / "log.jsonl")
+    after = evaluate_regions(out, held_out)
+    print(f"grain, 100 steps: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; held-out region->description "
+          f"top-1 {after['region_top1']:.3f} (chance {after['chance_top1']:.3f}), mean IoU {after['mean_iou']:.3f}")
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["box_l1"] < log[0]["box_l1"]
+    assert after["region_top1"] > 3 * after["chance_top1"] and after["mean_iou"] > 0.3
