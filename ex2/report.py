@@ -331,7 +331,8 @@ def headline(runs: Runs) -> dict[str, tuple[float | None, float | None]]:
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A table cell as text: empty for None, floats to four places."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -345,7 +346,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     with atomic_open(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
+        writer.writerows({k: cell_text(row.get(k)) for k in columns} for row in rows)
     return path
 
 

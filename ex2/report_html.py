@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from ex2.plotting import pyplot
-from ex2.report import CATEGORY_COLORS, Runs, attribute_rows
+from ex2.report import CATEGORY_COLORS, Runs, attribute_rows, cell_text
 from ex2.report_stats import smooth
 from ex2.taxonomy import INFORMATIVE_ATTRIBUTES as ATTRIBUTES
 from ex2.taxonomy import VISUAL_ATTRIBUTES
@@ -160,14 +160,6 @@ def plot_training(runs: Runs) -> str:
 # --- HTML --------------------------------------------------------------------------------------
 
 
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
 def html_table(rows: list[dict], caption: str, table_id: str | None = None, csv_name: str | None = None,
                filterable: bool = False) -> str:
     """A sortable table (click a header); ``filterable`` adds a box hiding rows without its text."""
@@ -178,7 +170,7 @@ def html_table(rows: list[dict], caption: str, table_id: str | None = None, csv_
         css = f' class="c-{value}"' if column.endswith("category") and value in CATEGORY_COLORS else ""
         if column in TEXT_COLUMNS:
             css = ' class="text"'
-        return f"<td{css}>{html.escape(_cell(value))}</td>"
+        return f"<td{css}>{html.escape(cell_text(value))}</td>"
 
     body = "".join("<tr>" + "".join(td(c, row.get(c)) for c in columns) + "</tr>" for row in rows)
     ident = f' id="{table_id}"' if table_id else ""
@@ -244,7 +236,7 @@ def headline_html(numbers: dict[str, tuple]) -> str:
     if not numbers:
         return ""
     def show(value) -> str:
-        return "–" if value is None else html.escape(_cell(value))
+        return "–" if value is None else html.escape(cell_text(value))
 
     items = "".join(f"<li>{html.escape(name)}: <b>{show(base)}</b> → <b>{show(aligned)}</b></li>"
                     for name, (base, aligned) in numbers.items())

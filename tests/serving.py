@@ -4,8 +4,11 @@ OpenAI-compatible server (``pip install 'ex2[serve]'``: fastapi and uvicorn)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -55,3 +58,41 @@ def local_server(model_dir: str, log: str | Path, timeout: float = 180.0) -> Ite
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def chat_completion(model: str, content: str, number: int = 1) -> dict:
+    """An OpenAI chat-completion body answering ``content``."""
+    return {"id": f"c{number}", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@contextlib.contextmanager
+def scripted_chat_server(answer: Callable[[dict], tuple[int, dict] | None]) -> Iterator[str]:
+    """A loopback OpenAI-compatible server: each POSTed request body goes to ``answer``, which returns
+    ``(status, reply body)``, or None to send nothing. Yields the server's ``/v1`` base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            reply = answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            if reply is None:
+                return
+            status, data = reply
+            body = json.dumps(data).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

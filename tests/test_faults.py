@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import yaml
+from serving import chat_completion, scripted_chat_server
 
 from ex2.cli import main
 from ex2.config import ConfigError, check_values, option, parse_config
@@ -103,40 +103,20 @@ def fake_judge():
     state = {"script": [SPURIOUS], "requests": 0}
     release = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            step = state["script"][min(state["requests"], len(state["script"]) - 1)]
-            state["requests"] += 1
-            if step == "hang":
-                release.wait(10)
-                return
-            if step == 401:
-                self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                           "code": "invalid_api_key"}})
-                return
-            self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": step}}]})
+    def answer(body: dict):
+        step = state["script"][min(state["requests"], len(state["script"]) - 1)]
+        state["requests"] += 1
+        if step == "hang":
+            release.wait(10)
+            return None
+        if step == 401:
+            return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                   "code": "invalid_api_key"}}
+        return 200, chat_completion(body["model"], step)
 
-        def _send(self, status, data):
-            reply = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    release.set()
-    server.shutdown()
-    server.server_close()
+    with scripted_chat_server(answer) as base_url:
+        yield base_url, state
+        release.set()
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ The judge is the real OpenAI client talking to a scripted OpenAI-compatible serv
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from serving import chat_completion, scripted_chat_server
 
 from ex2.cli import main
 from ex2.io import read_jsonl, write_jsonl
@@ -46,31 +45,12 @@ def scripted_answer(messages: list[dict]) -> str:
 def judge_server():
     requests: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append(body)
-            reply = json.dumps({
-                "id": f"c{len(requests)}", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": scripted_answer(body["messages"])}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+    def answer(body: dict):
+        requests.append(body)
+        return 200, chat_completion(body["model"], scripted_answer(body["messages"]), len(requests))
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
-    server.shutdown()
-    server.server_close()
+    with scripted_chat_server(answer) as base_url:
+        yield base_url, requests
 
 
 def inspect_argv(base_url: str, descriptions: Path, output: Path, *extra: str) -> list[str]:
