@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -109,6 +109,10 @@ class ClassifyConfig:
     )
     seed: int = option(0, "first waffle seed")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    drop_unreadable_classes: bool = option(
+        False, "a class none of whose images can be read is left out of the scores (listed in metrics.json "
+        "as dropped_classes) instead of stopping the run"
+    )
     batch_size: int = option(32, "images per forward pass")
     cache: bool = option(True, "reuse and fill the on-disk image-embedding cache")
     explain: int = option(0, "write explanation figures for this many images (0: none)")
@@ -597,6 +601,31 @@ def embed_dataset(vlm, dataset, config: ClassifyConfig):
     return images, labels
 
 
+def unreadable_classes(dataset, labels: torch.Tensor, drop: bool) -> list[int]:
+    """Ids of the classes none of whose images could be read; an error naming them unless ``drop``
+    (their recall would be missing from mean_per_class_recall without a word)."""
+    seen = set(labels.tolist())
+    lost = [i for i in range(len(dataset.classnames)) if i not in seen]
+    if lost and not drop:
+        names = _listed([dataset.classnames[i] for i in lost])
+        raise ValueError(f"{dataset.name} ({dataset.split}, {dataset.root}): no readable image in "
+                         f"{len(lost)} class(es): {names}; fix or remove those images, or pass "
+                         "--drop-unreadable-classes to score the other classes only")
+    return lost
+
+
+def drop_classes(dataset, text_sets: list, labels: torch.Tensor, lost: list[int]):
+    """The dataset, text sets and labels without the classes in ``lost`` (labels renumbered)."""
+    if not lost:
+        return dataset, text_sets, labels
+    kept = [i for i in range(len(dataset.classnames)) if i not in set(lost)]
+    new_id = {old: new for new, old in enumerate(kept)}
+    smaller = replace(dataset, classnames=[dataset.classnames[i] for i in kept],
+                                  items=[(p, new_id[y]) for p, y in dataset.items if y in new_id])
+    texts = [[per_class[i] for i in kept] for per_class in text_sets]
+    return smaller, texts, torch.tensor([new_id[y] for y in labels.tolist()], dtype=torch.long)
+
+
 # --- outputs -----------------------------------------------------------------------------------
 
 
@@ -682,6 +711,11 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
         print(line, flush=True)
     vlm = vlm or load_vlm(config.vlm, config.device, config.precision)
     images, labels = embed_dataset(vlm, dataset, config)
+    lost = unreadable_classes(dataset, labels, config.drop_unreadable_classes)
+    if lost:
+        info["dropped_classes"] = [dataset.classnames[i] for i in lost]
+        print(f"dropped {len(lost)} class(es) without a readable image: {_listed(info['dropped_classes'])}")
+    dataset, text_sets, labels = drop_classes(dataset, text_sets, labels, lost)
     results = evaluate(batched_encoder(vlm, config.progress), text_sets, images.embeddings, labels,
                        config.aggregate, vlm.logit_scale, vlm.logit_bias)
     out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
@@ -690,6 +724,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     write_tables(out, dataset.classnames, results[0], labels, images.paths)
     if images.skipped:
         _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in images.skipped])
+        print(f"{len(images.skipped)} image(s) skipped as unreadable (see {out / 'skipped_images.csv'})")
     if config.explain or config.explain_misclassified:
         from ex2.explain import explain_run
 

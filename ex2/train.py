@@ -341,6 +341,54 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a file missing, empty or torn by a kill), or None."""
+    import json
+
+    checkpoint = Path(checkpoint)
+    if not any(checkpoint.iterdir()):
+        return "the folder is empty"
+    adapters = [checkpoint / name for name in ADAPTER_FILES if (checkpoint / name).exists()]
+    if not adapters:
+        return f"no adapter weights ({' or '.join(ADAPTER_FILES)})"
+    for path in (*(checkpoint / name for name in CHECKPOINT_FILES), adapters[0]):
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if path.stat().st_size == 0:
+            return f"{path.name} is empty"
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"trainer_state.json is not valid JSON ({err})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json has no global_step"
+    if adapters[0].suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(adapters[0]), "pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as err:
+            return f"{adapters[0].name} is unreadable ({err})"
+    return None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint; each newer one that is incomplete is skipped with a printed reason."""
+    for checkpoint in reversed(checkpoints(run_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        print(f"skipping {checkpoint}: {problem} (written when a run was stopped?); "
+              "falling back to the checkpoint before it")
+    print(f"no complete checkpoint in {run_dir}; training starts from step 0")
+    return None
+
+
 def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from; refuses to overwrite a run without --resume."""
     run_dir = Path(args.output_dir).expanduser()
@@ -349,7 +397,7 @@ def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
         raise ValueError(f"{run_dir} already holds {found[-1].name}; pass --resume to continue it "
                          "or choose a new --output")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, (found[-1] if found and config.resume else None)
+    return run_dir, (resume_checkpoint(run_dir) if found and config.resume else None)
 
 
 def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, callbacks: list):

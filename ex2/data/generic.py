@@ -31,6 +31,24 @@ def _class_tree(root: Path, split: str) -> Path:
     return root
 
 
+def _inside(path: Path, tree: Path) -> bool:
+    return path == tree or tree in path.parents
+
+
+def class_folders(tree: Path, name: str = "imagefolder") -> list[Path]:
+    """The class subfolders of ``tree``, sorted; hidden ones and links back into the tree (a link to
+    ``.`` would make a class of every image again) are left out, each link with a printed note."""
+    tree_real = tree.resolve()
+    folders = []
+    for folder in sorted(d for d in tree.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if folder.is_symlink() and _inside(folder.resolve(), tree_real):
+            print(f"{name}: skipping {folder} -> {folder.readlink()}: a link to a folder inside {tree} "
+                  "is no class of its own")
+            continue
+        folders.append(folder)
+    return folders
+
+
 @splits()
 def load_imagefolder(root: Path | None, split: str) -> ImageDataset:
     """Any ImageFolder tree: ROOT/[SPLIT/]CLASS/*.jpg, class = subfolder name."""
@@ -38,7 +56,7 @@ def load_imagefolder(root: Path | None, split: str) -> ImageDataset:
     if not root.is_dir():
         raise DatasetError(f"imagefolder: {root} is not a folder; expected ROOT/CLASS/*.jpg")
     tree = _class_tree(root, split)
-    folders = sorted(d for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = class_folders(tree)
     if not folders:
         raise DatasetError(f"imagefolder: {tree} has no class subfolders; expected {tree}/CLASS/*.jpg")
     for folder in folders:
