@@ -5,7 +5,7 @@ The policy is trained with trl's ``GRPOTrainer`` (or ``RLOOTrainer``) against a 
 measure the reward before and after training. On the embedded default, on a laptop CPU::
 
     ex2 train --dataset samples --vlm conse --llm smollm2 --reward ex2 --max-steps 20 --output runs/demo
-    ex2 train ... --output runs/demo --resume          # continue from the newest checkpoint
+    ex2 train ... --output runs/demo --resume          # continue from the newest complete checkpoint
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m ex2.cli train --config configs/train_ex2_pets.yaml
 
 Its options are ex2's own (:class:`TrainConfig`: data, reward, templates, LoRA, ...) beside every
@@ -135,7 +135,7 @@ class TrainConfig:
         "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     log_samples: int = option(4, "sampled completions (with rewards) kept per step in log.jsonl")
     eval_samples: int = option(2, "completions per held-out prompt for the base/trained evaluation")
-    resume: bool = option(False, "continue from the newest checkpoint in the run folder")
+    resume: bool = option(False, "continue from the newest complete checkpoint in the run folder")
 
     def __post_init__(self) -> None:
         self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
@@ -192,7 +192,8 @@ def trainer_settings(config: TrainConfig, args) -> dict[str, Any]:
     out = {k: v for k, v in defaults.items() if k in EX2_TRAINER_DEFAULTS and given.get(k) == reference.get(k)}
     out.update({k: v for k, v in given.items() if v != reference.get(k) or k == "output_dir"})
     out.pop("generation_batch_size", None)  # trl derives it from steps_per_generation
-    return {k: v for k, v in out.items() if not k.endswith("_token")}
+    # None leaves a field to trl's default (and is no value its type check accepts on rerun)
+    return {k: v for k, v in out.items() if v is not None and not k.endswith("_token")}
 
 
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
