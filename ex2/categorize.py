@@ -172,19 +172,42 @@ class EmbeddedJudge:
         return self.judge_batch([(concept, description)])[0]
 
 
-def evaluate(path: str | Path | None = None, judge: EmbeddedJudge | None = None) -> dict:
-    """Leave-one-concept-out accuracy of the embedded judge on a labelled JSONL file."""
-    records = read_jsonl(path or labelled_path(), required=("concept", "description", "category", "attribute"))
-    judge = judge or EmbeddedJudge(exemplars=records)
-    found = judge.judge_batch([(r["concept"], r["description"]) for r in records], exclude_concept=True)
-    confusion = Counter((r["category"], j.category) for r, j in zip(records, found, strict=True))
-    informative = [(r["category"] != "spurious") == j.informative for r, j in zip(records, found, strict=True)]
-    attributes = [r["attribute"] == j.attribute for r, j in zip(records, found, strict=True) if r["category"] == j.category]
+def score_judgements(records: list[dict], found: list[Judgement]) -> dict:
+    """Category accuracy, attribute accuracy when the category is right, and per-attribute precision and
+    recall (an attribute counts as right only with its category) of judgements against labelled records."""
+    pairs = list(zip(records, found, strict=True))
+    confusion = Counter((r["category"], j.category) for r, j in pairs)
+    informative = [(r["category"] != "spurious") == j.informative for r, j in pairs]
+    attributes = [r["attribute"] == j.attribute for r, j in pairs if r["category"] == j.category]
+    right = [(r["category"], r["attribute"]) == (j.category, j.attribute) for r, j in pairs]
+    per_attribute = {}
+    for name in sorted({r["attribute"] for r in records} | {j.attribute for j in found}):
+        truth = [ok for (r, _), ok in zip(pairs, right, strict=True) if r["attribute"] == name]
+        said = [ok for (_, j), ok in zip(pairs, right, strict=True) if j.attribute == name]
+        per_attribute[name] = {"n": len(truth), "predicted": len(said),
+                               "precision": sum(said) / len(said) if said else None,
+                               "recall": sum(truth) / len(truth) if truth else None}
     return {
         "n": len(records),
         "concepts": len({r["concept"] for r in records}),
-        "category_accuracy": sum(confusion[(c, c)] for c in CATEGORIES) / len(records),
-        "informative_accuracy": sum(informative) / len(records),
+        "category_accuracy": sum(confusion[(c, c)] for c in CATEGORIES) / max(len(records), 1),
+        "informative_accuracy": sum(informative) / max(len(records), 1),
         "attribute_accuracy_given_category": sum(attributes) / max(len(attributes), 1),
         "confusion": {t: {p: confusion[(t, p)] for p in CATEGORIES} for t in CATEGORIES},
+        "per_attribute": per_attribute,
     }
+
+
+def evaluate(path: str | Path | None = None, judge: EmbeddedJudge | None = None,
+             records: list[dict] | None = None) -> dict:
+    """Leave-one-concept-out accuracy of the embedded judge on a labelled JSONL file (or ``records``):
+    each record is judged with the exemplars of its own concept set aside (see :func:`score_judgements`)."""
+    records = records if records is not None else read_jsonl(
+        path or labelled_path(), required=("concept", "description", "category", "attribute"))
+    judge = judge or EmbeddedJudge(exemplars=records)
+    return score_judgements(records, loco_judgements(records, judge))
+
+
+def loco_judgements(records: list[dict], judge: EmbeddedJudge) -> list[Judgement]:
+    """The judge's verdict on each record with the record's concept left out of its exemplars."""
+    return judge.judge_batch([(r["concept"], r["description"]) for r in records], exclude_concept=True)
