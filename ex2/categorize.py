@@ -51,11 +51,11 @@ ATTRIBUTE_WORDS = {
     "color": "color colour colours colors coloured colored red yellow black white brown orange green blue grey "
     "gray golden gold pink purple bright dark pale silver cream reddish buff lemon hue plumage glossy",
     "shape": "shape shaped round rounded oval pointed curved slender triangular square cylindrical flat conical "
-    "tapering tapered tapers boxy disc hourglass stocky cup narrow sided bent flared hooked",
+    "tapering tapered tapers boxy disc hourglass stocky cup narrow sided bent flared hooked curves",
     "size": "small large big tiny huge length long tall centimetres centimeters cm metres meters inches feet size "
     "sized wingspan medium",
     "pattern": "stripes striped stripe spots spotted pattern patterned bands banded bars rings marking markings "
-    "streaks patches mottled spirals dotted",
+    "streaks patches mottled spirals dotted marked",
     "texture": "fur furry feathers feathered fluffy smooth rough glossy shiny scaly soft velvety coarse dense "
     "coat crisp bumpy chewy airy texture juicy stringy",
     "parts": "wings wing tail beak bill legs leg head eyes ears ear paws petals leaves stem wheels ladder strings "
@@ -80,8 +80,9 @@ ATTRIBUTE_PHRASES = {
     "use": (re.compile(r"\b(?:used|use|uses|played|worn|kept) (?:to|for|as|in|by)\b"), 2),
 }
 # colour and size words mostly qualify a part or a pattern named beside them ("a yellow beak", "white
-# bars", "a long tail"): they count for less than the words of the other attributes
-ATTRIBUTE_WEIGHTS = {"color": 0.7, "size": 0.6}
+# bars", "a long tail"): they count for less than the words of the other attributes; pattern words
+# (stripes, bands, rings) are the most specific and count for more
+ATTRIBUTE_WEIGHTS = {"color": 0.7, "size": 0.6, "pattern": 1.5}
 VOTE_WEIGHT = 1.0  # weight of the nearest same-category exemplars' attributes (summed similarities)
 _ATTRIBUTE_SETS = {name: frozenset(words.split()) for name, words in ATTRIBUTE_WORDS.items()}
 _SPURIOUS_SET = frozenset(SPURIOUS_WORDS)

@@ -46,7 +46,7 @@ def test_cli_writes_categories_and_summary(tmp_path, judge, monkeypatch, tmp_cac
 
 
 def test_attribute_accuracy_leave_one_concept_out(judge):
-    """Measured 87 % overall (76 % on the ``check`` concepts no cue word was chosen from); 3 points' margin."""
+    """Measured 89 % overall (78 % on the ``check`` concepts no cue word was chosen from); 3 points' margin."""
     import importlib.util
 
     from ex2.categorize import labelled_path as path
@@ -59,5 +59,5 @@ def test_attribute_accuracy_leave_one_concept_out(judge):
     spec.loader.exec_module(study)
     results = study.measure(EmbeddedJudge(exemplars=read_jsonl(labelled_path()), encoder=judge.encoder))
     assert results["all"]["category_accuracy"] >= 0.92, results["all"]
-    assert results["all"]["attribute_accuracy_given_category"] >= 0.84, results["all"]
-    assert results["check"]["attribute_accuracy_given_category"] >= 0.72, results["check"]
+    assert results["all"]["attribute_accuracy_given_category"] >= 0.86, results["all"]
+    assert results["check"]["attribute_accuracy_given_category"] >= 0.74, results["check"]
