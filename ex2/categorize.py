@@ -4,12 +4,15 @@ Each description (with the concept's name masked) is embedded with MiniLM and co
 labelled exemplars in ``ex2/inspect_data/labelled_descriptions.jsonl``; lexical cues add to the
 similarity: photo/stock/click/wallpaper/shop/poem words and near-empty text point to ``spurious``,
 colour/shape/size/pattern/texture/part words to ``visual``, habitat/behaviour/diet/origin/history/use
-words to ``non_visual``. The attribute is the one with the most cue words, else the nearest exemplar's.
+words to ``non_visual``. Within the category, each attribute scores its cue words (colour and size
+words, which mostly qualify a part or pattern, count for less; "used to/for" counts double) plus the
+share of the nearest same-category exemplars that carry it; the explanation names both.
 
 Accuracy is measured leave-one-concept-out on the same labelled file (exemplars of the concept being
 judged are set aside)::
 
     python -c "from ex2.categorize import evaluate; print(evaluate())"
+    python analysis/judge_attribute_accuracy.py      # by split, with per-attribute precision/recall
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ex2.taxonomy import ATTRIBUTES, CATEGORIES
 from ex2.text import mask_concept
 
 LABELLED_FILE = "labelled_descriptions.jsonl"
-RULES_VERSION = "1"
+RULES_VERSION = "2"
 CUE_WEIGHT = 0.12
 TOP_K = 5
 
@@ -48,29 +51,39 @@ ATTRIBUTE_WORDS = {
     "color": "color colour colours colors coloured colored red yellow black white brown orange green blue grey "
     "gray golden gold pink purple bright dark pale silver cream reddish buff lemon hue plumage glossy",
     "shape": "shape shaped round rounded oval pointed curved slender triangular square cylindrical flat conical "
-    "tapering tapered boxy disc hourglass stocky cup",
+    "tapering tapered tapers boxy disc hourglass stocky cup narrow sided bent flared hooked curves",
     "size": "small large big tiny huge length long tall centimetres centimeters cm metres meters inches feet size "
     "sized wingspan medium",
     "pattern": "stripes striped stripe spots spotted pattern patterned bands banded bars rings marking markings "
-    "streaks patches mottled spirals dotted",
+    "streaks patches mottled spirals dotted marked",
     "texture": "fur furry feathers feathered fluffy smooth rough glossy shiny scaly soft velvety coarse dense "
-    "coat crisp bumpy chewy airy texture",
+    "coat crisp bumpy chewy airy texture juicy stringy",
     "parts": "wings wing tail beak bill legs leg head eyes ears ear paws petals leaves stem wheels ladder strings "
-    "neck crest claws talons mane hooves antennae scroll fingerboard bridge lens lantern windows slices",
+    "neck crest claws talons mane hooves antennae scroll fingerboard bridge lens lantern windows slices spines "
+    "snout nose whiskers sails hull cockpit seat keys reed mouthpiece bell fins trunk teeth",
     "habitat": "lives live habitat forests forest woodland wetlands meadows mountains grasslands savannas fields "
     "gardens rivers lakes coasts coast shore headlands islands wild overwinter found",
     "behavior": "behavior behaviour sings song songs call calls migrate migrates migration flies fly hunts "
     "nocturnal solitary social herds friendly playful loyal intelligent curious energetic howling active "
-    "nests nest tracks races",
+    "nests nest tracks races roll rolls stands threatened",
     "diet": "eat eats eaten diet feed feeds feeding food seeds nectar prey fish insects bamboo grazers grasses "
-    "carnivores meat",
-    "origin": "origin originated native bred developed domesticated cultivated from first",
+    "carnivores meat shrimp algae",
+    "origin": "origin originated native bred developed domesticated cultivated from",
     "history": "history historical century centuries ancient invented named national state symbol since "
     "built standardised standardized famous",
     "use": "used use uses carry carries played play plays cooking oil snack guide rescue work serve served "
-    "delivered transport warn",
+    "delivered transport warn grind pump control",
     "other": "endangered poisonous breed licence license tone tuned tastes taste grows operated",
 }
+# phrases that name an attribute outright ("used to ...", "is played in ...") count as this many cue words
+ATTRIBUTE_PHRASES = {
+    "use": (re.compile(r"\b(?:used|use|uses|played|worn|kept) (?:to|for|as|in|by)\b"), 2),
+}
+# colour and size words mostly qualify a part or a pattern named beside them ("a yellow beak", "white
+# bars", "a long tail"): they count for less than the words of the other attributes; pattern words
+# (stripes, bands, rings) are the most specific and count for more
+ATTRIBUTE_WEIGHTS = {"color": 0.7, "size": 0.6, "pattern": 1.5}
+VOTE_WEIGHT = 1.0  # weight of the nearest same-category exemplars' attributes (summed similarities)
 _ATTRIBUTE_SETS = {name: frozenset(words.split()) for name, words in ATTRIBUTE_WORDS.items()}
 _SPURIOUS_SET = frozenset(SPURIOUS_WORDS)
 _POETIC_SET = frozenset(POETIC_WORDS)
@@ -90,6 +103,8 @@ def cue_counts(masked: str) -> dict[str, float]:
     words = _WORD.findall(masked.lower())
     content = [w for w in words if w not in STOPWORDS and w != "x"]
     cues = {name: sum(w in vocab for w in content) for name, vocab in _ATTRIBUTE_SETS.items()}
+    for name, (pattern, weight) in ATTRIBUTE_PHRASES.items():
+        cues[name] += weight * len(pattern.findall(masked.lower()))
     spurious = sum(w in _SPURIOUS_SET for w in content) + 0.5 * sum(w in _POETIC_SET for w in content)
     informative = [w for w in content if w not in _SPURIOUS_SET and w not in _POETIC_SET]
     if len(informative) <= 1:  # "A photo of X.", "X wallpaper HD": nothing left to learn from
@@ -148,15 +163,20 @@ class EmbeddedJudge:
                          self.prompt_version)
 
     def _attribute(self, category: str, cues: dict, sims: np.ndarray, keep: np.ndarray) -> tuple[str, str]:
+        """Weighted cue words plus a vote of the nearest exemplars of the category (their similarities)."""
         if category == "spurious":
             return "none", f"spurious cues {cues['spurious']:g}"
-        counts = {a: cues[a] for a in ATTRIBUTES[category] if cues[a]}
-        if counts:
-            best = max(counts, key=counts.get)
-            return best, f"{best} words {counts[best]}"
         mask = keep & (self.exemplar_categories == category)
-        nearest = int(np.argmax(np.where(mask, sims, -np.inf)))
-        return self.exemplars[nearest]["attribute"], "attribute of the nearest exemplar"
+        nearest = np.argsort(np.where(mask, sims, -np.inf))[::-1][:TOP_K]
+        votes = Counter()
+        for i in nearest:
+            if mask[i]:
+                votes[self.exemplars[i]["attribute"]] += float(sims[i])
+        total = sum(votes.values()) or 1.0
+        scores = {a: ATTRIBUTE_WEIGHTS.get(a, 1.0) * cues[a] + VOTE_WEIGHT * votes[a] / total
+                  for a in ATTRIBUTES[category]}
+        best = max(scores, key=scores.get)
+        return best, f"{best}: {cues[best]:g} cue words, exemplar vote {votes[best] / total:.2f}"
 
     def judge_batch(self, pairs: list[tuple[str, str]], exclude_concept: bool = False) -> list[Judgement]:
         """Judge ``(concept, description)`` pairs; ``exclude_concept`` sets aside the concept's own exemplars."""
@@ -172,19 +192,42 @@ class EmbeddedJudge:
         return self.judge_batch([(concept, description)])[0]
 
 
-def evaluate(path: str | Path | None = None, judge: EmbeddedJudge | None = None) -> dict:
-    """Leave-one-concept-out accuracy of the embedded judge on a labelled JSONL file."""
-    records = read_jsonl(path or labelled_path(), required=("concept", "description", "category", "attribute"))
-    judge = judge or EmbeddedJudge(exemplars=records)
-    found = judge.judge_batch([(r["concept"], r["description"]) for r in records], exclude_concept=True)
-    confusion = Counter((r["category"], j.category) for r, j in zip(records, found, strict=True))
-    informative = [(r["category"] != "spurious") == j.informative for r, j in zip(records, found, strict=True)]
-    attributes = [r["attribute"] == j.attribute for r, j in zip(records, found, strict=True) if r["category"] == j.category]
+def score_judgements(records: list[dict], found: list[Judgement]) -> dict:
+    """Category accuracy, attribute accuracy when the category is right, and per-attribute precision and
+    recall (an attribute counts as right only with its category) of judgements against labelled records."""
+    pairs = list(zip(records, found, strict=True))
+    confusion = Counter((r["category"], j.category) for r, j in pairs)
+    informative = [(r["category"] != "spurious") == j.informative for r, j in pairs]
+    attributes = [r["attribute"] == j.attribute for r, j in pairs if r["category"] == j.category]
+    right = [(r["category"], r["attribute"]) == (j.category, j.attribute) for r, j in pairs]
+    per_attribute = {}
+    for name in sorted({r["attribute"] for r in records} | {j.attribute for j in found}):
+        truth = [ok for (r, _), ok in zip(pairs, right, strict=True) if r["attribute"] == name]
+        said = [ok for (_, j), ok in zip(pairs, right, strict=True) if j.attribute == name]
+        per_attribute[name] = {"n": len(truth), "predicted": len(said),
+                               "precision": sum(said) / len(said) if said else None,
+                               "recall": sum(truth) / len(truth) if truth else None}
     return {
         "n": len(records),
         "concepts": len({r["concept"] for r in records}),
-        "category_accuracy": sum(confusion[(c, c)] for c in CATEGORIES) / len(records),
-        "informative_accuracy": sum(informative) / len(records),
+        "category_accuracy": sum(confusion[(c, c)] for c in CATEGORIES) / max(len(records), 1),
+        "informative_accuracy": sum(informative) / max(len(records), 1),
         "attribute_accuracy_given_category": sum(attributes) / max(len(attributes), 1),
         "confusion": {t: {p: confusion[(t, p)] for p in CATEGORIES} for t in CATEGORIES},
+        "per_attribute": per_attribute,
     }
+
+
+def evaluate(path: str | Path | None = None, judge: EmbeddedJudge | None = None,
+             records: list[dict] | None = None) -> dict:
+    """Leave-one-concept-out accuracy of the embedded judge on a labelled JSONL file (or ``records``):
+    each record is judged with the exemplars of its own concept set aside (see :func:`score_judgements`)."""
+    records = records if records is not None else read_jsonl(
+        path or labelled_path(), required=("concept", "description", "category", "attribute"))
+    judge = judge or EmbeddedJudge(exemplars=records)
+    return score_judgements(records, loco_judgements(records, judge))
+
+
+def loco_judgements(records: list[dict], judge: EmbeddedJudge) -> list[Judgement]:
+    """The judge's verdict on each record with the record's concept left out of its exemplars."""
+    return judge.judge_batch([(r["concept"], r["description"]) for r in records], exclude_concept=True)

@@ -21,6 +21,8 @@ it), ``checkpoint-N/`` (PEFT adapter + optimizer + trainer state, every ``save_s
 ``log.jsonl`` (one record per step: reward mean/std, KL, sampled completions),
 ``reward_curve.png``, ``eval.json`` (held-out templates, base vs. trained, sampled with
 :mod:`ex2.samplers`) and the final adapter in ``adapter/`` (what ``ex2 generate --adapter`` takes).
+``--report-to tensorboard|wandb|trackio`` also logs to that tracker, offline and inside the run
+folder unless its own environment variables say otherwise (:func:`reporting_environment`).
 
 How EX2's PPO settings (trl 0.7 ``PPOTrainer`` with a value head) map onto ours
 ------------------------------------------------------------------------------
@@ -334,6 +336,33 @@ def check_vllm(args) -> None:
         raise ValueError("--use-vllm needs vLLM: pip install 'ex2[vllm]'")
 
 
+# experiment trackers ``--report-to`` takes, each kept on this machine -> the package it needs
+REPORT_BACKENDS: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
+                                          "trackio": "trackio"}
+
+
+def reporting_environment(args, run_dir: Path) -> dict[str, str]:
+    """Check ``--report-to`` and set the trackers' offline settings the user has not set: wandb offline
+    (``WANDB_MODE``) with its files in the run folder, trackio's local database under ``RUN/trackio``.
+    TensorBoard writes to ``RUN/runs/`` (transformers' ``logging_dir`` under ``output_dir``).
+    Returns the variables it set."""
+    import importlib.util
+
+    chosen = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+    for name in chosen:
+        if name not in REPORT_BACKENDS:
+            raise ValueError(f"--report-to {name!r}: expected one of {', '.join(REPORT_BACKENDS)}")
+        package = REPORT_BACKENDS[name]
+        if package and importlib.util.find_spec(package) is None:
+            extra = "'ex2[tensorboard]'" if name == "tensorboard" else package
+            raise ValueError(f"--report-to {name} needs {package}: pip install {extra}")
+    wanted = {"wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(run_dir)},
+              "trackio": {"TRACKIO_DIR": str(run_dir / "trackio")}}
+    set_here = {k: v for name in chosen for k, v in wanted.get(name, {}).items() if k not in os.environ}
+    os.environ.update(set_here)
+    return set_here
+
+
 # --- run -------------------------------------------------------------------------------------------
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -440,6 +469,7 @@ def run(config: TrainConfig, args=None) -> Path:
     check_output_path(args.output_dir, "folder")
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
+    reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
     run_dir, resume_from = prepare_run_dir(config, args)
     save_run_config(config, args, run_dir)
     dataset = load_dataset(config.dataset, config.data_root, config.split)

@@ -308,3 +308,39 @@ def test_output_under_a_file_is_refused_before_anything_loads(tmp_path):
 
         run(config, trainer_config(config, output_dir=str(blocker / "run")))
     assert not (blocker.parent / "run").exists()
+
+
+def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    argv = train_argv(tiny_llm, tiny_clip, run, "--max-steps", "2", "--eval-samples", "0",
+                      "--report-to", "tensorboard")
+    assert main(argv) == 0
+    events = list(run.rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_unknown_report_to_is_a_one_line_error_before_anything_loads(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = train_argv(tmp_path / "no-such-llm", tmp_path / "no-such-vlm", run, "--report-to", "mlflowx")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mlflowx" in err and "tensorboard" in err
+    assert not run.exists()
+
+
+def test_wandb_and_trackio_stay_offline_unless_the_user_chose(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ex2.train import reporting_environment
+
+    for name in ("WANDB_MODE", "WANDB_DIR", "TRACKIO_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # as if both were installed
+    monkeypatch.setenv("WANDB_MODE", "online")
+    set_here = reporting_environment(SimpleNamespace(report_to=["wandb", "trackio"]), tmp_path)
+    assert set_here == {"WANDB_DIR": str(tmp_path), "TRACKIO_DIR": str(tmp_path / "trackio")}
+    assert os.environ["WANDB_MODE"] == "online"  # the user's choice stands
+    monkeypatch.delenv("WANDB_MODE")
+    assert reporting_environment(SimpleNamespace(report_to=["wandb"]), tmp_path) == {"WANDB_MODE": "offline"}
+    assert reporting_environment(SimpleNamespace(report_to=[]), tmp_path) == {}
