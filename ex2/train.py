@@ -79,7 +79,8 @@ from ex2.config import (
 )
 from ex2.io import atomic_write_text
 from ex2.names import split_dataset_name
-from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
+from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS, check_empty_reward
+from ex2.text import SCORED_TEXTS
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -118,6 +119,10 @@ class TrainConfig:
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
     planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
+    reward_text: Literal[SCORED_TEXTS] = option(
+        "raw", "scored text of a completion: raw (EX2's: the decoded completion, every paragraph) | first-paragraph")
+    empty_reward: str = option(
+        "score", "reward of texts without a word: score (the VLM's score of the text, EX2's) | floor | a number")
     images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
     image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
     templates: str = option("ex2", "query template set or file (one {} per template)")
@@ -143,7 +148,11 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.heldout_templates < 0 or self.eval_samples < 0 or self.log_samples < 0:
             raise ConfigError("--heldout-templates, --eval-samples and --log-samples must not be negative")
-        for name in ("reward", "prompt_format", "algorithm", "quantization", "precision"):
+        try:
+            check_empty_reward(self.empty_reward)
+        except ValueError as err:
+            raise ConfigError(f"--empty-reward: {err}") from None
+        for name in ("reward", "reward_text", "prompt_format", "algorithm", "quantization", "precision"):
             allowed = typing.get_args(typing.get_type_hints(TrainConfig)[name])
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -393,7 +402,8 @@ def run(config: TrainConfig, args=None) -> Path:
     prompt_format = resolve_prompt_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
                           config.image_seed, config.planted_text, planted_keywords=config.planted_keywords,
-                          planted_bonus=config.planted_bonus)
+                          planted_bonus=config.planted_bonus, text=config.reward_text,
+                          empty_reward=config.empty_reward)
     log_path = run_dir / "log.jsonl"
     if int(os.environ.get("RANK", "0")) == 0:  # the main process (set by accelerate/torchrun)
         trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)
