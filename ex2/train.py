@@ -125,7 +125,7 @@ class TrainConfig:
         "score", "reward of texts without a word: score (the VLM's score of the text, EX2's) | floor | a number")
     images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
     image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
-    templates: str = option("ex2", "query template set or file (one {} per template)")
+    templates: str = option("describe25", "query template set or file (one {} per template; EX2's: its data_files/mult_template_v1.json)")
     heldout_templates: int = option(5, "templates held out of training to evaluate base vs. trained")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the chat template; auto: chat if the model has one")

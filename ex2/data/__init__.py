@@ -6,7 +6,7 @@ ds = load_dataset("cub", "/data/CUB_200_2011")        # EX2's datasets from a lo
 ds = load_dataset("cub:/data/CUB_200_2011")           # the same, as NAME:ROOT
 per_class = sample_per_class(ds, 8)                   # {class id: first 8 image files}
 images = [load_image(p) for p in per_class[0]]        # RGB, None for unreadable files
-questions = load_templates("ex2")                     # 25 "Describe a photo of a {}."-style
+questions = load_templates("describe25")              # ex2's 25 "Describe a photo of a {}."-style
 """
 
 from __future__ import annotations
