@@ -40,7 +40,15 @@ from typing import Literal
 import torch
 
 from ex2 import zeroshot
-from ex2.config import data_root_option, dataset_option, option, save_config, split_option, vlm_option
+from ex2.config import (
+    classnames_option,
+    data_root_option,
+    dataset_option,
+    option,
+    save_config,
+    split_option,
+    vlm_option,
+)
 from ex2.io import atomic_open, read_jsonl, write_json
 from ex2.names import split_dataset_name
 
@@ -63,6 +71,7 @@ class ClassifyConfig:
     dataset: str = dataset_option()
     data_root: str | None = data_root_option()
     split: str | None = split_option()
+    classnames: str | None = classnames_option()
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
@@ -621,7 +630,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     from ex2.vlm import load_vlm
 
     out = Path(config.output)
-    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:
         print(line, flush=True)

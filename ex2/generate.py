@@ -29,7 +29,15 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
+from ex2.config import (
+    ConfigError,
+    classnames_option,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    save_config,
+)
 from ex2.io import append_jsonl, read_jsonl, repair_jsonl, write_json, write_jsonl
 from ex2.names import split_dataset_name
 from ex2.text import clean_description
@@ -55,8 +63,7 @@ class GenerateConfig:
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
     templates: str | None = option(None, "query template set (describe25, clip, ...) or a file, one template with {} a "
                                          "line (default describe25; --from-legacy needs the one its file was made with)")
-    classnames: str | None = option(None, "class-name file (JSON list or one name a line, class-id order): the "
-                                          "concept names, instead of the dataset's own")
+    classnames: str | None = classnames_option()
     llm: str = llm_option()
     adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
                                        "else its latest checkpoint-N); none: the base model alone")

@@ -50,7 +50,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from ex2.config import option, save_config
+from ex2.config import classnames_option, option, save_config
 from ex2.io import append_jsonl, read_jsonl, repair_jsonl
 from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
@@ -85,6 +85,7 @@ class InspectConfig:
     batch_size: int = option(64, "descriptions per batch (embedded backend)")
     limit: int = option(0, "judge only the first N input records (0: all)")
     dataset: str = option("", "dataset name for records that carry none (used by the report; NAME:ROOT keeps NAME)")
+    classnames: str | None = classnames_option("the input's")
     vlm: str = option("", "VLM name for records that carry none (used by the report)")
     report: bool = option(True, "write summary.json, summary.md and plots after judging")
     report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
@@ -151,8 +152,28 @@ def record_key(record: dict) -> tuple:
     return tuple(record.get(f) for f in JUDGE_FIELDS) + (record["concept"], record["description"])
 
 
-def load_inputs(config: InspectConfig) -> list[dict]:
+def read_inputs(config: InspectConfig) -> list[dict]:
+    """Every input record, its concept renamed from ``--classnames`` when given."""
     records = read_jsonl(config.input, required=("concept", "description"))
+    if config.classnames:
+        name_classes(records, config.classnames, config.input)
+    return records
+
+
+def name_classes(records: list[dict], path: str | Path, source: str) -> None:
+    """Rename each record's concept from a class-name file, class by class (class-id order when every
+    record has a ``class_id``, else order of first appearance); the counts must agree."""
+    from ex2.data import load_classnames
+
+    groups = _class_groups(records)
+    names = load_classnames(path, len(groups), f"{source} (its descriptions)")
+    for name, group in zip(names, groups, strict=True):
+        for record in group:
+            record["concept"] = name
+
+
+def load_inputs(config: InspectConfig) -> list[dict]:
+    records = read_inputs(config)
     for number, record in enumerate(records, start=1):
         if not isinstance(record["concept"], str) or not isinstance(record["description"], str):
             raise ValueError(f"{config.input}: record {number}: concept and description must be strings")
@@ -277,7 +298,7 @@ def run(config: InspectConfig) -> Path:
     output = config.output_path
     answers = None
     if config.from_ex2_answers:  # checked before any model loads
-        everything = read_jsonl(config.input, required=("concept", "description"))
+        everything = read_inputs(config)
         answers = ex2_answers(config.from_ex2_answers, everything, config.input)
     judge = make_judge(config)
     if config.prompt_file and hasattr(judge, "use_prompt"):

@@ -68,6 +68,7 @@ import yaml
 
 from ex2.config import (
     ConfigError,
+    classnames_option,
     config_to_dict,
     data_root_option,
     dataset_option,
@@ -113,6 +114,7 @@ class TrainConfig:
     dataset: str = dataset_option()
     data_root: str | None = data_root_option()
     split: str | None = split_option()
+    classnames: str | None = classnames_option()
     vlm: str = vlm_option()
     llm: str = llm_option()
     reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
@@ -393,11 +395,11 @@ def run(config: TrainConfig, args=None) -> Path:
     args = trainer_config(config) if args is None else args
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
+    dataset = load_dataset(config.dataset, config.data_root, config.split, config.classnames)
+    train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
+                                               args.seed)  # bad data, names or templates: before any file
     run_dir, resume_from = prepare_run_dir(config, args)
     save_run_config(config, args, run_dir)
-    dataset = load_dataset(config.dataset, config.data_root, config.split)
-    train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
-                                               args.seed)
     tokenizer = load_tokenizer(config.llm, padding_side="left")
     prompt_format = resolve_prompt_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,

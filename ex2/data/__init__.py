@@ -90,8 +90,11 @@ KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
 }
 
 
-def load_dataset(name: str, root: str | Path | None = None, split: str | None = None) -> ImageDataset:
-    """Load dataset ``name`` (or ``NAME:ROOT``) from ``root``; ``split`` None is its usual evaluation split."""
+def load_dataset(name: str, root: str | Path | None = None, split: str | None = None,
+                 classnames: str | Path | None = None) -> ImageDataset:
+    """Load dataset ``name`` (or ``NAME:ROOT``) from ``root``; ``split`` None is its usual evaluation split.
+    ``classnames`` (a class-name file, :func:`load_classnames`) renames its classes; a file whose count
+    differs from the dataset's is a DatasetError naming both counts."""
     name, root = split_dataset_name(name, root)
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -100,7 +103,8 @@ def load_dataset(name: str, root: str | Path | None = None, split: str | None = 
     split = split or (valid[0] if valid else "test")
     if valid and split not in valid:
         raise DatasetError(f"{name} has no split {split!r}; valid splits: {', '.join(valid)}")
-    return loader(Path(root).expanduser() if root else None, split)
+    dataset = loader(Path(root).expanduser() if root else None, split)
+    return apply_classnames(dataset, classnames) if classnames else dataset
 
 
 def _read_concepts(path: Path) -> list[str]:
