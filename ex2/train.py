@@ -34,21 +34,26 @@ the reward                             reference is the base model with the adap
 value head + GAE (``cliprange_value``,  none: advantages are group-relative over ``--num-generations``
 ``vf_coef``, ``gamma``, ``lam``)       samples per query, which also removes the per-concept reward
                                        offset the value head had to learn
-``batch_size=32`` queries × 1 sample   ``--batch-size`` completions per device per step,
-                                       ``--num-generations`` of them per query
-``mini_batch_size=1``,                 ``--gradient-accumulation-steps`` (trl also generates once
-``gradient_accumulation_steps=8``      per that many steps)
+``batch_size=32`` queries × 1 sample   ``--generation-batch-size 32`` completions per generation,
+                                       ``--num-generations`` (at least 2) of them per query
+``mini_batch_size=1``,                 ``--per-device-train-batch-size 1``,
+``gradient_accumulation_steps=8``      ``--gradient-accumulation-steps 8`` (one update per 8)
 ``learning_rate=1.41e-5``              ``--learning-rate``
-``steps=1000``                         ``--max-steps`` (optimizer steps, not PPO batches)
+``steps=1000`` batches, 16 updates     ``--max-steps 16000``: optimizer updates, not PPO batches;
+each (16,000 on 32,000 completions)    with the rows above, 1000 generations of 32 completions
 ``max_new_tokens=32``, ``top_k=0``,    ``--max-completion-length 32``, top_k 0, top_p 1,
 ``top_p=1.0``, sampling                ``--temperature 1``
 LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dropout 0.05`` (EX2 used
                                        peft's default targets, q_proj/v_proj; ours add k/o_proj)
 ``load_in_8bit=True``                  ``--quantization 8bit`` (bitsandbytes, CUDA only)
 ``num_images_for_reward=256``          ``--images-per-class 256``
-``save_freq=20``                       ``--save-steps 20``
+``save_freq=20`` (batches)             ``--save-steps 320`` (updates)
 ``use_score_scaling/norm=False``       ``--scale-rewards group`` (GRPO's per-group std; ``none``
                                        keeps raw reward differences)
+reward of the raw decoded completion   ``--reward-text raw`` (``first-paragraph``: what generate keeps),
+(``skip_special_tokens=True``)         ``--empty-reward score`` (``floor``: a floor for empty texts)
+EX2's ``mult_template_v1.json``,       ``--templates data_files/mult_template_v1.json``,
+``*_class_names.json``                 ``--classnames data_files/pets_class_names.json`` (EX2's files)
 =====================================  ===========================================================
 """
 
@@ -203,6 +208,17 @@ def trainer_settings(config: TrainConfig, args) -> dict[str, Any]:
     out.update({k: v for k, v in given.items() if v != reference.get(k) or k == "output_dir"})
     out.pop("generation_batch_size", None)  # trl derives it from steps_per_generation
     return {k: v for k, v in out.items() if not k.endswith("_token")}
+
+
+def training_budget(args) -> dict[str, int]:
+    """By trl's GRPO arithmetic, what ``args`` makes: ``updates`` (optimizer steps, ``max_steps``),
+    ``generations`` (one every ``steps_per_generation × num_iterations`` micro-batches, of
+    ``generation_batch_size`` completions across processes) and ``completions``."""
+    micro_batches = args.max_steps * args.gradient_accumulation_steps
+    every = args.steps_per_generation * getattr(args, "num_iterations", 1)
+    generations = -(-micro_batches // every)
+    return {"updates": args.max_steps, "generations": generations,
+            "completions": generations * args.generation_batch_size}
 
 
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
@@ -400,6 +416,10 @@ def run(config: TrainConfig, args=None) -> Path:
                                                args.seed)  # bad data, names or templates: before any file
     run_dir, resume_from = prepare_run_dir(config, args)
     save_run_config(config, args, run_dir)
+    if config.algorithm == "grpo" and int(os.environ.get("RANK", "0")) == 0:
+        budget = training_budget(args)
+        print(f"budget: {budget['updates']} optimizer updates on {budget['completions']} completions "
+              f"({budget['generations']} generations)")
     tokenizer = load_tokenizer(config.llm, padding_side="left")
     prompt_format = resolve_prompt_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
