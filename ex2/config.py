@@ -61,6 +61,15 @@ def classnames_option(whose: str = "the dataset's") -> Any:
                         f"{whose} own; it must name as many classes")
 
 
+TEXT_FIELDS = ("description", "raw")
+
+
+def text_field_option() -> Any:
+    """``--text-field``: which text of a generated record a stage reads."""
+    return option("description", "text of each generated record: description (the first paragraph, as "
+                                 "generate keeps it) | raw (the whole decoded completion, as EX2 scored it)")
+
+
 def data_root_option() -> Any:
     """``--data-root``: where the dataset lives (the ROOT of ``NAME:ROOT``)."""
     return option(None, "folder (csv: file) holding the dataset, the same as NAME:ROOT; not needed for samples")

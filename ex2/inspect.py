@@ -50,11 +50,12 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from ex2.config import classnames_option, option, save_config
+from ex2.config import TEXT_FIELDS, classnames_option, option, save_config, text_field_option
 from ex2.io import append_jsonl, read_jsonl, repair_jsonl
 from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
 from ex2.registry import LazyRegistry
+from ex2.text import record_text
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 # judge backend -> "module:Class", imported only when chosen
@@ -86,6 +87,7 @@ class InspectConfig:
     limit: int = option(0, "judge only the first N input records (0: all)")
     dataset: str = option("", "dataset name for records that carry none (used by the report; NAME:ROOT keeps NAME)")
     classnames: str | None = classnames_option("the input's")
+    text_field: Literal[TEXT_FIELDS] = text_field_option()
     vlm: str = option("", "VLM name for records that carry none (used by the report)")
     report: bool = option(True, "write summary.json, summary.md and plots after judging")
     report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
@@ -105,6 +107,8 @@ class InspectConfig:
             raise ValueError("--max-retries and --limit must be 0 or more")
         self.model = self.model or DEFAULT_MODELS[self.backend]
         self.dataset = split_dataset_name(self.dataset)[0]
+        if self.text_field not in TEXT_FIELDS:
+            raise ValueError(f"--text-field must be one of {', '.join(TEXT_FIELDS)}, got {self.text_field!r}")
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model: the model name the server serves")
         if self.prompt_file:
@@ -153,10 +157,15 @@ def record_key(record: dict) -> tuple:
 
 
 def read_inputs(config: InspectConfig) -> list[dict]:
-    """Every input record, its concept renamed from ``--classnames`` when given."""
+    """Every input record, its concept renamed from ``--classnames`` when given; with ``--text-field
+    raw`` the judged ``description`` is its raw completion as EX2 scored it (``text_field`` says so)."""
     records = read_jsonl(config.input, required=("concept", "description"))
     if config.classnames:
         name_classes(records, config.classnames, config.input)
+    if config.text_field == "raw":
+        for record in records:
+            record["description"] = record_text(record, "raw", config.input)
+            record["text_field"] = "raw"
     return records
 
 

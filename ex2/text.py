@@ -76,6 +76,18 @@ def scored_text(raw: str, mode: str = "raw", special_tokens: Iterable[str] = ())
     raise ValueError(f"unknown scored text {mode!r}; choose one of {', '.join(SCORED_TEXTS)}")
 
 
+def record_text(record: dict, text_field: str, source: object) -> str:
+    """The text of a generated record (``source`` names its file in errors): its ``description``,
+    or its ``raw`` completion as EX2 scored it (:func:`raw_text`; surrounding whitespace, which
+    CLIP's tokenizers ignore, stripped)."""
+    if text_field == "raw":
+        if not isinstance(record.get("raw"), str):
+            raise ValueError(f"{source}: a record of {record.get('concept')!r} has no 'raw' completion for "
+                             "--text-field raw; use --text-field description")
+        return raw_text(record["raw"]).strip()
+    return str(record["description"]).strip()
+
+
 # --- class names -----------------------------------------------------------------------------
 
 
