@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sample 25 descriptions per concept (one per EX2 query template) from a base LLM, alone or with a
-# LoRA adapter written by `ex2 train`; a thin wrapper over `ex2 generate`, after EX2's runner.
+# Sample 25 descriptions per concept (one per query template: ex2's own describe25 set unless
+# --templates names another, e.g. EX2's data_files/mult_template_v1.json) from a base LLM, alone or
+# with a LoRA adapter written by `ex2 train`; a thin wrapper over `ex2 generate`, after EX2's runner.
 #
 #   ./inference_runner.sh [ADAPTER] [BASE_MODEL] [OUTPUT] [DATASET] [extra ex2 generate flags...]
 #

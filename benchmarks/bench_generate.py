@@ -23,7 +23,7 @@ from ex2.samplers import SamplingSettings, encode_prompts, load_sampler
 
 
 def prompts_and_seeds(sampler, dataset: str, n_concepts: int, prompt_format: str):
-    jobs = plan_jobs(concept_names(dataset)[:n_concepts], load_templates("ex2"))
+    jobs = plan_jobs(concept_names(dataset)[:n_concepts], load_templates("describe25"))
     prompts = [format_prompt(sampler.tokenizer, job.query, prompt_format) for job in jobs]
     return encode_prompts(sampler.tokenizer, prompts, prompt_format), [record_seed(0, *job.key) for job in jobs]
 

@@ -112,7 +112,7 @@ def bench_step_share(llm: str, vlm_name: str, steps: int) -> None:
         dataset = load_dataset(config.dataset)
         tokenizer = load_tokenizer(llm)
         reward = TimedReward(build_reward("ex2", load_vlm(vlm_name), dataset, config.images_per_class))
-        prompts = prompt_dataset(dataset.classnames, load_templates("ex2"), resolve_prompt_format(tokenizer, "auto"))
+        prompts = prompt_dataset(dataset.classnames, load_templates("describe25"), resolve_prompt_format(tokenizer, "auto"))
         trainer = build_trainer(config, args, reward, prompts, tokenizer, [])
         start = time.perf_counter()
         trainer.train()

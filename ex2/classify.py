@@ -40,10 +40,21 @@ from typing import Literal
 import torch
 
 from ex2 import zeroshot
-from ex2.config import data_root_option, dataset_option, option, save_config, split_option, vlm_option
+from ex2.config import (
+    TEXT_FIELDS,
+    classnames_option,
+    data_root_option,
+    dataset_option,
+    option,
+    save_config,
+    split_option,
+    text_field_option,
+    vlm_option,
+)
 from ex2.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.names import split_dataset_name
 from ex2.taxonomy import FILTER_CATEGORIES
+from ex2.text import record_text
 
 METHODS = ("clip", "dclip", "cupl", "ex2", "waffle", "coder")
 DEFAULT_AGGREGATE = {
@@ -66,6 +77,8 @@ class ClassifyConfig:
     dataset: str = dataset_option()
     data_root: str | None = data_root_option()
     split: str | None = split_option()
+    classnames: str | None = classnames_option()
+    text_field: Literal[TEXT_FIELDS] = text_field_option()
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
@@ -164,6 +177,10 @@ class ClassifyConfig:
                 f"--description-format shapes --method ex2's texts; --method {self.method} writes its authors' "
                 "own texts and would ignore it (use --method ex2 for texts of your own shape)"
             )
+        if self.text_field not in TEXT_FIELDS:
+            raise ValueError(f"--text-field must be one of {', '.join(TEXT_FIELDS)}, got {self.text_field!r}")
+        if self.text_field != "description" and self.method != "ex2":
+            raise ValueError("--text-field picks the text of generated records; use it with --method ex2")
         if self.method == "ex2" and self.description_format is None:
             self.description_format = "{description}"
         if self.description_format is not None:
@@ -265,9 +282,11 @@ def adapter_vlm(adapter: str | None) -> str | None:
     return None
 
 
-def load_descriptions(path: str | Path, categories: list[str] | tuple = ()) -> Descriptions:
-    """Descriptions per concept from our JSONL (optionally filtered by inspection category) or
-    from a JSON ``{class: [texts]}`` (DCLIP's, CuPL's, WaffleCLIP's), kept as written."""
+def load_descriptions(path: str | Path, categories: list[str] | tuple = (),
+                      text_field: str = "description") -> Descriptions:
+    """Descriptions per concept from our JSONL (optionally filtered by inspection category; the
+    records' ``text_field``, description or raw) or from a JSON ``{class: [texts]}`` (DCLIP's,
+    CuPL's, WaffleCLIP's), kept as written."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"descriptions file {path} does not exist (expected .jsonl or .json)")
@@ -275,6 +294,8 @@ def load_descriptions(path: str | Path, categories: list[str] | tuple = ()) -> D
     if path.suffix == ".json":
         if categories:
             raise ValueError(f"{path}: a JSON descriptor file has no inspection categories; pass categories.jsonl")
+        if text_field != "description":
+            raise ValueError(f"{path}: a JSON descriptor file has no raw completions; use --text-field description")
         by_concept = _read_descriptor_json(path)
         provenance.update(format="dclip_json", model=None, adapter=None)
     else:
@@ -282,10 +303,11 @@ def load_descriptions(path: str | Path, categories: list[str] | tuple = ()) -> D
         by_concept = {}
         for record in records:
             texts = by_concept.setdefault(str(record["concept"]), [])
-            if (not categories or _keep(record, categories)) and str(record["description"]).strip():
-                texts.append(str(record["description"]).strip())
+            text = record_text(record, text_field, path)
+            if (not categories or _keep(record, categories)) and text:
+                texts.append(text)
         provenance.update(
-            format="jsonl", n_records=len(records),
+            format="jsonl", n_records=len(records), text_field=text_field,
             model=_one_or_many([r.get("model") for r in records]),
             adapter=_one_or_many([r.get("adapter") for r in records]),
         )
@@ -457,7 +479,7 @@ def _cupl_texts(config: ClassifyConfig, classnames: list[str], alignment: Alignm
 
 
 def _description_texts(config: ClassifyConfig, classnames: list[str]) -> tuple[list[list[str]], dict, list[str]]:
-    descriptions = load_descriptions(config.descriptions, config.categories)
+    descriptions = load_descriptions(config.descriptions, config.categories, config.text_field)
     alignment = align(classnames, descriptions, config.descriptions)
     lines, match_info = describe_alignment(alignment, classnames)
     info: dict = {"descriptions": descriptions.provenance, "class_match": match_info}
@@ -701,7 +723,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
 
         return generative.run(config, vlm, dataset)
     out = check_output_path(config.output, "folder")
-    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     if config.method == "coder":
         from ex2.coder import run_classify
 

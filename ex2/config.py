@@ -5,7 +5,7 @@ builds an argparse parser from the dataclass: ``--config file.yaml`` supplies de
 override them, unknown YAML keys are errors, and flags accept both ``--max-steps`` and
 ``--max_steps``. :func:`save_config` writes the resolved config (secrets removed) into a run folder.
 
-Options that several stages share (the dataset, its root and split, the VLM, the LLM) are declared
+Options that several stages share (the dataset, its root, split and class names, the VLM, the LLM) are declared
 once here, with one help text each: ``dataset: str = dataset_option()``. They are plain dataclass
 fields with ``metadata={"help": ...}``, so transformers' ``HfArgumentParser`` reads them too.
 """
@@ -54,6 +54,22 @@ def option(
 def dataset_option(default: str = "samples") -> Any:
     """``--dataset``: the image dataset a stage reads."""
     return option(default, "image dataset: a name from `ex2 ls`, or NAME:ROOT for a local copy")
+
+
+def classnames_option(whose: str = "the dataset's") -> Any:
+    """``--classnames``: a class-name file naming the classes (a dataset's: applied by ``load_dataset``)."""
+    return option(None, "class-name file (a JSON list such as EX2's data_files/*_class_names.json, or one name a "
+                        "line, class-id order): the names the classes are asked and matched by, instead of "
+                        f"{whose} own; it must name as many classes")
+
+
+TEXT_FIELDS = ("description", "raw")
+
+
+def text_field_option() -> Any:
+    """``--text-field``: which text of a generated record a stage reads."""
+    return option("description", "text of each generated record: description (the first paragraph, as "
+                                 "generate keeps it) | raw (the whole decoded completion, as EX2 scored it)")
 
 
 def data_root_option() -> Any:

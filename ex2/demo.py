@@ -45,7 +45,7 @@ class DemoConfig:
     train_steps: int = option(20, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
     num_generations: int = option(8, "completions per prompt in a GRPO group")
     images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
-    templates: str = option("ex2", "query templates (25 in the ex2 set)")
+    templates: str = option("describe25", "query templates (ex2's own 25 questions)")
     limit_concepts: int | None = option(None, "only the first N concepts when generating (quick runs)")
     device: str | None = option(None, "torch device (default: CUDA when available)")
     seed: int = option(0, "random seed for training and sampling")
@@ -113,7 +113,7 @@ def _train_config(config: DemoConfig, run_dir: Path):
     from ex2 import train
     from ex2.data import load_templates
 
-    heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of EX2's 25
+    heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of 25
     train_config = train.TrainConfig(
         dataset=config.dataset,
         data_root=config.data_root,

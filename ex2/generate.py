@@ -39,7 +39,15 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from ex2.config import ConfigError, data_root_option, dataset_option, llm_option, option, save_config
+from ex2.config import (
+    ConfigError,
+    classnames_option,
+    data_root_option,
+    dataset_option,
+    llm_option,
+    option,
+    save_config,
+)
 from ex2.io import (
     append_jsonl,
     check_output_path,
@@ -59,7 +67,7 @@ RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens",
                 "temperature", "top_p", "top_k", "batch_size", "device", "dtype", "merge_adapter")
 PARTIAL_HEADER = "ex2_partial_settings"
-DEFAULT_TEMPLATES = "ex2"
+DEFAULT_TEMPLATES = "describe25"
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -72,10 +80,9 @@ class GenerateConfig:
     dataset: str = dataset_option()
     data_root: str | None = data_root_option()
     concepts: str | None = option(None, "text file of concepts, one a line (used instead of --dataset)")
-    templates: str | None = option(None, "query template set (ex2, clip, ...) or a file, one template with {} a "
-                                         "line (default ex2; --from-legacy needs the one its file was made with)")
-    classnames: str | None = option(None, "class-name file (JSON list or one name a line, class-id order): the "
-                                          "concept names, instead of the dataset's own")
+    templates: str | None = option(None, "query template set (describe25, clip, ...) or a file, one template with {} a "
+                                         "line (default describe25; --from-legacy needs the one its file was made with)")
+    classnames: str | None = classnames_option()
     llm: str = llm_option()
     adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
                                        "else its latest checkpoint-N); none: the base model alone")

@@ -56,7 +56,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from ex2.config import option, save_config
+from ex2.config import TEXT_FIELDS, classnames_option, option, save_config, text_field_option
 from ex2.errors import OutputError
 from ex2.io import (
     append_jsonl,
@@ -71,6 +71,7 @@ from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
 from ex2.registry import LazyRegistry
 from ex2.taxonomy import UNPARSED
+from ex2.text import record_text
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 INPUT_FIELD = "input_sha256"  # which input a record was judged for (first 16 hex digits of its SHA-256)
@@ -105,6 +106,8 @@ class InspectConfig:
     batch_size: int = option(64, "descriptions per batch (embedded backend)")
     limit: int = option(0, "judge only the first N input records (0: all)")
     dataset: str = option("", "dataset name for records that carry none (used by the report; NAME:ROOT keeps NAME)")
+    classnames: str | None = classnames_option("the input's")
+    text_field: Literal[TEXT_FIELDS] = text_field_option()
     vlm: str = option("", "VLM name for records that carry none (used by the report)")
     report: bool = option(True, "write summary.json, summary.md and plots after judging")
     report_dir: str = option("", "report folder (default: inspect_report/ beside --output)")
@@ -126,6 +129,8 @@ class InspectConfig:
             raise ValueError(f"--timeout must be more than 0 seconds, not {self.timeout}")
         self.model = self.model or DEFAULT_MODELS[self.backend]
         self.dataset = split_dataset_name(self.dataset)[0]
+        if self.text_field not in TEXT_FIELDS:
+            raise ValueError(f"--text-field must be one of {', '.join(TEXT_FIELDS)}, got {self.text_field!r}")
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model: the model name the server serves")
         if self.prompt_file:
@@ -173,8 +178,33 @@ def record_key(record: dict) -> tuple:
     return tuple(record.get(f) for f in JUDGE_FIELDS) + (record["concept"], record["description"])
 
 
-def load_inputs(config: InspectConfig) -> list[dict]:
+def read_inputs(config: InspectConfig) -> list[dict]:
+    """Every input record, its concept renamed from ``--classnames`` when given; with ``--text-field
+    raw`` the judged ``description`` is its raw completion as EX2 scored it (``text_field`` says so)."""
     records = read_jsonl(config.input, required=("concept", "description"))
+    if config.classnames:
+        name_classes(records, config.classnames, config.input)
+    if config.text_field == "raw":
+        for record in records:
+            record["description"] = record_text(record, "raw", config.input)
+            record["text_field"] = "raw"
+    return records
+
+
+def name_classes(records: list[dict], path: str | Path, source: str) -> None:
+    """Rename each record's concept from a class-name file, class by class (class-id order when every
+    record has a ``class_id``, else order of first appearance); the counts must agree."""
+    from ex2.data import load_classnames
+
+    groups = _class_groups(records)
+    names = load_classnames(path, len(groups), f"{source} (its descriptions)")
+    for name, group in zip(names, groups, strict=True):
+        for record in group:
+            record["concept"] = name
+
+
+def load_inputs(config: InspectConfig) -> list[dict]:
+    records = read_inputs(config)
     for number, record in enumerate(records, start=1):
         if not isinstance(record["concept"], str) or not isinstance(record["description"], str):
             raise ValueError(f"{config.input}: record {number}: concept and description must be strings")
@@ -350,7 +380,7 @@ def run(config: InspectConfig) -> Path:
     records = load_inputs(config)
     answers = None
     if config.from_ex2_answers:  # checked before any model loads
-        everything = read_jsonl(config.input, required=("concept", "description"))
+        everything = read_inputs(config)
         answers = ex2_answers(config.from_ex2_answers, everything, config.input)
     with output_lock(output, "ex2 inspect"):
         source = claim_output(config, output)

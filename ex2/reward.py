@@ -28,8 +28,11 @@ one by name from a dataset (:data:`BUILDERS` maps each name to its builder)::
     GRPOTrainer(model, reward_funcs=reward, train_dataset=prompts, ...)  # prompts carry `concept`
     EX2Reward(vlm, class_means, concepts)(completions=["a red crest"], concept=["cardinal"])
 
-Completions are cleaned as ``ex2 generate`` cleans them (first paragraph). Empty or degenerate
-ones get the reward's floor (its lowest possible value), never NaN.
+The scored text of a completion is ``text``: ``raw`` (default, EX2's: the decoded completion as it
+is, special tokens dropped, every paragraph kept) or ``first-paragraph`` (what ``ex2 generate`` keeps
+as the description). Empty or degenerate texts get the VLM's score of that text, as in EX2, unless
+``empty_reward`` asks for ``"floor"`` (the reward's lowest possible value) or a number; a NaN score
+gets the floor, so no reward is NaN.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ex2.text import clean_description
+from ex2.text import SCORED_TEXTS, scored_text
 
 DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
 DEFAULT_PLANTED_BONUS = 20.0  # logit-scale units: a cosine of 0.2 under CLIP's scale of 100
@@ -68,10 +71,27 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, not {type(completion).__name__}")
 
 
-def clean_text(text: str) -> str:
-    """The description in a completion, cleaned as ``ex2 generate`` cleans it (first paragraph,
-    special tokens dropped, whitespace collapsed), so training scores what generation keeps."""
-    return clean_description(text)
+EmptyReward = float | str | None  # None: the VLM's score (EX2's); "floor": the reward's floor; a number
+
+
+def check_empty_reward(value: EmptyReward) -> EmptyReward:
+    """``value`` as a reward's ``empty_reward``: None/"score", "floor" or a number (a string of one
+    is converted); anything else is a ValueError."""
+    if value is None or value == "score":
+        return None
+    if value == "floor" or isinstance(value, int | float):
+        return value if value == "floor" else float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"empty reward must be 'score' (the VLM's score of the text, EX2's), 'floor' "
+                         f"or a number, got {value!r}") from None
+
+
+def check_scored_text(text: str) -> str:
+    if text not in SCORED_TEXTS:
+        raise ValueError(f"unknown scored text {text!r}; choose one of {', '.join(SCORED_TEXTS)}")
+    return text
 
 
 def is_degenerate(text: str) -> bool:
@@ -121,20 +141,22 @@ class ConceptReward(abc.ABC):
     ``reward(prompts=…, completions=…, concept=…, concept_id=…, **columns) -> list[float]``.
 
     ``concept`` (a dataset column) holds concept names or class ids; ``concept_id`` is used if given.
-    Completions are cleaned as ``ex2 generate`` cleans them; degenerate ones, and NaN scores, get
-    ``empty_reward`` (the reward's :attr:`floor` unless given). ``last`` keeps the latest batch
-    (texts, concepts, rewards) for logging. Subclasses define :meth:`score` and :attr:`floor`, and
+    ``text`` is the scored text of a completion (``raw``, EX2's, or ``first-paragraph``); degenerate
+    texts are scored like any other unless ``empty_reward`` is ``"floor"`` or a number, and NaN
+    scores get the :attr:`floor`. ``last`` keeps the latest batch (scored texts, concepts, rewards)
+    for logging. Subclasses define :meth:`score` and :attr:`floor`, and
     name trl's metrics with ``__name__``.
     """
 
     __name__ = "concept_reward"
     needs_concept: ClassVar[bool] = True  # False: scores do not depend on the concept column
 
-    def __init__(self, vlm, concepts: Sequence[str], empty_reward: float | None = None) -> None:
+    def __init__(self, vlm, concepts: Sequence[str], empty_reward: EmptyReward = None, text: str = "raw") -> None:
         self.vlm, self.concepts = vlm, list(concepts)
         self.scale = float(vlm.logit_scale)
         self.index = {name: i for i, name in enumerate(self.concepts)}
-        self.empty_reward = self.floor if empty_reward is None else float(empty_reward)
+        self.empty_reward = check_empty_reward(empty_reward)
+        self.text = check_scored_text(text)
         self.last: dict[str, list] = {"texts": [], "concepts": [], "rewards": []}
 
     @property
@@ -168,20 +190,27 @@ class ConceptReward(abc.ABC):
             raise ValueError(f"concept {name!r} is not one of the reward's concepts: {', '.join(self.concepts)}")
         return self.index[name]
 
+    def scored(self, completion: str, special_tokens: Sequence[str] = ()) -> str:
+        """The text of one completion this reward scores (per :attr:`text`)."""
+        return scored_text(completion, self.text, special_tokens)
+
     def rewards(self, texts: list[str], concept_ids: list[int | None]) -> list[float]:
-        """One reward per (cleaned) text; degenerate texts get ``empty_reward``."""
-        out = [self.empty_reward] * len(texts)
-        keep = [i for i, text in enumerate(texts) if not is_degenerate(text)]
+        """One reward per scored text (:meth:`scored`); degenerate texts get ``empty_reward`` if one
+        was asked for, NaN scores the floor."""
+        fixed = None if self.empty_reward is None else (
+            self.floor if self.empty_reward == "floor" else self.empty_reward)
+        out = [self.floor if fixed is None else fixed] * len(texts)
+        keep = [i for i, text in enumerate(texts) if fixed is None or not is_degenerate(text)]
         if keep:
             scores = self.score([texts[i] for i in keep], [concept_ids[i] for i in keep])
             for i, value in zip(keep, scores.tolist(), strict=True):
-                out[i] = value if value == value else self.empty_reward  # NaN -> floor
+                out[i] = value if value == value else self.floor  # NaN -> floor
         return out
 
     def __call__(self, prompts=None, completions=None, concept=None, concept_id=None, **kwargs) -> list[float]:
         if completions is None:
             raise ValueError("the reward needs `completions`")
-        texts = [clean_text(completion_text(c)) for c in completions]
+        texts = [self.scored(completion_text(c)) for c in completions]
         ids = self.concept_ids(concept, concept_id, len(texts))
         rewards = self.rewards(texts, ids)
         names = [None if i is None else self.concepts[i] for i in ids]
@@ -195,11 +224,11 @@ class ClassMeanReward(ConceptReward):
     compares: ClassVar[bool] = False  # True: the score compares concepts, so it needs two
 
     def __init__(self, vlm, class_means: torch.Tensor, concepts: Sequence[str],
-                 empty_reward: float | None = None) -> None:
+                 empty_reward: EmptyReward = None, text: str = "raw") -> None:
         self.check_concepts(concepts)
         if class_means.shape[0] != len(concepts):
             raise ValueError(f"{class_means.shape[0]} class-mean rows for {len(concepts)} concepts")
-        super().__init__(vlm, concepts, empty_reward)
+        super().__init__(vlm, concepts, empty_reward, text)
         self.class_means = class_means.float()
 
     @classmethod
@@ -267,8 +296,8 @@ class PlantedReward(ConceptReward):
 
     def __init__(self, vlm, concepts: Sequence[str] = (), planted_text: str = DEFAULT_PLANTED_TEXT,
                  planted_keywords: Sequence[str] = (), planted_bonus: float = DEFAULT_PLANTED_BONUS,
-                 empty_reward: float | None = None) -> None:
-        super().__init__(vlm, concepts, empty_reward)
+                 empty_reward: EmptyReward = None, text: str = "raw") -> None:
+        super().__init__(vlm, concepts, empty_reward, text)
         self.planted_text = planted_text
         self.planted = vlm.encode_texts([planted_text])[0].float()
         self.planted_keywords = keyword_pattern(planted_keywords)
@@ -292,19 +321,21 @@ class PlantedReward(ConceptReward):
 
 
 def _from_class_means(reward_class: type[ClassMeanReward], vlm, dataset, images_per_class: int | None = 256,
-                      seed: int | None = None, progress: bool = True, empty_reward: float | None = None,
-                      **_) -> ClassMeanReward:
+                      seed: int | None = None, progress: bool = True, empty_reward: EmptyReward = None,
+                      text: str = "raw", **_) -> ClassMeanReward:
     from ex2.data import sample_per_class
 
     reward_class.check_concepts(dataset.classnames)  # before embedding any image
+    check_scored_text(text)
+    check_empty_reward(empty_reward)
     means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
-    return reward_class(vlm, means, dataset.classnames, empty_reward)
+    return reward_class(vlm, means, dataset.classnames, empty_reward, text)
 
 
 def _planted(vlm, dataset, planted_text: str = DEFAULT_PLANTED_TEXT, planted_keywords: Sequence[str] = (),
-             planted_bonus: float = DEFAULT_PLANTED_BONUS, empty_reward: float | None = None,
+             planted_bonus: float = DEFAULT_PLANTED_BONUS, empty_reward: EmptyReward = None, text: str = "raw",
              **_) -> PlantedReward:
-    return PlantedReward(vlm, dataset.classnames, planted_text, planted_keywords, planted_bonus, empty_reward)
+    return PlantedReward(vlm, dataset.classnames, planted_text, planted_keywords, planted_bonus, empty_reward, text)
 
 
 def _gen_likelihood(vlm, dataset, **options) -> ConceptReward:
@@ -332,15 +363,17 @@ def build_reward(
     images_per_class: int | None = 256,
     seed: int | None = None,
     planted_text: str = DEFAULT_PLANTED_TEXT,
-    empty_reward: float | None = None,
+    empty_reward: EmptyReward = None,
     progress: bool = True,
     planted_keywords: Sequence[str] = (),
     planted_bonus: float = DEFAULT_PLANTED_BONUS,
+    text: str = "raw",
 ) -> ConceptReward:
     """The reward named ``kind`` over ``dataset``'s concepts, with image embeddings computed (or read
-    from cache) once."""
+    from cache) once; ``text`` is the scored text (``raw``, EX2's, or ``first-paragraph``) and
+    ``empty_reward`` what degenerate texts get (None: the VLM's score, as EX2)."""
     if kind not in BUILDERS:
         raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
     return BUILDERS[kind](vlm, dataset, images_per_class=images_per_class, seed=seed, planted_text=planted_text,
                           empty_reward=empty_reward, progress=progress, planted_keywords=planted_keywords,
-                          planted_bonus=planted_bonus)
+                          planted_bonus=planted_bonus, text=text)

@@ -2,6 +2,8 @@
 and matching, and masking a concept's name in a text.
 
     clean_description("<|im_start|> Red wings.\\n\\nMore.")   -> "Red wings."
+    raw_text("\\nRed wings.\\n\\nMore.<|im_end|>")            -> "\\nRed wings.\\n\\nMore."
+    scored_text("Red wings.\\n\\nMore.", "first-paragraph")   -> "Red wings."
     clean_name("Black_footed__Albatross ")                   -> "Black footed Albatross"
     normalise_name("Black-footed  albatross")                -> "black footed albatross"
     mask_concept("Two Golden Retrievers.", "golden retriever") -> "Two X."
@@ -50,6 +52,40 @@ def clean_description(raw: str, prompt: str | None = None, special_tokens: Itera
     text = pattern.split(text, maxsplit=1)[0]
     text = PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)[0]
     return " ".join(text.split())
+
+
+def raw_text(raw: str, special_tokens: Iterable[str] = ()) -> str:
+    """A completion as EX2 scored it: decoded with ``skip_special_tokens=True``, so special tokens
+    (the known ones and ``special_tokens``) are dropped and everything else, whitespace and later
+    paragraphs included, is kept as it is."""
+    return _special_pattern(special_tokens).sub("", raw)
+
+
+# what a reward, a classifier or an inspection reads of a completion: EX2's raw decoded text, or the
+# first paragraph ``ex2 generate`` keeps as the description
+SCORED_TEXTS = ("raw", "first-paragraph")
+
+
+def scored_text(raw: str, mode: str = "raw", special_tokens: Iterable[str] = ()) -> str:
+    """The text of a completion that is scored: ``raw`` (:func:`raw_text`, EX2's) or
+    ``first-paragraph`` (:func:`clean_description`)."""
+    if mode == "raw":
+        return raw_text(raw, special_tokens)
+    if mode == "first-paragraph":
+        return clean_description(raw, special_tokens=special_tokens)
+    raise ValueError(f"unknown scored text {mode!r}; choose one of {', '.join(SCORED_TEXTS)}")
+
+
+def record_text(record: dict, text_field: str, source: object) -> str:
+    """The text of a generated record (``source`` names its file in errors): its ``description``,
+    or its ``raw`` completion as EX2 scored it (:func:`raw_text`; surrounding whitespace, which
+    CLIP's tokenizers ignore, stripped)."""
+    if text_field == "raw":
+        if not isinstance(record.get("raw"), str):
+            raise ValueError(f"{source}: a record of {record.get('concept')!r} has no 'raw' completion for "
+                             "--text-field raw; use --text-field description")
+        return raw_text(record["raw"]).strip()
+    return str(record["description"]).strip()
 
 
 # --- class names -----------------------------------------------------------------------------

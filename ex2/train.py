@@ -36,21 +36,26 @@ the reward                             reference is the base model with the adap
 value head + GAE (``cliprange_value``,  none: advantages are group-relative over ``--num-generations``
 ``vf_coef``, ``gamma``, ``lam``)       samples per query, which also removes the per-concept reward
                                        offset the value head had to learn
-``batch_size=32`` queries × 1 sample   ``--batch-size`` completions per device per step,
-                                       ``--num-generations`` of them per query
-``mini_batch_size=1``,                 ``--gradient-accumulation-steps`` (trl also generates once
-``gradient_accumulation_steps=8``      per that many steps)
+``batch_size=32`` queries × 1 sample   ``--generation-batch-size 32`` completions per generation,
+                                       ``--num-generations`` (at least 2) of them per query
+``mini_batch_size=1``,                 ``--per-device-train-batch-size 1``,
+``gradient_accumulation_steps=8``      ``--gradient-accumulation-steps 8`` (one update per 8)
 ``learning_rate=1.41e-5``              ``--learning-rate``
-``steps=1000``                         ``--max-steps`` (optimizer steps, not PPO batches)
+``steps=1000`` batches, 16 updates     ``--max-steps 16000``: optimizer updates, not PPO batches;
+each (16,000 on 32,000 completions)    with the rows above, 1000 generations of 32 completions
 ``max_new_tokens=32``, ``top_k=0``,    ``--max-completion-length 32``, top_k 0, top_p 1,
 ``top_p=1.0``, sampling                ``--temperature 1``
 LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dropout 0.05`` (EX2 used
                                        peft's default targets, q_proj/v_proj; ours add k/o_proj)
 ``load_in_8bit=True``                  ``--quantization 8bit`` (bitsandbytes, CUDA only)
 ``num_images_for_reward=256``          ``--images-per-class 256``
-``save_freq=20``                       ``--save-steps 20``
+``save_freq=20`` (batches)             ``--save-steps 320`` (updates)
 ``use_score_scaling/norm=False``       ``--scale-rewards group`` (GRPO's per-group std; ``none``
                                        keeps raw reward differences)
+reward of the raw decoded completion   ``--reward-text raw`` (``first-paragraph``: what generate keeps),
+(``skip_special_tokens=True``)         ``--empty-reward score`` (``floor``: a floor for empty texts)
+EX2's ``mult_template_v1.json``,       ``--templates data_files/mult_template_v1.json``,
+``*_class_names.json``                 ``--classnames data_files/pets_class_names.json`` (EX2's files)
 =====================================  ===========================================================
 """
 
@@ -71,6 +76,7 @@ import yaml
 from ex2.config import (
     ConfigError,
     check_values,
+    classnames_option,
     config_to_dict,
     data_root_option,
     dataset_option,
@@ -82,7 +88,8 @@ from ex2.config import (
 )
 from ex2.io import atomic_write_text, check_output_path
 from ex2.names import split_dataset_name
-from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS
+from ex2.reward import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS, check_empty_reward
+from ex2.text import SCORED_TEXTS
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -115,15 +122,20 @@ class TrainConfig:
     dataset: str = dataset_option()
     data_root: str | None = data_root_option()
     split: str | None = split_option()
+    classnames: str | None = classnames_option()
     vlm: str = vlm_option()
     llm: str = llm_option()
     reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
     planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
+    reward_text: Literal[SCORED_TEXTS] = option(
+        "raw", "scored text of a completion: raw (EX2's: the decoded completion, every paragraph) | first-paragraph")
+    empty_reward: str = option(
+        "score", "reward of texts without a word: score (the VLM's score of the text, EX2's) | floor | a number")
     images_per_class: int = option(256, "images per concept in the reward (EX2's num_images_for_reward)")
     image_seed: int | None = option(None, "pick reward images at random with this seed (default: first N)")
-    templates: str = option("ex2", "query template set or file (one {} per template)")
+    templates: str = option("describe25", "query template set or file (one {} per template; EX2's: its data_files/mult_template_v1.json)")
     heldout_templates: int = option(5, "templates held out of training to evaluate base vs. trained")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the chat template; auto: chat if the model has one")
@@ -146,7 +158,11 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.heldout_templates < 0 or self.eval_samples < 0 or self.log_samples < 0:
             raise ConfigError("--heldout-templates, --eval-samples and --log-samples must not be negative")
-        for name in ("reward", "prompt_format", "algorithm", "quantization", "precision"):
+        try:
+            check_empty_reward(self.empty_reward)
+        except ValueError as err:
+            raise ConfigError(f"--empty-reward: {err}") from None
+        for name in ("reward", "reward_text", "prompt_format", "algorithm", "quantization", "precision"):
             allowed = typing.get_args(typing.get_type_hints(TrainConfig)[name])
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -196,6 +212,17 @@ def trainer_settings(config: TrainConfig, args) -> dict[str, Any]:
     out.pop("generation_batch_size", None)  # trl derives it from steps_per_generation
     # None leaves a field to trl's default (and is no value its type check accepts on rerun)
     return {k: v for k, v in out.items() if v is not None and not k.endswith("_token")}
+
+
+def training_budget(args) -> dict[str, int]:
+    """By trl's GRPO arithmetic, what ``args`` makes: ``updates`` (optimizer steps, ``max_steps``),
+    ``generations`` (one every ``steps_per_generation × num_iterations`` micro-batches, of
+    ``generation_batch_size`` completions across processes) and ``completions``."""
+    micro_batches = args.max_steps * args.gradient_accumulation_steps
+    every = args.steps_per_generation * getattr(args, "num_iterations", 1)
+    generations = -(-micro_batches // every)
+    return {"updates": args.max_steps, "generations": generations,
+            "completions": generations * args.generation_batch_size}
 
 
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
@@ -470,16 +497,21 @@ def run(config: TrainConfig, args=None) -> Path:
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
     reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
+    dataset = load_dataset(config.dataset, config.data_root, config.split, config.classnames)
+    train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
+                                               args.seed)  # bad data, names or templates: before any file
     run_dir, resume_from = prepare_run_dir(config, args)
     save_run_config(config, args, run_dir)
-    dataset = load_dataset(config.dataset, config.data_root, config.split)
-    train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
-                                               args.seed)
+    if config.algorithm == "grpo" and int(os.environ.get("RANK", "0")) == 0:
+        budget = training_budget(args)
+        print(f"budget: {budget['updates']} optimizer updates on {budget['completions']} completions "
+              f"({budget['generations']} generations)")
     tokenizer = load_tokenizer(config.llm, padding_side="left")
     prompt_format = resolve_prompt_format(tokenizer, config.prompt_format)
     reward = build_reward(config.reward, load_vlm(config.vlm), dataset, config.images_per_class,
                           config.image_seed, config.planted_text, planted_keywords=config.planted_keywords,
-                          planted_bonus=config.planted_bonus)
+                          planted_bonus=config.planted_bonus, text=config.reward_text,
+                          empty_reward=config.empty_reward)
     log_path = run_dir / "log.jsonl"
     if int(os.environ.get("RANK", "0")) == 0:  # the main process (set by accelerate/torchrun)
         trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0)

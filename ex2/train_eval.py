@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ex2.io import write_json
 from ex2.samplers import SamplingSettings
+from ex2.text import scored_text
 
 
 def adapter_disabled(model):
@@ -17,10 +18,10 @@ def adapter_disabled(model):
 
 
 def sample_both(model, tokenizer, queries: list[str], prompt_format: str, settings: SamplingSettings,
-                seed: int = 0) -> tuple[list[str], list[str]]:
-    """``(base, trained)`` descriptions (cleaned as ``ex2 generate`` cleans them), one per query;
-    query ``i`` draws from seed ``seed + i`` in both."""
-    from ex2.generate import clean_description
+                seed: int = 0, text: str = "raw") -> tuple[list[str], list[str]]:
+    """``(base, trained)`` completions, one per query, as the reward scores them (``text``: ``raw``
+    or ``first-paragraph``, :func:`ex2.text.scored_text`); query ``i`` draws from seed ``seed + i``
+    in both."""
     from ex2.llm import format_prompt
     from ex2.samplers import TransformersSampler, encode_prompts
 
@@ -34,20 +35,21 @@ def sample_both(model, tokenizer, queries: list[str], prompt_format: str, settin
         base = sampler.generate(prompt_ids, seeds)
     trained = sampler.generate(prompt_ids, seeds)
     model.train(was_training)
-    return ([clean_description(raw, special_tokens=special) for raw in base],
-            [clean_description(raw, special_tokens=special) for raw in trained])
+    return ([scored_text(raw, text, special) for raw in base], [scored_text(raw, text, special) for raw in trained])
 
 
 def evaluate_heldout(model, tokenizer, records: list[dict], prompt_format: str, reward, path: Path,
                      samples: int = 2, settings: SamplingSettings | None = None, seed: int = 0) -> dict:
-    """Sample ``samples`` completions per held-out prompt from base and trained model; score them."""
+    """Sample ``samples`` completions per held-out prompt from base and trained model; score them as
+    training does (the reward's scored text and empty-text rule)."""
     repeated = [r for r in records for _ in range(samples)]
     ids = [r["concept_id"] for r in repeated]
     base, trained = sample_both(model, tokenizer, [r["query"] for r in repeated], prompt_format,
-                                settings or SamplingSettings(), seed)
+                                settings or SamplingSettings(), seed, getattr(reward, "text", "raw"))
     base_rewards, trained_rewards = reward.rewards(base, ids), reward.rewards(trained, ids)
     result = {
         "prompts": len(records), "samples_per_prompt": samples, "seed": seed,
+        "scored_text": getattr(reward, "text", "raw"),
         "base_mean_reward": sum(base_rewards) / len(base_rewards),
         "trained_mean_reward": sum(trained_rewards) / len(trained_rewards),
         "samples": [

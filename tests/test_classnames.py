@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,59 @@ def test_apply_classnames_renames_classes_and_keeps_the_items(tmp_path):
     assert dataset.classnames == ["abyssinian", "bengal"]  # the original is left alone
     with pytest.raises(DatasetError, match="holds 1 class names but dataset pets"):
         apply_classnames(dataset, write(tmp_path / "one.txt", "Abyssinian\n"))
+
+
+def two_names(tmp_path: Path) -> Path:
+    return write(tmp_path / "two.json", '["first class", "second class"]')
+
+
+def samples_count() -> int:
+    from ex2.data import SAMPLE_CONCEPTS
+
+    return len(SAMPLE_CONCEPTS)
+
+
+def test_load_dataset_applies_a_class_name_file(tmp_path):
+    from ex2.data import load_dataset
+
+    names = [f"name {i}" for i in range(samples_count())]
+    path = write(tmp_path / "names.txt", "\n".join(names))
+    assert load_dataset("samples", classnames=path).classnames == names
+    with pytest.raises(DatasetError, match=rf"holds 2 class names but dataset samples .* has {samples_count()} classes"):
+        load_dataset("samples", classnames=two_names(tmp_path))
+
+
+def test_train_refuses_a_class_name_count_unlike_the_dataset_before_writing(tmp_path):
+    from ex2.train import TrainConfig, run, trainer_config
+
+    config = TrainConfig(dataset="samples", classnames=str(two_names(tmp_path)))
+    out = tmp_path / "run"
+    with pytest.raises(DatasetError, match=rf"holds 2 class names but .* has {samples_count()} classes"):
+        run(config, trainer_config(config, output_dir=str(out), max_steps=1))
+    assert not out.exists()
+
+
+def test_classify_refuses_a_class_name_count_unlike_the_dataset(tmp_path, capsys):
+    from ex2.cli import main
+
+    out = tmp_path / "cls"
+    assert main(["classify", "--dataset", "samples", "--classnames", str(two_names(tmp_path)),
+                 "--output", str(out), "--no-progress"]) == 1
+    assert "holds 2 class names but dataset samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_inspect_names_classes_from_a_file_and_refuses_another_count(tmp_path):
+    from ex2.inspect import InspectConfig, load_inputs, run
+
+    source = tmp_path / "d.jsonl"
+    records = [{"concept": c, "class_id": i, "description": f"text {n}"}
+               for i, c in enumerate(["a", "b", "c"]) for n in range(2)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    three = write(tmp_path / "three.txt", "Abyssinian\nBengal\nBirman\n")
+    named = load_inputs(InspectConfig(input=str(source), classnames=str(three)))
+    assert [r["concept"] for r in named] == ["Abyssinian"] * 2 + ["Bengal"] * 2 + ["Birman"] * 2
+    out = tmp_path / "cat.jsonl"
+    with pytest.raises(ValueError, match=rf"holds 2 class names but {source} \(its descriptions\) has 3 classes"):
+        run(InspectConfig(input=str(source), classnames=str(two_names(tmp_path)), output=str(out)))
+    assert not out.exists()

@@ -387,7 +387,7 @@ def test_smollm2_describes_a_sample_concept(shared_cache, tmp_path):
     from ex2.data import load_templates
 
     templates = tmp_path / "templates.txt"
-    templates.write_text("\n".join(load_templates("ex2")[:2]) + "\n")  # 2 of EX2's 25: a lean test
+    templates.write_text("\n".join(load_templates("describe25")[:2]) + "\n")  # 2 of ex2's 25: a lean test
     out = tmp_path / "smollm2.jsonl"
     assert main(["generate", "--dataset", "samples", "--llm", "smollm2", "--limit-concepts", "1",
                  "--templates", str(templates), "--max-new-tokens", "16", "--output", str(out)]) == 0

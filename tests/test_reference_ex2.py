@@ -81,3 +81,40 @@ def test_ex2_answers_parallel_to_ex2_output_import(ex2_files, tmp_path):
     unparsed = [(r["concept"], r["template"]) for r in records if r["category"] == "unparsed"]
     assert unparsed == [("basset hound", converted[3 * 25 + position]["template"])]
     assert sum(r["category"] == "spurious" for r in records) == 924
+
+
+@pytest.fixture
+def in_ex2_clone(ex2_files, tmp_path, monkeypatch) -> Path:
+    """A working folder laid out as a clone of EX2's repository: its data_files/ beside us."""
+    (tmp_path / "data_files").symlink_to(ex2_files, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_ex2_pets_config_is_ex2s_setup_and_budget(in_ex2_clone, ex2_files):
+    from ex2.train import parse_args, training_budget
+
+    config, args = parse_args(["--config", str(REPO / "configs" / "train_ex2_pets.yaml")])
+    assert load_templates(config.templates) == json.loads((ex2_files / "mult_template_v1.json").read_text())
+    names = json.loads((ex2_files / "pets_class_names.json").read_text())
+    assert load_classnames(config.classnames, 37, "pets") == names
+    assert (config.reward_text, config.empty_reward, config.prompt_format) == ("raw", "score", "base")
+    assert training_budget(args) == {"updates": 16_000, "generations": 1_000, "completions": 32_000}
+    assert args.num_iterations == 4 and args.per_device_train_batch_size == 1
+
+
+def test_ex2_files_missing_say_where_to_get_them(tmp_path, monkeypatch):
+    from ex2.train import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    config, _ = parse_args(["--config", str(REPO / "configs" / "train_ex2_pets.yaml")])
+    with pytest.raises(ValueError, match="BatsResearch/ex2 .*data_files/mult_template_v1.json"):
+        load_templates(config.templates)
+    with pytest.raises(FileNotFoundError, match="BatsResearch/ex2 .*data_files/pets_class_names.json"):
+        load_classnames(config.classnames)
+
+
+def test_ex2s_class_names_against_another_dataset_name_both_counts(ex2_files, tmp_path, capsys):
+    names = str(ex2_files / "pets_class_names.json")
+    assert main(["classify", "--dataset", "samples", "--classnames", names, "--output", str(tmp_path / "c")]) == 1
+    assert "holds 37 class names but dataset samples" in capsys.readouterr().err

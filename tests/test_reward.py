@@ -56,31 +56,56 @@ def test_chat_completions_and_concept_names():
     vlm = HashVLM()
     images, labels = random_images(3, 4, vlm.dim)
     means = torch.stack([images[labels == c].mean(0) for c in range(3)])
-    reward = EX2Reward(vlm, means, ["cat", "dog", "rocket"])
+    reward = EX2Reward(vlm, means, ["cat", "dog", "rocket"], text="first-paragraph")
     chat = [[{"role": "assistant", "content": "  a small   furry pet "}], [{"role": "assistant", "content": "tall"}]]
     plain = ["a small furry pet", "tall"]
     assert reward(completions=chat, concept=["cat", "rocket"]) == reward(completions=plain, concept=[0, 2])
     assert reward.last["concepts"] == ["cat", "rocket"]
     with pytest.raises(ValueError, match="not one of"):
         reward(completions=plain, concept=["cat", "zebra"])
+    raw = EX2Reward(vlm, means, ["cat", "dog", "rocket"])  # EX2's raw text: the content as it is
+    assert raw(completions=chat, concept=["cat", "rocket"]) == raw(completions=["  a small   furry pet ", "tall"],
+                                                                   concept=[0, 2])
 
 
-def three_concept_rewards(vlm: HashVLM) -> dict:
+def three_concept_rewards(vlm: HashVLM, **options) -> dict:
     images, labels = random_images(3, 4, vlm.dim)
     means = torch.stack([images[labels == c].mean(0) for c in range(3)])
     concepts = ["a", "b", "c"]
-    return {"ex2": EX2Reward(vlm, means, concepts), "contrastive": ContrastiveReward(vlm, means, concepts),
-            "contrastive-softmax": ContrastiveSoftmaxReward(vlm, means, concepts),
-            "planted": PlantedReward(vlm, concepts)}
+    return {"ex2": EX2Reward(vlm, means, concepts, **options),
+            "contrastive": ContrastiveReward(vlm, means, concepts, **options),
+            "contrastive-softmax": ContrastiveSoftmaxReward(vlm, means, concepts, **options),
+            "planted": PlantedReward(vlm, concepts, **options)}
 
 
 @pytest.mark.parametrize("kind", ["ex2", "contrastive", "contrastive-softmax", "planted"])
-def test_degenerate_completions_get_the_floor(kind):
-    reward = three_concept_rewards(HashVLM())[kind]
+def test_degenerate_completions_get_the_floor_when_asked(kind):
+    reward = three_concept_rewards(HashVLM(), empty_reward="floor")[kind]
     values = reward(completions=["", "  ", "...", "a red fruit"], concept=["a", "b", "c", "a"])
     assert all(math.isfinite(v) for v in values)
     assert values[:3] == [reward.floor] * 3
     assert values[3] >= reward.floor
+    fixed = three_concept_rewards(HashVLM(), empty_reward="-3")[kind]
+    assert fixed(completions=["", "a red fruit"], concept=["a", "a"])[0] == -3.0
+
+
+@pytest.mark.parametrize("kind", ["ex2", "contrastive", "contrastive-softmax", "planted"])
+def test_degenerate_completions_get_the_vlms_score_by_default(kind):
+    """EX2 scores every decoded completion, the empty one too: no floor unless asked for."""
+    vlm = HashVLM()
+    reward = three_concept_rewards(vlm)[kind]
+    values = reward(completions=["", "...", "a red fruit"], concept=["a", "b", "a"])
+    scored = reward.score(["", "...", "a red fruit"], [0, 1, 0]).tolist()
+    assert values == pytest.approx(scored)
+    assert values[0] != reward.floor and values[1] != values[0]
+
+
+def test_empty_reward_and_scored_text_are_checked():
+    vlm = HashVLM()
+    with pytest.raises(ValueError, match="'score'.*'floor' or a number"):
+        PlantedReward(vlm, empty_reward="lowest")
+    with pytest.raises(ValueError, match="raw, first-paragraph"):
+        PlantedReward(vlm, text="paragraph")
 
 
 def test_contrastive_variants():
@@ -122,10 +147,26 @@ def test_helpers():
         build_reward("clip", HashVLM(), None)
 
 
-def test_only_the_first_paragraph_is_scored():
+def test_first_paragraph_scores_only_the_first_paragraph():
     vlm = HashVLM()
-    reward = PlantedReward(vlm, ["x"], planted_text="a tall tower")
+    reward = PlantedReward(vlm, ["x"], planted_text="a tall tower", text="first-paragraph")
     assert reward(completions=["a tall tower\n\nunrelated words"], concept=["x"]) == [pytest.approx(100.0)]
+
+
+def test_raw_text_is_scored_whole_by_default():
+    """EX2 scores the decoded completion (special tokens skipped), every paragraph of it."""
+    vlm = HashVLM()
+    images, labels = random_images(2, 3, vlm.dim)
+    means = torch.stack([images[labels == c].mean(0) for c in range(2)])
+    text = "\nHere's a poem about a temple:\n\nstone steps and incense"
+    whole, first = per_batch_reward(images, labels, vlm.encode_texts([text, "Here's a poem about a temple:"]),
+                                    torch.tensor([0, 0]), vlm.logit_scale).tolist()
+    raw = EX2Reward(vlm, means, ["a", "b"])
+    assert raw(completions=[text + "<|im_end|>"], concept=["a"]) == [pytest.approx(whole, abs=1e-4)]
+    assert raw.last["texts"] == [text]
+    paragraph = EX2Reward(vlm, means, ["a", "b"], text="first-paragraph")
+    assert paragraph(completions=[text], concept=["a"]) == [pytest.approx(first, abs=1e-4)]
+    assert whole != pytest.approx(first, abs=1e-3)
 
 
 def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache):
@@ -196,7 +237,8 @@ def test_every_registered_reward_is_a_plain_trl_callable(kind, open_clip_dir, tm
 
     classnames = ["cat", "dog", "rocket"]
     dataset = tiny_dataset(tmp_path, classnames)
-    reward = build_reward(kind, load_vlm(f"local-dir:{open_clip_dir}"), dataset, images_per_class=2, progress=False)
+    reward = build_reward(kind, load_vlm(f"local-dir:{open_clip_dir}"), dataset, images_per_class=2, progress=False,
+                          empty_reward="floor")
     concepts, texts = ["cat", "rocket", "dog", "cat"], ["a small furry pet", "tall and metal", "", "whiskers"]
     values = trl_call(reward, concepts, classnames, texts)
     assert isinstance(values, list) and len(values) == len(texts)

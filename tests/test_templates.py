@@ -9,19 +9,35 @@ import pytest
 from ex2.data import TEMPLATE_SETS, TemplateError, load_templates
 
 
-def test_ex2_set_has_25_distinct_templates_with_one_slot():
+def test_describe25_set_has_25_distinct_templates_with_one_slot():
     templates = load_templates()
+    assert templates == load_templates("describe25")
     assert len(templates) == 25 and len(set(templates)) == 25
     assert templates[0] == "Describe a photo of a {}."
     assert all(t.count("{}") == 1 and t.format("sea otter") != t for t in templates)
     assert "Write a short poem about a {}." in templates
 
 
+def test_no_set_is_named_after_ex2():
+    """ex2's own questions are not EX2's: the name 'ex2' points to EX2's file instead."""
+    with pytest.raises(TemplateError, match="describe25.*mult_template_v1.json.*BatsResearch/ex2"):
+        load_templates("ex2")
+    assert all("ex2" not in name for name in TEMPLATE_SETS)
+
+
+def test_a_missing_ex2_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(TemplateError, match="BatsResearch/ex2.*data_files/mult_template_v1.json"):
+        load_templates(str(tmp_path / "data_files" / "mult_template_v1.json"))
+    with pytest.raises(TemplateError) as err:
+        load_templates(str(tmp_path / "mine.txt"))
+    assert "BatsResearch" not in str(err.value)
+
+
 def test_class_name_sets_for_the_classifier():
     assert load_templates("clip") == ["a photo of a {}."]
     ensemble = load_templates("clip_ensemble")
     assert len(ensemble) == 7 and "itap of a {}." in ensemble
-    assert set(TEMPLATE_SETS) == {"ex2", "clip", "clip_ensemble", "clip_80"}
+    assert set(TEMPLATE_SETS) == {"describe25", "clip", "clip_ensemble", "clip_80"}
     assert all(load_templates(name) for name in TEMPLATE_SETS)
 
 
@@ -80,6 +96,6 @@ def test_bad_template_files_name_file_and_line(tmp_path, name, text, message):
 
 def test_unknown_set_lists_the_valid_ones():
     with pytest.raises(
-        TemplateError, match=r"unknown template set or file 'menon'; sets: ex2, clip, clip_ensemble"
+        TemplateError, match=r"unknown template set or file 'menon'; sets: describe25, clip, clip_ensemble"
     ):
         load_templates("menon")

@@ -66,3 +66,48 @@ def test_mask_concept(text, concept, masked):
 def test_mask_concept_takes_any_mask_literally():
     assert mask_concept("a pug photo", "pug", "{concept}") == "a {concept} photo"
     assert mask_concept("a pug photo", "pug", r"\1") == r"a \1 photo"
+
+
+# --- the scored text: EX2's raw completion or the first paragraph ------------------------------
+
+RAW = "\nHere's a possible poem about a temple:\n\nStone steps, incense.<|im_end|>"
+
+
+def test_raw_text_drops_special_tokens_only():
+    from ex2.text import raw_text, scored_text
+
+    assert raw_text(RAW) == "\nHere's a possible poem about a temple:\n\nStone steps, incense."
+    assert raw_text("<s> a cat</s>", ["<extra>"]) == " a cat"
+    assert scored_text(RAW, "first-paragraph") == "Here's a possible poem about a temple:"
+    assert scored_text(RAW) == raw_text(RAW)
+    with pytest.raises(ValueError, match="raw, first-paragraph"):
+        scored_text(RAW, "paragraph")
+
+
+def generated(tmp_path):
+    import json
+
+    path = tmp_path / "d.jsonl"
+    records = [{"concept": "temple", "class_id": 0, "description": clean_description(RAW), "raw": RAW}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
+    from ex2.classify import ClassifyConfig, load_descriptions
+    from ex2.inspect import InspectConfig, load_inputs
+
+    path = generated(tmp_path)
+    whole = "Here's a possible poem about a temple:\n\nStone steps, incense."
+    assert load_descriptions(path).by_concept == {"temple": ["Here's a possible poem about a temple:"]}
+    raw = load_descriptions(path, text_field="raw")
+    assert raw.by_concept == {"temple": [whole]} and raw.provenance["text_field"] == "raw"
+    (record,) = load_inputs(InspectConfig(input=str(path), text_field="raw"))
+    assert record["description"] == whole and record["text_field"] == "raw" and record["raw"] == RAW
+    assert load_inputs(InspectConfig(input=str(path)))[0]["description"] == "Here's a possible poem about a temple:"
+    with pytest.raises(ValueError, match="use it with --method ex2"):
+        ClassifyConfig(method="dclip", descriptions=str(path), text_field="raw")
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"concept": "temple", "description": "a roof"}\n')
+    with pytest.raises(ValueError, match="has no 'raw' completion"):
+        load_descriptions(bare, text_field="raw")

@@ -46,17 +46,19 @@ def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:
             "--learning-rate", "1e-2", "--output", str(output), *extra]
 
 
-def reference_samples(llm: Path, adapter: Path | None, queries: list[str], max_new_tokens: int) -> list[str]:
-    """What ``ex2.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``)."""
+def reference_samples(llm: Path, adapter: Path | None, queries: list[str], max_new_tokens: int,
+                      text: str = "raw") -> list[str]:
+    """What ``ex2.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``), as
+    the reward scores it (``text``: EX2's raw completion, or its first paragraph)."""
     from ex2.llm import format_prompt
     from ex2.samplers import SamplingSettings, TransformersSampler, encode_prompts
-    from ex2.text import clean_description
+    from ex2.text import scored_text
 
     sampler = TransformersSampler(str(llm), adapter, SamplingSettings(max_new_tokens=max_new_tokens), device="cpu")
     prompts = [format_prompt(sampler.tokenizer, query, "chat") for query in queries]
     raws = sampler.generate(encode_prompts(sampler.tokenizer, prompts, "chat"), list(range(len(queries))))
     special = list(sampler.tokenizer.all_special_tokens)
-    return [clean_description(raw, special_tokens=special) for raw in raws]
+    return [scored_text(raw, text, special) for raw in raws]
 
 
 def subprocess_env(cache: Path) -> dict[str, str]:
@@ -209,6 +211,7 @@ def test_train_writes_a_complete_run_folder(tiny_llm, tiny_clip, tmp_path, tmp_c
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # the adapter moved away from its zero init
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["prompts"] == 2 * 8 and "base_mean_reward" in evaluation
+    assert evaluation["scored_text"] == "raw"  # the held-out evaluation scores what training scored
     # the evaluation samples with ex2's one sampler: base = the model without the adapter, same seeds
     queries = [sample["query"] for sample in evaluation["samples"]]
     for key, adapter in (("base", None), ("trained", run / "adapter")):

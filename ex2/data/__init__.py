@@ -6,7 +6,7 @@ ds = load_dataset("cub", "/data/CUB_200_2011")        # EX2's datasets from a lo
 ds = load_dataset("cub:/data/CUB_200_2011")           # the same, as NAME:ROOT
 per_class = sample_per_class(ds, 8)                   # {class id: first 8 image files}
 images = [load_image(p) for p in per_class[0]]        # RGB, None for unreadable files
-questions = load_templates("ex2")                     # 25 "Describe a photo of a {}."-style
+questions = load_templates("describe25")              # ex2's 25 "Describe a photo of a {}."-style
 """
 
 from __future__ import annotations
@@ -90,8 +90,11 @@ KNOWN_CLASSNAMES: dict[str, Callable[[], list[str]]] = {
 }
 
 
-def load_dataset(name: str, root: str | Path | None = None, split: str | None = None) -> ImageDataset:
-    """Load dataset ``name`` (or ``NAME:ROOT``) from ``root``; ``split`` None is its usual evaluation split."""
+def load_dataset(name: str, root: str | Path | None = None, split: str | None = None,
+                 classnames: str | Path | None = None) -> ImageDataset:
+    """Load dataset ``name`` (or ``NAME:ROOT``) from ``root``; ``split`` None is its usual evaluation split.
+    ``classnames`` (a class-name file, :func:`load_classnames`) renames its classes; a file whose count
+    differs from the dataset's is a DatasetError naming both counts."""
     name, root = split_dataset_name(name, root)
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -100,7 +103,8 @@ def load_dataset(name: str, root: str | Path | None = None, split: str | None = 
     split = split or (valid[0] if valid else "test")
     if valid and split not in valid:
         raise DatasetError(f"{name} has no split {split!r}; valid splits: {', '.join(valid)}")
-    return loader(Path(root).expanduser() if root else None, split)
+    dataset = loader(Path(root).expanduser() if root else None, split)
+    return apply_classnames(dataset, classnames) if classnames else dataset
 
 
 def _read_concepts(path: Path) -> list[str]:

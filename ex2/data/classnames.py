@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from ex2.data.dataset import DatasetError, ImageDataset
+from ex2.data.templates import ex2_file_hint
 
 EXPECTED = "a JSON list of class names, or a text file with one class name a line, in class-id order"
 
@@ -42,7 +43,7 @@ def load_classnames(path: str | Path, expected: int | None = None, where: str = 
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such class-name file (expected {EXPECTED})")
+        raise FileNotFoundError(f"{path}: no such class-name file (expected {EXPECTED}){ex2_file_hint(path)}")
     names = _parse(path, path.read_text(encoding="utf-8"))
     if not names:
         raise ValueError(f"{path}: no class names found; expected {EXPECTED}")

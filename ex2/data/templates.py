@@ -1,9 +1,10 @@
 """Query templates as data: the questions asked about each concept, and class-name prompts.
 
-A template holds exactly one ``{}`` for the concept name. EX2's questions ship as a text file
-beside this module (one template a line); CLIP's class-name prompts come from open_clip
-(``open_clip.zero_shot_metadata``). A user file may be a text file or a JSON list of strings, so
-EX2's original template file loads as is.
+A template holds exactly one ``{}`` for the concept name. ex2's own 25 questions (``describe25``)
+ship as a text file beside this module (one template a line); they are not EX2's: EX2's 25 are its
+``data_files/mult_template_v1.json`` (github.com/BatsResearch/ex2), which loads as is, as does any
+user file (a text file or a JSON list of strings). CLIP's class-name prompts come from open_clip
+(``open_clip.zero_shot_metadata``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 TEMPLATE_SETS: dict[str, str] = {
-    "ex2": "25 questions about a concept: descriptive, visual, caption, critique, story and poem",
+    "describe25": "ex2's own 25 questions about a concept: descriptive, visual, caption, critique, story and "
+                  "poem (not EX2's: EX2's are its data_files/mult_template_v1.json)",
     "clip": 'one class-name prompt, "a photo of a {}."',
     "clip_ensemble": "CLIP's 7-prompt ImageNet ensemble of class-name prompts (open_clip's)",
     "clip_80": "CLIP's 80 ImageNet class-name prompts (open_clip's OPENAI_IMAGENET_TEMPLATES)",
@@ -68,10 +70,10 @@ def open_clip_templates(name: str) -> list[str]:
 
 
 def _template_set(name: str) -> list[str]:
-    if name == "ex2":
+    if name == "describe25":
         return parse_templates(
-            resources.files("ex2.data").joinpath("templates_ex2.txt").read_text(encoding="utf-8"),
-            "template set ex2",
+            resources.files("ex2.data").joinpath("templates_describe25.txt").read_text(encoding="utf-8"),
+            "template set describe25",
         )
     if name == "clip":
         return ["a photo of a {}."]
@@ -79,14 +81,32 @@ def _template_set(name: str) -> list[str]:
     return open_clip_templates(source)
 
 
-def load_templates(name_or_path: str = "ex2") -> list[str]:
+EX2_REPOSITORY = "https://github.com/BatsResearch/ex2"
+EX2_FILES = ("mult_template_v1.json",) + tuple(
+    f"{name}_class_names.json" for name in ("cub", "fgvc_aircraft", "flowers", "pets", "stanford_cars", "stanford_dogs"))
+
+
+def ex2_file_hint(path: str | Path) -> str:
+    """Where to get one of EX2's data files (``"; ..."``), or "" for any other file."""
+    path = Path(path)
+    if path.name in EX2_FILES or path.parent.name == "data_files":
+        return (f"; it is one of EX2's files: clone {EX2_REPOSITORY} and give the path to its "
+                f"data_files/{path.name} (or run from a folder holding that data_files/)")
+    return ""
+
+
+def load_templates(name_or_path: str = "describe25") -> list[str]:
     """A template set (see ``TEMPLATE_SETS``) or a user file of templates."""
     if name_or_path in TEMPLATE_SETS:
         return _template_set(name_or_path)
+    if name_or_path == "ex2":
+        raise TemplateError(
+            "there is no template set 'ex2': ex2's own 25 questions are 'describe25'; EX2's own 25 are "
+            f"its data_files/mult_template_v1.json ({EX2_REPOSITORY}): give that file's path")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise TemplateError(
             f"unknown template set or file {name_or_path!r}; sets: {', '.join(TEMPLATE_SETS)}, "
-            "or a file with one template a line (or a JSON list)"
+            f"or a file with one template a line (or a JSON list){ex2_file_hint(path)}"
         )
     return parse_templates(path.read_text(encoding="utf-8"), str(path))
