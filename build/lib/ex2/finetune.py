@@ -1,0 +1,659 @@
+"""Teach an open_clip VLM the descriptions: ``ex2 finetune``.
+
+    ex2 finetune --vlm ViT-B-32:openai --dataset cub --data-root DIR --split train \\
+        --descriptions runs/inspect/categories.jsonl --categories visual --objective desc --output runs/ft
+    ex2 finetune --vlm ViT-B-32:openai --objective grain --annotations grounding.jsonl --output runs/grain
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m ex2.cli finetune ...
+
+Objectives
+    ``desc``   each image against the batch's descriptions, its class's descriptions the positives
+               (multi-positive InfoNCE, both directions), plus ``--name-weight`` times the same loss
+               against the class names (``--name-template``), so zero-shot by name is kept.
+    ``grain``  GRAIN (Halbe et al.): caption–image InfoNCE, plus a DETR-style region decoder on the
+               ViT's patch tokens (:mod:`ex2.grain`) whose queries are matched to the annotated boxes
+               (Hungarian, L1 + GIoU) and aligned with their region's description (cross-entropy).
+
+The whole model (``--method full``) or LoRA adapters on the towers' MLP layers (``--method lora``,
+peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
+the same code under ``accelerate launch`` for DDP or DeepSpeed (``configs/accelerate/*.yaml``), with
+gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full state
+goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT`` gets
+``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
+``provenance.json`` and ``model/``: an open_clip folder that loads back as an ex2 VLM
+(``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves ``region_decoder.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ex2.config import data_root_option, dataset_option, option, save_config, vlm_option
+from ex2.io import append_jsonl, materialise, repair_jsonl, write_json, write_jsonl
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence marks it complete
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune an open_clip VLM on descriptions (desc) or grounded regions (grain, GRAIN-style)."""
+
+    output: str = option("", "run folder: checkpoints, log.jsonl, loss.png and the fine-tuned model/")
+    objective: Literal["desc", "grain"] = option("desc", "desc: images vs their class's descriptions; grain: regions")
+    vlm: str = vlm_option("ViT-B-32:openai")
+    dataset: str = dataset_option()
+    data_root: str | None = data_root_option()
+    split: str = option("train", "dataset split to fine-tune on (desc)")
+    descriptions: str | None = option(None, "desc: descriptions.jsonl or categories.jsonl (ours) or JSON {class: [texts]}")
+    categories: list[str] = option([], "desc: keep only descriptions of these inspection categories (e.g. visual)")
+    annotations: str | None = option(None, "grain: JSONL of {image, caption, regions: [{text, box: [x0,y0,x1,y1]}]}")
+    name_weight: float = option(1.0, "desc: weight of the image–class-name term (0 turns it off)")
+    name_template: str = option("a photo of a {}.", "desc: text made of a class name for the name term")
+    texts_per_class: int = option(4, "desc: descriptions drawn per class in a batch")
+    method: Literal["full", "lora"] = option("lora", "full: train every weight; lora: adapters on the MLP layers")
+    lora_rank: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_targets: list[str] = option(["c_fc", "c_proj"], "module names LoRA adapts (open_clip's MLP linears)")
+    queries: int = option(8, "grain: region queries of the decoder")
+    decoder_layers: int = option(2, "grain: transformer decoder layers")
+    l1_weight: float = option(5.0, "grain: box L1 weight (matching cost and loss)")
+    giou_weight: float = option(2.0, "grain: box GIoU weight (matching cost and loss)")
+    region_weight: float = option(1.0, "grain: region–description cross-entropy weight")
+    learning_rate: float = option(1e-5, "peak learning rate of the towers (AdamW)")
+    head_learning_rate: float = option(1e-4, "grain: learning rate of the region decoder")
+    weight_decay: float = option(0.1, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear warm-up steps, then the --lr-schedule")
+    lr_schedule: Literal["cosine", "constant"] = option("cosine", "after warm-up: cosine decay to 0 at --max-steps, or constant")
+    batch_size: int = option(32, "images per process per micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
+    max_steps: int = option(1000, "optimiser steps")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
+    save_steps: int = option(500, "save accelerate's state every N steps")
+    save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
+    log_steps: int = option(10, "log mean loss and accuracy every N steps")
+    resume: bool = option(False, "continue from the latest checkpoint in OUTPUT/checkpoints")
+    seed: int = option(0, "random seed (shuffling, description draws, initialisation)")
+    device: str | None = option(None, "cpu to force the CPU; default: what accelerate chooses")
+    precision: str = option("auto", "fp32, bf16, fp16 or auto (bf16 autocast on CUDA, fp32 on CPU)")
+    num_workers: int = option(0, "data-loader worker processes")
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("--output DIR is required (the run folder)")
+        if self.objective == "desc" and not self.descriptions:
+            raise ValueError("--objective desc needs --descriptions FILE (descriptions.jsonl, categories.jsonl or JSON)")
+        if self.objective == "grain" and not self.annotations:
+            raise ValueError("--objective grain needs --annotations FILE.jsonl ({image, caption, regions})")
+        if self.categories and self.objective != "desc":
+            raise ValueError("--categories filters descriptions; use it with --objective desc")
+        self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "save_steps", "log_steps",
+                     "texts_per_class", "queries", "lora_rank", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        for flag, value in (("--descriptions", self.descriptions), ("--annotations", self.annotations)):
+            if value and not Path(value).is_file():
+                raise FileNotFoundError(f"{flag} file {value} does not exist")
+        if "{}" not in self.name_template:
+            raise ValueError(f"--name-template needs a {{}} for the class name, got {self.name_template!r}")
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+
+def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with several positives: for each image (row) ``-log`` of the softmax mass
+    on its positive texts, and for each text (column) on its positive images; the two means averaged.
+    With ``positives`` the identity it is CLIP's loss."""
+    positives = positives.bool()
+    masked = logits.masked_fill(~positives, float("-inf"))
+    rows = positives.any(1)
+    cols = positives.any(0)
+    i2t = (logits.logsumexp(1) - masked.logsumexp(1))[rows].mean()
+    t2i = (logits.logsumexp(0) - masked.logsumexp(0))[cols].mean()
+    return (i2t + t2i) / 2
+
+
+def top1_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Fraction of images whose best-scoring text is one of their positives."""
+    return positives.bool().gather(1, logits.argmax(1, keepdim=True)).float().mean()
+
+
+# --- the trained module --------------------------------------------------------------------------
+
+
+class FinetuneModel(torch.nn.Module):
+    """The open_clip model (with LoRA layers, if any) and GRAIN's region decoder, behind one
+    ``forward`` so DDP and DeepSpeed see every trained parameter used in it."""
+
+    def __init__(self, clip: torch.nn.Module, decoder: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.clip, self.decoder = clip, decoder
+
+    def scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=100)
+
+    def images(self, pixels: torch.Tensor, tokens: bool = False):
+        visual = self.clip.visual
+        if not tokens:
+            return F.normalize(self.clip.encode_image(pixels), dim=-1), None
+        visual.output_tokens = True
+        try:
+            pooled, patch = visual(pixels)
+        finally:
+            visual.output_tokens = False
+        return F.normalize(pooled, dim=-1), patch
+
+    def forward(self, pixels: torch.Tensor, texts: torch.Tensor, positives: torch.Tensor, **extra) -> dict:
+        if extra.get("regions") is not None:
+            return self._grain(pixels, texts, positives, **extra)
+        images, _ = self.images(pixels)
+        text = F.normalize(self.clip.encode_text(texts), dim=-1)
+        logits = self.scale() * images @ text.T
+        out = {"desc": multi_positive_nce(logits, positives), "desc_acc": top1_positive(logits, positives).detach()}
+        loss = out["desc"]
+        names = extra.get("names")
+        if names is not None and extra.get("name_weight", 0) > 0:
+            name_logits = self.scale() * images @ F.normalize(self.clip.encode_text(names), dim=-1).T
+            name_pos = extra["name_positives"]
+            out["name"] = multi_positive_nce(name_logits, name_pos)
+            out["name_acc"] = top1_positive(name_logits, name_pos).detach()
+            loss = loss + extra["name_weight"] * out["name"]
+        out["loss"] = loss
+        return out
+
+    def _grain(self, pixels, texts, positives, regions, region_texts, region_targets, weights, **_) -> dict:
+        from ex2.grain import region_losses
+
+        images, patch = self.images(pixels, tokens=True)
+        captions = F.normalize(self.clip.encode_text(texts), dim=-1)
+        logits = self.scale() * images @ captions.T
+        boxes, embeds = self.decoder(patch)
+        described = F.normalize(self.clip.encode_text(region_texts), dim=-1)
+        out = region_losses(boxes, embeds, regions, region_targets, described, self.scale(),
+                            weights["l1"], weights["giou"])
+        out["caption"] = multi_positive_nce(logits, positives)
+        out["caption_acc"] = top1_positive(logits, positives).detach()
+        out["loss"] = (out["caption"] + weights["region"] * out["region_text"]
+                       + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"])
+        return out
+
+
+def add_lora(clip: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+    """LoRA adapters on ``config.lora_targets`` in both towers (peft); everything else frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_targets))
+    try:
+        clip = inject_adapter_in_model(lora, clip)
+    except ValueError as err:
+        raise ValueError(f"--lora-targets {config.lora_targets}: {err}") from err
+    for name, param in clip.named_parameters():
+        param.requires_grad = "lora_" in name
+    return clip
+
+
+def merge_lora(clip: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters into their base layers and put the plain layers back."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(clip.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(clip.get_submodule(parent_name) if parent_name else clip, child, module.get_base_layer())
+    return clip
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+class EpochData(torch.utils.data.Dataset):
+    """Items in a fresh seeded order each epoch (``reorder``: not ``set_epoch``, which accelerate
+    calls with its own count), so a resumed run sees the same batches it would have seen;
+    accelerate shards the sequence across processes."""
+
+    def __init__(self, items: list, load, seed: int) -> None:
+        self.items, self.load, self.seed = items, load, seed
+        self.order = list(range(len(items)))
+
+    def reorder(self, epoch: int) -> None:
+        self.order = np.random.default_rng((self.seed, epoch)).permutation(len(self.items)).tolist()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.load(self.items[self.order[index]])
+
+
+def _square(image, size: int):
+    """The image resized to ``size``² (boxes in normalised coordinates stay true; no crop)."""
+    return image.resize((size, size))
+
+
+def _image_size(clip) -> int:
+    size = clip.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def desc_data(config: FinetuneConfig, transform) -> tuple[EpochData, list[str], list[list[str]]]:
+    """(the dataset's images, class names, descriptions per class: the name alone where none)."""
+    from ex2.classify import align_descriptions, load_descriptions
+    from ex2.data import load_dataset
+    from ex2.data.images import load_image
+
+    dataset = load_dataset(config.dataset, config.data_root, config.split)
+    if not dataset.items:
+        raise ValueError(f"dataset {config.dataset} split {config.split} has no images")
+    descriptions = load_descriptions(config.descriptions, config.categories)
+    texts, _ = align_descriptions(dataset.classnames, descriptions, allow_missing=True, source=config.descriptions)
+    texts = [t or [config.name_template.format(name)] for t, name in zip(texts, dataset.classnames, strict=True)]
+
+    def load(item):
+        path, label = item
+        return transform(load_image(path, strict=True)), label
+
+    return EpochData(dataset.items, load, config.seed), dataset.classnames, texts
+
+
+def grain_data(config: FinetuneConfig, transform, size: int) -> EpochData:
+    from ex2.data.images import load_image
+    from ex2.finetune_data import read_grounding
+
+    records = read_grounding(config.annotations)
+
+    def load(record):
+        from torchvision.ops import box_convert
+
+        boxes = torch.tensor([box for _, box in record.regions], dtype=torch.float32).reshape(-1, 4)
+        pixels = transform(_square(load_image(record.image, strict=True), size))
+        return pixels, record.caption, [text for text, _ in record.regions], box_convert(boxes, "xyxy", "cxcywh")
+
+    return EpochData(records, load, config.seed)
+
+
+def _collate_grain(batch):
+    pixels, captions, texts, boxes = zip(*batch, strict=True)
+    return torch.stack(pixels), list(captions), list(texts), list(boxes)
+
+
+def desc_inputs(labels: torch.Tensor, class_texts: list[list[str]], classnames: list[str], config, rng) -> dict:
+    """Texts of a desc batch: up to ``texts_per_class`` descriptions of each class present, and
+    the positives mask; plus the class names of the batch's classes for the name term."""
+    present = sorted(set(labels.tolist()))
+    texts, owner = [], []
+    for label in present:
+        pool = class_texts[label]
+        chosen = rng.choice(len(pool), size=min(config.texts_per_class, len(pool)), replace=False)
+        texts += [pool[i] for i in sorted(chosen)]
+        owner += [label] * len(chosen)
+    positives = labels[:, None] == torch.tensor(owner)[None, :]
+    names = [config.name_template.format(classnames[label]) for label in present]
+    name_positives = labels[:, None] == torch.tensor(present)[None, :]
+    return {"texts": texts, "positives": positives, "names": names, "name_positives": name_positives}
+
+
+def grain_inputs(captions: list[str], region_texts: list[list[str]], boxes: list[torch.Tensor]) -> dict:
+    distinct = list(dict.fromkeys(t for texts in region_texts for t in texts))
+    index = {t: i for i, t in enumerate(distinct)}
+    positives = torch.tensor([[a == b for b in captions] for a in captions])
+    targets = [torch.tensor([index[t] for t in texts], dtype=torch.long) for texts in region_texts]
+    return {"texts": captions, "positives": positives, "region_texts": distinct, "regions": boxes,
+            "region_targets": targets}
+
+
+# --- checkpoints, log, saving ------------------------------------------------------------------
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = [p for p in (output / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output: Path, step: int, limit: int) -> None:
+    folder = output / CHECKPOINTS / f"step-{step:07d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        write_json(folder / STATE_FILE, {"step": step})
+        for old in checkpoints(output)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def plot_log(records: list[dict], path: Path) -> Path:
+    from ex2.plotting import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in records]
+    ax.plot(steps, [r["loss"] for r in records], label="loss", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    acc = ax.twinx()
+    for key, colour in (("desc_acc", "tab:orange"), ("name_acc", "tab:green"), ("caption_acc", "tab:orange"),
+                        ("region_acc", "tab:red")):
+        if records and key in records[0]:
+            acc.plot(steps, [r[key] for r in records], label=key, color=colour, linestyle="--")
+    acc.set_ylabel("top-1 accuracy")
+    acc.set_ylim(0, 1)
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def model_config(vlm: str) -> dict:
+    """open_clip's ``model_cfg`` of the VLM being tuned (what ``open_clip_config.json`` holds)."""
+    import open_clip
+
+    from ex2.names import parse_vlm_name
+    from ex2.vlm.offline import hub_offline
+    from ex2.vlm.open_clip_backend import needs_quick_gelu
+
+    spec = parse_vlm_name(vlm)
+    if spec.backend != "open_clip":
+        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {vlm!r} is a {spec.backend} model")
+    if spec.model.startswith("local-dir:"):
+        path = Path(spec.model.removeprefix("local-dir:")) / "open_clip_config.json"
+        return json.loads(path.read_text(encoding="utf-8"))["model_cfg"]
+    if spec.model.startswith("hf-hub:"):
+        from open_clip.factory import _get_hf_config
+
+        with hub_offline():
+            return _get_hf_config(spec.model.removeprefix("hf-hub:"))["model_cfg"]
+    cfg = dict(open_clip.get_model_config(spec.model) or {})
+    if spec.pretrained and not Path(spec.pretrained).expanduser().is_file() and needs_quick_gelu(spec.model, spec.pretrained):
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+def save_open_clip(clip: torch.nn.Module, cfg: dict, folder: Path) -> Path:
+    """Write ``clip`` as an open_clip ``local-dir`` folder (config + safetensors), atomically."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    def build(tmp: Path) -> None:
+        state = {k: v.detach().float().contiguous().cpu() for k, v in clip.state_dict().items()}
+        save_file(state, tmp / "open_clip_model.safetensors")
+        save_config_for_hf(clip, tmp / "open_clip_config.json", model_config=cfg)
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    return materialise(folder, build)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def _accelerator(config: FinetuneConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    cpu = config.device == "cpu" or not torch.cuda.is_available()
+    precision = config.precision
+    if precision == "auto":
+        precision = "fp32" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    plugin = GradientAccumulationPlugin(num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False)
+    return Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_plugin=plugin)
+
+
+def _build(config: FinetuneConfig):
+    """(model, tokenizer, transform, the VLM's identity) on the CPU in fp32."""
+    from ex2.names import parse_vlm_name
+    from ex2.vlm.open_clip_backend import load_open_clip
+
+    spec = parse_vlm_name(config.vlm)
+    if spec.backend != "open_clip":
+        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {config.vlm!r} is a {spec.backend} model")
+    vlm = load_open_clip(spec, torch.device("cpu"), torch.float32)
+    clip = vlm.model.train()
+    if config.method == "lora":
+        clip = add_lora(clip, config)
+    decoder = None
+    if config.objective == "grain":
+        from ex2.grain import RegionDecoder
+
+        width = clip.visual.transformer.width
+        embed = clip.text_projection.shape[-1] if hasattr(clip, "text_projection") else clip.visual.output_dim
+        decoder = RegionDecoder(width, embed, config.queries, config.decoder_layers, heads=_heads(width))
+    return FinetuneModel(clip, decoder), vlm.tokenizer, vlm.transform, vlm.identity
+
+
+def _heads(width: int) -> int:
+    return next(h for h in (8, 4, 2, 1) if width % h == 0)
+
+
+def _optimizer(model: FinetuneModel, config: FinetuneConfig) -> torch.optim.Optimizer:
+    tower = [p for p in model.clip.parameters() if p.requires_grad]
+    groups = [{"params": tower, "lr": config.learning_rate}]
+    if model.decoder is not None:
+        groups.append({"params": list(model.decoder.parameters()), "lr": config.head_learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _schedule(optimizer, config: FinetuneConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _Batcher:
+    """Turns a loader batch into the model's inputs (texts tokenised, on the device)."""
+
+    def __init__(self, config, tokenizer, device, classnames=None, class_texts=None) -> None:
+        self.config, self.tokenizer, self.device = config, tokenizer, device
+        self.classnames, self.class_texts = classnames, class_texts
+
+    def __call__(self, batch, micro: int) -> dict:
+        config, device = self.config, self.device
+        if config.objective == "desc":
+            pixels, labels = batch
+            rng = np.random.default_rng((config.seed, micro))
+            parts = desc_inputs(labels.cpu(), self.class_texts, self.classnames, config, rng)
+            inputs = {"names": self.tokenizer(parts["names"]).to(device),
+                      "name_positives": parts["name_positives"].to(device), "name_weight": config.name_weight}
+        else:
+            pixels, captions, region_texts, boxes = batch
+            parts = grain_inputs(captions, region_texts, boxes)
+            inputs = {"region_texts": self.tokenizer(parts["region_texts"]).to(device),
+                      "regions": [b.to(device) for b in parts["regions"]],
+                      "region_targets": [t.to(device) for t in parts["region_targets"]],
+                      "weights": {"l1": config.l1_weight, "giou": config.giou_weight, "region": config.region_weight}}
+        inputs.update(pixels=pixels.to(device), texts=self.tokenizer(parts["texts"]).to(device),
+                      positives=parts["positives"].to(device))
+        return inputs
+
+
+def _resume_step(accelerator, config: FinetuneConfig, output: Path, log: Path) -> int:
+    found = checkpoints(output)
+    if not config.resume or not found:
+        if accelerator.is_main_process and log.exists():
+            log.unlink()
+        return 0
+    latest = found[-1]
+    accelerator.load_state(str(latest))
+    step = json.loads((latest / STATE_FILE).read_text(encoding="utf-8"))["step"]
+    if accelerator.is_main_process and log.exists():
+        write_jsonl(log, [r for r in repair_jsonl(log, required=("step",)) if r["step"] <= step])
+    accelerator.print(f"resuming from {latest} at step {step}")
+    return step
+
+
+def _mean(accelerator, sums: dict[str, float], count: int) -> dict[str, float]:
+    """Each logged value's mean over the micro-batches since the last log and over the processes."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] / max(count, 1) for k in keys], device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean") if accelerator.num_processes > 1 else values
+    return {k: round(float(v), 6) for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def train(config: FinetuneConfig) -> dict:
+    """Run the training loop; returns the last logged record (and writes everything into OUTPUT)."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    output = Path(config.output)
+    accelerator = _accelerator(config)
+    set_seed(config.seed)
+    model, tokenizer, transform, identity = _build(config)
+    if config.objective == "desc":
+        data, classnames, class_texts = desc_data(config, transform)
+        collate = None
+    else:
+        data, classnames, class_texts = grain_data(config, transform, _image_size(model.clip)), None, None
+        collate = _collate_grain
+    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False, drop_last=len(data) >= config.batch_size,
+                                         num_workers=config.num_workers, collate_fn=collate)
+    optimizer = _optimizer(model, config)
+    scheduler = _schedule(optimizer, config)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(config, output)
+    accelerator.wait_for_everyone()
+    log = output / "log.jsonl"
+    step = _resume_step(accelerator, config, output, log)
+    batcher = _Batcher(config, tokenizer, accelerator.device, classnames, class_texts)
+    micro, per_epoch = step * config.gradient_accumulation_steps, len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"no batches: {len(data)} items for batch size {config.batch_size}")
+    sums: dict[str, float] = {}
+    count, last = 0, {}
+    progress = tqdm(total=config.max_steps, initial=step, desc="finetune", disable=not accelerator.is_local_main_process)
+    while step < config.max_steps:
+        epoch, offset = divmod(micro, per_epoch)
+        data.reorder(epoch)
+        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = model(**batcher(batch, micro))
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            micro += 1
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach().float())
+            count += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % config.log_steps == 0 or step == config.max_steps:
+                last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+                sums, count = {}, 0
+                if accelerator.is_main_process:
+                    append_jsonl(log, last)
+                progress.set_postfix(loss=last["loss"])
+            if step % config.save_steps == 0 or step == config.max_steps:
+                save_checkpoint(accelerator, output, step, config.save_total_limit)
+            if step >= config.max_steps:
+                break
+    progress.close()
+    _finish(accelerator, model, config, output, identity, log, last)
+    return last
+
+
+def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: str, log: Path, last: dict) -> None:
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(model)  # collective: gathers DeepSpeed ZeRO-3 shards
+    if not accelerator.is_main_process:
+        return
+    from safetensors.torch import save_file
+
+    from ex2.io import read_jsonl
+
+    unwrapped = _build(config)[0]  # a full copy on the CPU in fp32, whatever the sharding or precision
+    unwrapped.load_state_dict(state)
+    clip = merge_lora(unwrapped.clip) if config.method == "lora" else unwrapped.clip
+    folder = save_open_clip(clip, model_config(config.vlm), output / "model")
+    if unwrapped.decoder is not None:
+        state = {k: v.detach().float().contiguous().cpu() for k, v in unwrapped.decoder.state_dict().items()}
+        save_file(state, output / "region_decoder.safetensors")
+    records = read_jsonl(log) if log.exists() else []
+    if records:
+        plot_log(records, output / "loss.png")
+    write_json(output / "provenance.json", {
+        "base_vlm": config.vlm, "base_identity": identity, "objective": config.objective, "method": config.method,
+        "steps": config.max_steps, "descriptions": str(Path(config.descriptions).resolve()) if config.descriptions else None,
+        "categories": config.categories, "annotations": str(Path(config.annotations).resolve()) if config.annotations else None,
+        "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision, "last_log": last, "vlm": str(folder.resolve()),
+        "region_decoder": unwrapped.decoder.shape if unwrapped.decoder is not None else None,
+    })
+    accelerator.print(f"fine-tuned model: {folder} (use --vlm {folder})")
+
+
+@torch.no_grad()
+def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str = "cpu") -> dict[str, float]:
+    """Held-out grounding numbers of a ``grain`` run: each annotated region is matched to a query
+    (Hungarian, as in training); ``region_top1`` is how often the matched query's embedding scores
+    the region's own description highest among all distinct descriptions of ``annotations``,
+    ``mean_iou`` the mean IoU of the matched boxes."""
+    from safetensors.torch import load_file
+
+    from ex2.data.images import load_image
+    from ex2.finetune_data import read_grounding
+    from ex2.grain import RegionDecoder, hungarian_match, matched_iou
+    from ex2.vlm import load_vlm
+
+    run_dir = Path(run_dir)
+    shape = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8")).get("region_decoder")
+    if not shape:
+        raise ValueError(f"{run_dir} is not a grain run: provenance.json has no region_decoder")
+    vlm = load_vlm(str(run_dir / "model"), device=device, precision="fp32")
+    decoder = RegionDecoder(**shape).to(vlm.device).eval()
+    decoder.load_state_dict(load_file(str(run_dir / "region_decoder.safetensors")))
+    model = FinetuneModel(vlm.model, decoder).eval()
+    records = read_grounding(annotations)
+    distinct = list(dict.fromkeys(text for record in records for text, _ in record.regions))
+    texts = F.normalize(vlm.model.encode_text(vlm.tokenizer(distinct).to(vlm.device)).float(), dim=-1)
+    size, hits, ious = _image_size(vlm.model), [], []
+    for record in records:
+        from torchvision.ops import box_convert
+
+        pixels = vlm.preprocess(_square(load_image(record.image, strict=True), size))[None].to(vlm.device)
+        _, patch = model.images(pixels, tokens=True)
+        boxes, embeds = decoder(patch)
+        gold = box_convert(torch.tensor([b for _, b in record.regions]), "xyxy", "cxcywh").to(boxes)
+        query, region = hungarian_match(boxes[0], gold)
+        best = (F.normalize(embeds[0, query].float(), dim=-1) @ texts.T).argmax(-1).cpu()
+        hits += [distinct[i] == record.regions[r][0] for i, r in zip(best.tolist(), region.tolist(), strict=True)]
+        ious += matched_iou(boxes[0], gold).tolist()
+    return {"region_top1": sum(hits) / len(hits), "mean_iou": sum(ious) / len(ious), "regions": len(hits),
+            "chance_top1": 1 / len(distinct)}
+
+
+def run(config: FinetuneConfig) -> Path:
+    """Fine-tune, save the model and return the run folder."""
+    if not config.resume and checkpoints(Path(config.output)):
+        raise ValueError(
+            f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "
+            "or choose another --output"
+        )
+    train(config)
+    return Path(config.output)
