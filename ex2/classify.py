@@ -54,7 +54,7 @@ from ex2.config import (
 from ex2.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.names import split_dataset_name
 from ex2.taxonomy import FILTER_CATEGORIES
-from ex2.text import record_text
+from ex2.text import record_text, resolve_text_field
 
 METHODS = ("clip", "dclip", "cupl", "ex2", "waffle", "coder")
 DEFAULT_AGGREGATE = {
@@ -179,8 +179,10 @@ class ClassifyConfig:
             )
         if self.text_field not in TEXT_FIELDS:
             raise ValueError(f"--text-field must be one of {', '.join(TEXT_FIELDS)}, got {self.text_field!r}")
-        if self.text_field != "description" and self.method != "ex2":
-            raise ValueError("--text-field picks the text of generated records; use it with --method ex2")
+        if self.method != "ex2":
+            if self.text_field == "raw":
+                raise ValueError("--text-field raw picks the text of generated records; use it with --method ex2")
+            self.text_field = "description"  # the other methods read descriptor texts as their authors wrote them
         if self.method == "ex2" and self.description_format is None:
             self.description_format = "{description}"
         if self.description_format is not None:
@@ -283,10 +285,10 @@ def adapter_vlm(adapter: str | None) -> str | None:
 
 
 def load_descriptions(path: str | Path, categories: list[str] | tuple = (),
-                      text_field: str = "description") -> Descriptions:
+                      text_field: str = "auto") -> Descriptions:
     """Descriptions per concept from our JSONL (optionally filtered by inspection category; the
-    records' ``text_field``, description or raw) or from a JSON ``{class: [texts]}`` (DCLIP's,
-    CuPL's, WaffleCLIP's), kept as written."""
+    records' ``text_field``: raw, description or auto, :func:`ex2.text.resolve_text_field`) or from a
+    JSON ``{class: [texts]}`` (DCLIP's, CuPL's, WaffleCLIP's), kept as written."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"descriptions file {path} does not exist (expected .jsonl or .json)")
@@ -294,12 +296,13 @@ def load_descriptions(path: str | Path, categories: list[str] | tuple = (),
     if path.suffix == ".json":
         if categories:
             raise ValueError(f"{path}: a JSON descriptor file has no inspection categories; pass categories.jsonl")
-        if text_field != "description":
+        if text_field == "raw":
             raise ValueError(f"{path}: a JSON descriptor file has no raw completions; use --text-field description")
         by_concept = _read_descriptor_json(path)
-        provenance.update(format="dclip_json", model=None, adapter=None)
+        provenance.update(format="dclip_json", model=None, adapter=None, text_field="description")
     else:
         records = _category_records(path) if categories else read_jsonl(path, required=("concept", "description"))
+        text_field = resolve_text_field(records, text_field, path)
         by_concept = {}
         for record in records:
             texts = by_concept.setdefault(str(record["concept"]), [])

@@ -63,13 +63,15 @@ def classnames_option(whose: str = "the dataset's") -> Any:
                         f"{whose} own; it must name as many classes")
 
 
-TEXT_FIELDS = ("description", "raw")
+TEXT_FIELDS = ("auto", "raw", "description")
 
 
 def text_field_option() -> Any:
-    """``--text-field``: which text of a generated record a stage reads."""
-    return option("description", "text of each generated record: description (the first paragraph, as "
-                                 "generate keeps it) | raw (the whole decoded completion, as EX2 scored it)")
+    """``--text-field``: which text of a generated record a stage reads (:func:`ex2.text.resolve_text_field`)."""
+    return option("auto", "text of each generated record: raw (the whole decoded completion, as EX2's reward "
+                          "and ex2 train's default --reward-text raw score it) | description (its first "
+                          "paragraph, as generate keeps it) | auto: what an inspection judged, else raw where "
+                          "every record has it, else description")
 
 
 def data_root_option() -> Any:

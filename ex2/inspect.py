@@ -71,7 +71,7 @@ from ex2.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
 from ex2.names import split_dataset_name
 from ex2.registry import LazyRegistry
 from ex2.taxonomy import UNPARSED
-from ex2.text import record_text
+from ex2.text import record_text, resolve_text_field
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 INPUT_FIELD = "input_sha256"  # which input a record was judged for (first 16 hex digits of its SHA-256)
@@ -179,15 +179,16 @@ def record_key(record: dict) -> tuple:
 
 
 def read_inputs(config: InspectConfig) -> list[dict]:
-    """Every input record, its concept renamed from ``--classnames`` when given; with ``--text-field
-    raw`` the judged ``description`` is its raw completion as EX2 scored it (``text_field`` says so)."""
+    """Every input record, its concept renamed from ``--classnames`` when given; the judged
+    ``description`` is the text ``--text-field`` picks (raw: the completion as EX2 scored it), and
+    each record's ``text_field`` says which."""
     records = read_jsonl(config.input, required=("concept", "description"))
     if config.classnames:
         name_classes(records, config.classnames, config.input)
-    if config.text_field == "raw":
-        for record in records:
-            record["description"] = record_text(record, "raw", config.input)
-            record["text_field"] = "raw"
+    text_field = resolve_text_field(records, config.text_field, config.input)
+    for record in records:
+        record["description"] = record_text(record, text_field, config.input)
+        record["text_field"] = text_field
     return records
 
 

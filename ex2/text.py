@@ -76,6 +76,21 @@ def scored_text(raw: str, mode: str = "raw", special_tokens: Iterable[str] = ())
     raise ValueError(f"unknown scored text {mode!r}; choose one of {', '.join(SCORED_TEXTS)}")
 
 
+def resolve_text_field(records: list[dict], text_field: str, source: object) -> str:
+    """The record field a stage reads, ``raw`` or ``description``. ``auto`` follows the records: the
+    text an inspection judged (its records say ``text_field``), else EX2's raw completion (what the
+    default reward scores) where every record has one, else the description as written."""
+    if text_field != "auto":
+        return text_field
+    judged = {record.get("text_field") for record in records} - {None}
+    if len(judged) > 1:
+        raise ValueError(f"{source}: records were judged on different texts ({', '.join(sorted(judged))}); "
+                         "pass --text-field raw or description")
+    if judged:
+        return judged.pop()
+    return "raw" if records and all(isinstance(r.get("raw"), str) for r in records) else "description"
+
+
 def record_text(record: dict, text_field: str, source: object) -> str:
     """The text of a generated record (``source`` names its file in errors): its ``description``,
     or its ``raw`` completion as EX2 scored it (:func:`raw_text`; surrounding whitespace, which

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ex2.text import clean_description, clean_name, mask_concept, normalise_name
@@ -85,8 +87,6 @@ def test_raw_text_drops_special_tokens_only():
 
 
 def generated(tmp_path):
-    import json
-
     path = tmp_path / "d.jsonl"
     records = [{"concept": "temple", "class_id": 0, "description": clean_description(RAW), "raw": RAW}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -99,15 +99,43 @@ def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
 
     path = generated(tmp_path)
     whole = "Here's a possible poem about a temple:\n\nStone steps, incense."
-    assert load_descriptions(path).by_concept == {"temple": ["Here's a possible poem about a temple:"]}
+    header = "Here's a possible poem about a temple:"
+    first = load_descriptions(path, text_field="description")
+    assert first.by_concept == {"temple": [header]} and first.provenance["text_field"] == "description"
     raw = load_descriptions(path, text_field="raw")
     assert raw.by_concept == {"temple": [whole]} and raw.provenance["text_field"] == "raw"
     (record,) = load_inputs(InspectConfig(input=str(path), text_field="raw"))
     assert record["description"] == whole and record["text_field"] == "raw" and record["raw"] == RAW
-    assert load_inputs(InspectConfig(input=str(path)))[0]["description"] == "Here's a possible poem about a temple:"
+    (record,) = load_inputs(InspectConfig(input=str(path), text_field="description"))
+    assert record["description"] == header and record["text_field"] == "description"
     with pytest.raises(ValueError, match="use it with --method ex2"):
         ClassifyConfig(method="dclip", descriptions=str(path), text_field="raw")
     bare = tmp_path / "bare.jsonl"
     bare.write_text('{"concept": "temple", "description": "a roof"}\n')
     with pytest.raises(ValueError, match="has no 'raw' completion"):
         load_descriptions(bare, text_field="raw")
+
+
+def test_by_default_stages_read_what_the_reward_scored_or_what_was_judged(tmp_path):
+    from ex2.classify import ClassifyConfig, load_descriptions
+    from ex2.inspect import InspectConfig, load_inputs
+
+    path = generated(tmp_path)
+    whole = "Here's a possible poem about a temple:\n\nStone steps, incense."
+    assert ClassifyConfig(method="ex2", descriptions=str(path)).text_field == "auto"
+    assert ClassifyConfig(method="dclip", descriptions=str(path)).text_field == "description"
+    auto = load_descriptions(path)  # generated records: EX2's raw completion, as the default reward scores it
+    assert auto.by_concept == {"temple": [whole]} and auto.provenance["text_field"] == "raw"
+    assert load_inputs(InspectConfig(input=str(path)))[0]["text_field"] == "raw"
+    bare = tmp_path / "bare.jsonl"  # descriptions written without a completion: read as written
+    bare.write_text('{"concept": "temple", "description": "a roof"}\n')
+    assert load_descriptions(bare).provenance["text_field"] == "description"
+    judged = tmp_path / "categories.jsonl"  # an inspection's output: the text it judged
+    judged.write_text(json.dumps({"concept": "temple", "description": "Here's", "raw": RAW,
+                                  "text_field": "description"}) + "\n")
+    assert load_descriptions(judged).by_concept == {"temple": ["Here's"]}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"concept": "t", "description": "d", "raw": "r", "text_field": f}) + "\n"
+                             for f in ("raw", "description")))
+    with pytest.raises(ValueError, match="judged on different texts"):
+        load_descriptions(mixed)
