@@ -5,7 +5,8 @@ header that announces a list ("Here's a description of a cardinal:"), the concep
 ("Cardinal. Cardinal."), an empty or degenerate completion, or the same few words for every
 concept. :func:`hacking_signs` measures each, so base and aligned descriptions can be compared::
 
-    header_share       share ending in a colon (a preamble, the description never came)
+    header_share       share opening with a line that ends in a colon (a preamble; in a first
+                       paragraph alone, the description never came)
     degenerate_share   share empty, without a word, or one word repeated
     name_only_share    share saying nothing but the concept's name (and filler words)
     distinct_1/2       distinct unigrams/bigrams over all unigrams/bigrams (lower: less diverse)
@@ -32,8 +33,9 @@ def words(text: str) -> list[str]:
 
 
 def is_header(text: str) -> bool:
-    """A preamble that announces a description instead of giving one: it ends in a colon."""
-    return text.strip().endswith(":")
+    """Opens with a preamble that announces a description: its first line ends in a colon (a raw
+    completion, "Here's a poem:\n\n…", or a first paragraph that is nothing else)."""
+    return text.strip().split("\n", 1)[0].rstrip().endswith(":")
 
 
 def is_degenerate(text: str) -> bool:

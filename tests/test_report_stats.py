@@ -7,8 +7,11 @@ import pytest
 from ex2.report_stats import distinct_n, hacking_signs, is_degenerate, is_header, is_name_only, smooth, words
 
 
-def test_headers_are_texts_ending_in_a_colon():
+def test_headers_are_texts_opening_with_a_line_ending_in_a_colon():
     assert is_header("Here's a description of a cardinal:")
+    assert is_header("Here's a possible poem about a temple:\n\nStone steps, incense.")  # a raw completion
+    assert is_header("Sure, here it is: \nA red songbird.")
+    assert not is_header("A red songbird.\nIts crest looks like this:")
     assert is_header("  Sure! A cardinal looks like this:  ")
     assert not is_header("A cardinal: a red songbird with a crest.")
     assert not is_header("")
