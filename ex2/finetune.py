@@ -1,8 +1,9 @@
-"""Teach an open_clip VLM the descriptions: ``ex2 finetune``.
+"""Teach a VLM the descriptions: ``ex2 finetune``.
 
     ex2 finetune --vlm ViT-B-32:openai --dataset cub --data-root DIR --split train \\
         --descriptions runs/inspect/categories.jsonl --categories visual --objective desc --output runs/ft
     ex2 finetune --vlm ViT-B-32:openai --objective grain --annotations grounding.jsonl --output runs/grain
+    ex2 finetune --vlm openai/clip-vit-base-patch32 ...     # transformers CLIP or SigLIP
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m ex2.cli finetune ...
 
 Objectives
@@ -13,14 +14,16 @@ Objectives
                ViT's patch tokens (:mod:`ex2.grain`) whose queries are matched to the annotated boxes
                (Hungarian, L1 + GIoU) and aligned with their region's description (cross-entropy).
 
-The whole model (``--method full``) or LoRA adapters on the towers' MLP layers (``--method lora``,
-peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
+open_clip models and transformers CLIP and SigLIP models are trained (:mod:`ex2.finetune_towers`);
+a model with a learned logit bias (SigLIP) is trained with the sigmoid form of each contrastive
+loss, as it was pre-trained. The whole model (``--method full``) or LoRA adapters on the towers'
+MLP layers (``--method lora``, peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
 the same code under ``accelerate launch`` for DDP or DeepSpeed (``configs/accelerate/*.yaml``), with
 gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full state
 goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT`` gets
 ``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
-``provenance.json`` and ``model/``: an open_clip folder that loads back as an ex2 VLM
-(``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves ``region_decoder.safetensors``.
+``provenance.json`` and ``model/``: a folder of the base model's kind (open_clip or transformers)
+that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves ``region_decoder.safetensors``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from ex2.config import data_root_option, dataset_option, option, save_config, vlm_option
-from ex2.io import append_jsonl, materialise, repair_jsonl, write_json, write_jsonl
+from ex2.finetune_towers import Towers, load_towers
+from ex2.io import append_jsonl, repair_jsonl, write_json, write_jsonl
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence marks it complete
@@ -45,7 +49,7 @@ STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence mark
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tune an open_clip VLM on descriptions (desc) or grounded regions (grain, GRAIN-style)."""
+    """Fine-tune an open_clip or transformers CLIP/SigLIP VLM on descriptions (desc) or grounded regions (grain)."""
 
     output: str = option("", "run folder: checkpoints, log.jsonl, loss.png and the fine-tuned model/")
     objective: Literal["desc", "grain"] = option("desc", "desc: images vs their class's descriptions; grain: regions")
@@ -63,7 +67,8 @@ class FinetuneConfig:
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")
-    lora_targets: list[str] = option(["c_fc", "c_proj"], "module names LoRA adapts (open_clip's MLP linears)")
+    lora_targets: list[str] = option([], "module names LoRA adapts (default: the towers' MLP linears, c_fc and "
+                                         "c_proj in open_clip, fc1 and fc2 in transformers)")
     queries: int = option(8, "grain: region queries of the decoder")
     decoder_layers: int = option(2, "grain: transformer decoder layers")
     l1_weight: float = option(5.0, "grain: box L1 weight (matching cost and loss)")
@@ -126,6 +131,18 @@ def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
     return (i2t + t2i) / 2
 
 
+def multi_positive_sigmoid(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss with several positives: every (image, text) pair is a binary
+    question, positive where ``positives`` says so; summed over texts, averaged over images."""
+    signs = positives.float() * 2 - 1
+    return -F.logsigmoid(signs * logits).sum(1).mean()
+
+
+def contrastive(logits: torch.Tensor, positives: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """The multi-positive loss of the model's kind: sigmoid (SigLIP) or InfoNCE (CLIP)."""
+    return multi_positive_sigmoid(logits, positives) if sigmoid else multi_positive_nce(logits, positives)
+
+
 def top1_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Fraction of images whose best-scoring text is one of their positives."""
     return positives.bool().gather(1, logits.argmax(1, keepdim=True)).float().mean()
@@ -135,40 +152,46 @@ def top1_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor
 
 
 class FinetuneModel(torch.nn.Module):
-    """The open_clip model (with LoRA layers, if any) and GRAIN's region decoder, behind one
-    ``forward`` so DDP and DeepSpeed see every trained parameter used in it."""
+    """The VLM (with LoRA layers, if any) and GRAIN's region decoder, behind one ``forward`` so DDP
+    and DeepSpeed see every trained parameter used in it. ``towers`` says how the VLM's backend
+    encodes (:mod:`ex2.finetune_towers`); it holds no weights."""
 
-    def __init__(self, clip: torch.nn.Module, decoder: torch.nn.Module | None = None) -> None:
+    def __init__(self, clip: torch.nn.Module, towers: Towers, decoder: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.clip, self.decoder = clip, decoder
+        self.towers = towers
 
     def scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=100)
+        return self.towers.logit_scale(self.clip)
+
+    def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """Similarities of normalised features: ``scale * cosine (+ bias)``."""
+        bias = self.towers.logit_bias(self.clip)
+        logits = self.scale() * images @ texts.T
+        return logits + bias if bias is not None else logits
+
+    def contrastive(self, logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        return contrastive(logits, positives, sigmoid=self.towers.logit_bias(self.clip) is not None)
 
     def images(self, pixels: torch.Tensor, tokens: bool = False):
-        visual = self.clip.visual
-        if not tokens:
-            return F.normalize(self.clip.encode_image(pixels), dim=-1), None
-        visual.output_tokens = True
-        try:
-            pooled, patch = visual(pixels)
-        finally:
-            visual.output_tokens = False
+        pooled, patch = self.towers.encode_image(self.clip, pixels, tokens)
         return F.normalize(pooled, dim=-1), patch
 
-    def forward(self, pixels: torch.Tensor, texts: torch.Tensor, positives: torch.Tensor, **extra) -> dict:
+    def texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.towers.encode_text(self.clip, tokens), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, texts: dict, positives: torch.Tensor, **extra) -> dict:
         if extra.get("regions") is not None:
             return self._grain(pixels, texts, positives, **extra)
         images, _ = self.images(pixels)
-        text = F.normalize(self.clip.encode_text(texts), dim=-1)
-        logits = self.scale() * images @ text.T
-        out = {"desc": multi_positive_nce(logits, positives), "desc_acc": top1_positive(logits, positives).detach()}
+        logits = self.logits(images, self.texts(texts))
+        out = {"desc": self.contrastive(logits, positives), "desc_acc": top1_positive(logits, positives).detach()}
         loss = out["desc"]
         names = extra.get("names")
         if names is not None and extra.get("name_weight", 0) > 0:
-            name_logits = self.scale() * images @ F.normalize(self.clip.encode_text(names), dim=-1).T
+            name_logits = self.logits(images, self.texts(names))
             name_pos = extra["name_positives"]
-            out["name"] = multi_positive_nce(name_logits, name_pos)
+            out["name"] = self.contrastive(name_logits, name_pos)
             out["name_acc"] = top1_positive(name_logits, name_pos).detach()
             loss = loss + extra["name_weight"] * out["name"]
         out["loss"] = loss
@@ -178,29 +201,31 @@ class FinetuneModel(torch.nn.Module):
         from ex2.grain import region_losses
 
         images, patch = self.images(pixels, tokens=True)
-        captions = F.normalize(self.clip.encode_text(texts), dim=-1)
-        logits = self.scale() * images @ captions.T
+        logits = self.logits(images, self.texts(texts))
         boxes, embeds = self.decoder(patch)
-        described = F.normalize(self.clip.encode_text(region_texts), dim=-1)
-        out = region_losses(boxes, embeds, regions, region_targets, described, self.scale(),
+        out = region_losses(boxes, embeds, regions, region_targets, self.texts(region_texts), self.scale(),
                             weights["l1"], weights["giou"])
-        out["caption"] = multi_positive_nce(logits, positives)
+        out["caption"] = self.contrastive(logits, positives)
         out["caption_acc"] = top1_positive(logits, positives).detach()
         out["loss"] = (out["caption"] + weights["region"] * out["region_text"]
                        + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"])
         return out
 
 
-def add_lora(clip: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
-    """LoRA adapters on ``config.lora_targets`` in both towers (peft); everything else frozen."""
+def add_lora(clip: torch.nn.Module, config: FinetuneConfig, targets: tuple[str, ...] = ()) -> torch.nn.Module:
+    """LoRA adapters on ``config.lora_targets`` (else ``targets``, the backend's) in both towers
+    (peft); everything else frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    targets = list(config.lora_targets or targets)
+    if not targets:
+        raise ValueError("--method lora needs --lora-targets (module names to adapt)")
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_targets))
+                      target_modules=targets)
     try:
         clip = inject_adapter_in_model(lora, clip)
     except ValueError as err:
-        raise ValueError(f"--lora-targets {config.lora_targets}: {err}") from err
+        raise ValueError(f"--lora-targets {targets}: {err}") from err
     for name, param in clip.named_parameters():
         param.requires_grad = "lora_" in name
     return clip
@@ -243,11 +268,6 @@ class EpochData(torch.utils.data.Dataset):
 def _square(image, size: int):
     """The image resized to ``size``² (boxes in normalised coordinates stay true; no crop)."""
     return image.resize((size, size))
-
-
-def _image_size(clip) -> int:
-    size = clip.visual.image_size
-    return int(size[0] if isinstance(size, tuple | list) else size)
 
 
 def desc_data(config: FinetuneConfig, transform) -> tuple[EpochData, list[str], list[list[str]]]:
@@ -356,46 +376,6 @@ def plot_log(records: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def model_config(vlm: str) -> dict:
-    """open_clip's ``model_cfg`` of the VLM being tuned (what ``open_clip_config.json`` holds)."""
-    import open_clip
-
-    from ex2.names import parse_vlm_name
-    from ex2.vlm.offline import hub_offline
-    from ex2.vlm.open_clip_backend import needs_quick_gelu
-
-    spec = parse_vlm_name(vlm)
-    if spec.backend != "open_clip":
-        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {vlm!r} is a {spec.backend} model")
-    if spec.model.startswith("local-dir:"):
-        path = Path(spec.model.removeprefix("local-dir:")) / "open_clip_config.json"
-        return json.loads(path.read_text(encoding="utf-8"))["model_cfg"]
-    if spec.model.startswith("hf-hub:"):
-        from open_clip.factory import _get_hf_config
-
-        with hub_offline():
-            return _get_hf_config(spec.model.removeprefix("hf-hub:"))["model_cfg"]
-    cfg = dict(open_clip.get_model_config(spec.model) or {})
-    if spec.pretrained and not Path(spec.pretrained).expanduser().is_file() and needs_quick_gelu(spec.model, spec.pretrained):
-        cfg["quick_gelu"] = True
-    return cfg
-
-
-def save_open_clip(clip: torch.nn.Module, cfg: dict, folder: Path) -> Path:
-    """Write ``clip`` as an open_clip ``local-dir`` folder (config + safetensors), atomically."""
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
-
-    def build(tmp: Path) -> None:
-        state = {k: v.detach().float().contiguous().cpu() for k, v in clip.state_dict().items()}
-        save_file(state, tmp / "open_clip_model.safetensors")
-        save_config_for_hf(clip, tmp / "open_clip_config.json", model_config=cfg)
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    return materialise(folder, build)
-
-
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -412,26 +392,19 @@ def _accelerator(config: FinetuneConfig):
     return Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_plugin=plugin)
 
 
-def _build(config: FinetuneConfig):
-    """(model, tokenizer, transform, the VLM's identity) on the CPU in fp32."""
-    from ex2.names import parse_vlm_name
-    from ex2.vlm.open_clip_backend import load_open_clip
-
-    spec = parse_vlm_name(config.vlm)
-    if spec.backend != "open_clip":
-        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {config.vlm!r} is a {spec.backend} model")
-    vlm = load_open_clip(spec, torch.device("cpu"), torch.float32)
-    clip = vlm.model.train()
+def _build(config: FinetuneConfig) -> FinetuneModel:
+    """The model to train (LoRA layers and region decoder added), on the CPU in fp32."""
+    clip, towers = load_towers(config.vlm)
     if config.method == "lora":
-        clip = add_lora(clip, config)
+        clip = add_lora(clip, config, towers.lora_targets)
     decoder = None
     if config.objective == "grain":
         from ex2.grain import RegionDecoder
 
-        width = clip.visual.transformer.width
-        embed = clip.text_projection.shape[-1] if hasattr(clip, "text_projection") else clip.visual.output_dim
-        decoder = RegionDecoder(width, embed, config.queries, config.decoder_layers, heads=_heads(width))
-    return FinetuneModel(clip, decoder), vlm.tokenizer, vlm.transform, vlm.identity
+        shape = towers.shape(clip)
+        decoder = RegionDecoder(shape["width"], shape["embed_dim"], config.queries, config.decoder_layers,
+                                heads=_heads(shape["width"]))
+    return FinetuneModel(clip, towers, decoder)
 
 
 def _heads(width: int) -> int:
@@ -461,9 +434,12 @@ def _schedule(optimizer, config: FinetuneConfig):
 class _Batcher:
     """Turns a loader batch into the model's inputs (texts tokenised, on the device)."""
 
-    def __init__(self, config, tokenizer, device, classnames=None, class_texts=None) -> None:
-        self.config, self.tokenizer, self.device = config, tokenizer, device
+    def __init__(self, config, towers: Towers, device, classnames=None, class_texts=None) -> None:
+        self.config, self.towers, self.device = config, towers, device
         self.classnames, self.class_texts = classnames, class_texts
+
+    def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self.towers.tokenize(texts).items()}
 
     def __call__(self, batch, micro: int) -> dict:
         config, device = self.config, self.device
@@ -471,16 +447,16 @@ class _Batcher:
             pixels, labels = batch
             rng = np.random.default_rng((config.seed, micro))
             parts = desc_inputs(labels.cpu(), self.class_texts, self.classnames, config, rng)
-            inputs = {"names": self.tokenizer(parts["names"]).to(device),
+            inputs = {"names": self.tokens(parts["names"]),
                       "name_positives": parts["name_positives"].to(device), "name_weight": config.name_weight}
         else:
             pixels, captions, region_texts, boxes = batch
             parts = grain_inputs(captions, region_texts, boxes)
-            inputs = {"region_texts": self.tokenizer(parts["region_texts"]).to(device),
+            inputs = {"region_texts": self.tokens(parts["region_texts"]),
                       "regions": [b.to(device) for b in parts["regions"]],
                       "region_targets": [t.to(device) for t in parts["region_targets"]],
                       "weights": {"l1": config.l1_weight, "giou": config.giou_weight, "region": config.region_weight}}
-        inputs.update(pixels=pixels.to(device), texts=self.tokenizer(parts["texts"]).to(device),
+        inputs.update(pixels=pixels.to(device), texts=self.tokens(parts["texts"]),
                       positives=parts["positives"].to(device))
         return inputs
 
@@ -516,12 +492,14 @@ def train(config: FinetuneConfig) -> dict:
     output = Path(config.output)
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    model, tokenizer, transform, identity = _build(config)
+    model = _build(config)
+    towers = model.towers
     if config.objective == "desc":
-        data, classnames, class_texts = desc_data(config, transform)
+        data, classnames, class_texts = desc_data(config, towers.preprocess)
         collate = None
     else:
-        data, classnames, class_texts = grain_data(config, transform, _image_size(model.clip)), None, None
+        size = towers.shape(model.clip)["image_size"]
+        data, classnames, class_texts = grain_data(config, towers.preprocess, size), None, None
         collate = _collate_grain
     loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False, drop_last=len(data) >= config.batch_size,
                                          num_workers=config.num_workers, collate_fn=collate)
@@ -535,7 +513,7 @@ def train(config: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     log = output / "log.jsonl"
     step = _resume_step(accelerator, config, output, log)
-    batcher = _Batcher(config, tokenizer, accelerator.device, classnames, class_texts)
+    batcher = _Batcher(config, towers, accelerator.device, classnames, class_texts)
     micro, per_epoch = step * config.gradient_accumulation_steps, len(loader)
     if per_epoch == 0:
         raise ValueError(f"no batches: {len(data)} items for batch size {config.batch_size}")
@@ -574,7 +552,7 @@ def train(config: FinetuneConfig) -> dict:
             if step >= config.max_steps:
                 break
     progress.close()
-    _finish(accelerator, model, config, output, identity, log, last)
+    _finish(accelerator, model, config, output, towers.identity, log, last)
     return last
 
 
@@ -587,10 +565,10 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
 
     from ex2.io import read_jsonl
 
-    unwrapped = _build(config)[0]  # a full copy on the CPU in fp32, whatever the sharding or precision
+    unwrapped = _build(config)  # a full copy on the CPU in fp32, whatever the sharding or precision
     unwrapped.load_state_dict(state)
     clip = merge_lora(unwrapped.clip) if config.method == "lora" else unwrapped.clip
-    folder = save_open_clip(clip, model_config(config.vlm), output / "model")
+    folder = unwrapped.towers.save(clip, output / "model")
     if unwrapped.decoder is not None:
         state = {k: v.detach().float().contiguous().cpu() for k, v in unwrapped.decoder.state_dict().items()}
         save_file(state, output / "region_decoder.safetensors")
@@ -619,24 +597,23 @@ def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str =
     from ex2.data.images import load_image
     from ex2.finetune_data import read_grounding
     from ex2.grain import RegionDecoder, hungarian_match, matched_iou
-    from ex2.vlm import load_vlm
 
     run_dir = Path(run_dir)
     shape = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8")).get("region_decoder")
     if not shape:
         raise ValueError(f"{run_dir} is not a grain run: provenance.json has no region_decoder")
-    vlm = load_vlm(str(run_dir / "model"), device=device, precision="fp32")
-    decoder = RegionDecoder(**shape).to(vlm.device).eval()
+    clip, towers = load_towers(str(run_dir / "model"))
+    decoder = RegionDecoder(**shape)
     decoder.load_state_dict(load_file(str(run_dir / "region_decoder.safetensors")))
-    model = FinetuneModel(vlm.model, decoder).eval()
+    model = FinetuneModel(clip, towers, decoder).to(device).eval()
     records = read_grounding(annotations)
     distinct = list(dict.fromkeys(text for record in records for text, _ in record.regions))
-    texts = F.normalize(vlm.model.encode_text(vlm.tokenizer(distinct).to(vlm.device)).float(), dim=-1)
-    size, hits, ious = _image_size(vlm.model), [], []
+    texts = model.texts({k: v.to(device) for k, v in towers.tokenize(distinct).items()}).float()
+    size, hits, ious = towers.shape(clip)["image_size"], [], []
     for record in records:
         from torchvision.ops import box_convert
 
-        pixels = vlm.preprocess(_square(load_image(record.image, strict=True), size))[None].to(vlm.device)
+        pixels = towers.preprocess(_square(load_image(record.image, strict=True), size))[None].to(device)
         _, patch = model.images(pixels, tokens=True)
         boxes, embeds = decoder(patch)
         gold = box_convert(torch.tensor([b for _, b in record.regions]), "xyxy", "cxcywh").to(boxes)

@@ -17,6 +17,7 @@ from ex2.cli import main
 from ex2.data import concept_names
 from ex2.finetune import FinetuneConfig, add_lora, evaluate_regions, merge_lora, multi_positive_nce, run
 from ex2.finetune_data import read_grounding, synthetic_grounding
+from ex2.finetune_towers import OpenClipTowers
 from ex2.grain import hungarian_match, match_cost
 from ex2.io import read_jsonl, write_jsonl
 
@@ -65,7 +66,8 @@ def test_merged_lora_computes_what_the_adapters_did(open_clip_dir, tmp_path):
     import open_clip
 
     torch.manual_seed(0)
-    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), FinetuneConfig(output=str(tmp_path), descriptions=__file__))
+    config = FinetuneConfig(output=str(tmp_path), descriptions=__file__)
+    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), config, OpenClipTowers.lora_targets)
     trained = [n for n, p in clip.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
     tokens, pixels = torch.randint(1, 400, (2, 16)), torch.randn(2, 3, 32, 32)
