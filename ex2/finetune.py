@@ -60,6 +60,10 @@ class FinetuneConfig:
     descriptions: str | None = option(None, "desc: descriptions.jsonl or categories.jsonl (ours) or JSON {class: [texts]}")
     categories: list[str] = option([], "desc: keep only descriptions of these inspection categories (e.g. visual)")
     annotations: str | None = option(None, "grain: JSONL of {image, caption, regions: [{text, box: [x0,y0,x1,y1]}]}")
+    shards: str | None = option(None, "webdataset shards instead of --annotations (grain) or the dataset's images "
+                                      "(desc), e.g. 'data/{00000..00099}.tar': image + txt or json caption, json "
+                                      "regions (grain), cls or json class (desc; the class names are --dataset's)")
+    shuffle_buffer: int = option(1000, "--shards: samples shuffled in a buffer by each loader worker")
     name_weight: float = option(1.0, "desc: weight of the image–class-name term (0 turns it off)")
     name_template: str = option("a photo of a {}.", "desc: text made of a class name for the name term")
     texts_per_class: int = option(4, "desc: descriptions drawn per class in a batch")
@@ -97,13 +101,15 @@ class FinetuneConfig:
             raise ValueError("--output DIR is required (the run folder)")
         if self.objective == "desc" and not self.descriptions:
             raise ValueError("--objective desc needs --descriptions FILE (descriptions.jsonl, categories.jsonl or JSON)")
-        if self.objective == "grain" and not self.annotations:
-            raise ValueError("--objective grain needs --annotations FILE.jsonl ({image, caption, regions})")
+        if self.objective == "grain" and not (self.annotations or self.shards):
+            raise ValueError("--objective grain needs --annotations FILE.jsonl ({image, caption, regions}) or --shards")
+        if self.shards and self.annotations:
+            raise ValueError("give --annotations or --shards, not both")
         if self.categories and self.objective != "desc":
             raise ValueError("--categories filters descriptions; use it with --objective desc")
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "save_steps", "log_steps",
-                     "texts_per_class", "queries", "lora_rank", "save_total_limit"):
+                     "texts_per_class", "queries", "lora_rank", "save_total_limit", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -270,40 +276,79 @@ def _square(image, size: int):
     return image.resize((size, size))
 
 
-def desc_data(config: FinetuneConfig, transform) -> tuple[EpochData, list[str], list[list[str]]]:
-    """(the dataset's images, class names, descriptions per class: the name alone where none)."""
+def class_texts(config: FinetuneConfig, classnames: list[str]) -> list[list[str]]:
+    """Descriptions per class id (the class's name in ``--name-template`` where it has none)."""
     from ex2.classify import align_descriptions, load_descriptions
+
+    descriptions = load_descriptions(config.descriptions, config.categories)
+    texts, _ = align_descriptions(classnames, descriptions, allow_missing=True, source=config.descriptions)
+    return [t or [config.name_template.format(name)] for t, name in zip(texts, classnames, strict=True)]
+
+
+def desc_data(config: FinetuneConfig, transform) -> tuple[EpochData, list[str], list[list[str]]]:
+    """(the dataset's images, class names, descriptions per class)."""
     from ex2.data import load_dataset
     from ex2.data.images import load_image
 
     dataset = load_dataset(config.dataset, config.data_root, config.split)
     if not dataset.items:
         raise ValueError(f"dataset {config.dataset} split {config.split} has no images")
-    descriptions = load_descriptions(config.descriptions, config.categories)
-    texts, _ = align_descriptions(dataset.classnames, descriptions, allow_missing=True, source=config.descriptions)
-    texts = [t or [config.name_template.format(name)] for t, name in zip(texts, dataset.classnames, strict=True)]
 
     def load(item):
         path, label = item
         return transform(load_image(path, strict=True)), label
 
-    return EpochData(dataset.items, load, config.seed), dataset.classnames, texts
+    return EpochData(dataset.items, load, config.seed), dataset.classnames, class_texts(config, dataset.classnames)
+
+
+def grain_item(image, caption: str, regions: list, transform, size: int):
+    """A grain example: (pixels, caption, region texts, region boxes ``[G, 4]`` cxcywh)."""
+    from torchvision.ops import box_convert
+
+    boxes = torch.tensor([box for _, box in regions], dtype=torch.float32).reshape(-1, 4)
+    pixels = transform(_square(image, size))
+    return pixels, caption, [text for text, _ in regions], box_convert(boxes, "xyxy", "cxcywh")
 
 
 def grain_data(config: FinetuneConfig, transform, size: int) -> EpochData:
     from ex2.data.images import load_image
     from ex2.finetune_data import read_grounding
 
-    records = read_grounding(config.annotations)
-
     def load(record):
-        from torchvision.ops import box_convert
+        return grain_item(load_image(record.image, strict=True), record.caption, record.regions, transform, size)
 
-        boxes = torch.tensor([box for _, box in record.regions], dtype=torch.float32).reshape(-1, 4)
-        pixels = transform(_square(load_image(record.image, strict=True), size))
-        return pixels, record.caption, [text for text, _ in record.regions], box_convert(boxes, "xyxy", "cxcywh")
+    return EpochData(read_grounding(config.annotations), load, config.seed)
 
-    return EpochData(records, load, config.seed)
+
+def shard_data(config: FinetuneConfig, transform, size: int, classnames: list[str] | None, start: int):
+    """An endless stream of examples from ``--shards``: each process and loader worker draws shards
+    at random (with replacement, as open_clip does for large sets) seeded by ``--seed``, its rank and
+    worker and the step it starts at (a resumed run reads on, it does not replay), and shuffles
+    samples in a buffer of ``--shuffle-buffer``."""
+    try:
+        import webdataset as wds
+    except ImportError as err:
+        raise ImportError("--shards reads webdataset shards: pip install 'ex2[webdataset]'") from err
+    from ex2.finetune_data import shard_record
+
+    index = {name: i for i, name in enumerate(classnames or [])}
+
+    def load(sample):
+        record = shard_record(sample)
+        where = f"shard {sample.get('__url__')} sample {sample.get('__key__')}"
+        if config.objective == "grain":
+            if not record.caption:
+                raise ValueError(f"{where}: no caption (txt, or json caption) for --objective grain")
+            return grain_item(record.image, record.caption, record.regions, transform, size)
+        label = index.get(record.label, record.label) if isinstance(record.label, str) else record.label
+        if not isinstance(label, int) or not 0 <= label < len(index):
+            raise ValueError(f"{where}: class {record.label!r} is not one of the {len(index)} classes of "
+                             f"{config.dataset} (cls: an index, or json class: a name)")
+        return transform(record.image), label
+
+    seed = config.seed * 1_000_003 + start
+    return wds.DataPipeline(wds.ResampledShards(config.shards, seed=seed, deterministic=True),
+                            wds.tarfile_to_samples(), wds.shuffle(config.shuffle_buffer, seed=seed), wds.map(load))
 
 
 def _collate_grain(batch):
@@ -484,6 +529,51 @@ def _mean(accelerator, sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
+def _loader(config: FinetuneConfig, data, collate) -> torch.utils.data.DataLoader:
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers,
+                                           collate_fn=collate)
+    return torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False,
+                                       drop_last=len(data) >= config.batch_size, num_workers=config.num_workers,
+                                       collate_fn=collate)
+
+
+def _epochs(data: EpochData, loader, accelerator, micro: int):
+    """(epoch, batch) from micro-batch ``micro`` on, epoch after epoch, each in its seeded order."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"no batches: {len(data)} items for the batch size")
+    epoch, offset = divmod(micro, per_epoch)
+    while True:
+        data.reorder(epoch)
+        for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
+            yield epoch, batch
+        epoch, offset = epoch + 1, 0
+
+
+def _stream(config: FinetuneConfig, towers: Towers, size: int, accelerator, step: int):
+    """(the batcher, the stream of (epoch, batch) from optimiser step ``step`` on)."""
+    classnames = texts = None
+    collate = _collate_grain if config.objective == "grain" else None
+    if config.shards:
+        from ex2.data import concept_names
+
+        if config.objective == "desc":
+            classnames = concept_names(config.dataset, config.data_root)
+            texts = class_texts(config, classnames)
+        data = shard_data(config, towers.preprocess, size, classnames, step)
+    elif config.objective == "desc":
+        data, classnames, texts = desc_data(config, towers.preprocess)
+    else:
+        data = grain_data(config, towers.preprocess, size)
+    loader = _loader(config, data, collate)
+    batcher = _Batcher(config, towers, accelerator.device, classnames, texts)
+    if config.shards:  # each process reads its own shards: accelerate must not split the stream
+        return batcher, ((None, batch) for batch in loader)
+    loader = accelerator.prepare(loader)
+    return batcher, _epochs(data, loader, accelerator, step * config.gradient_accumulation_steps)
+
+
 def train(config: FinetuneConfig) -> dict:
     """Run the training loop; returns the last logged record (and writes everything into OUTPUT)."""
     from accelerate.utils import set_seed
@@ -493,19 +583,10 @@ def train(config: FinetuneConfig) -> dict:
     accelerator = _accelerator(config)
     set_seed(config.seed)
     model = _build(config)
-    towers = model.towers
-    if config.objective == "desc":
-        data, classnames, class_texts = desc_data(config, towers.preprocess)
-        collate = None
-    else:
-        size = towers.shape(model.clip)["image_size"]
-        data, classnames, class_texts = grain_data(config, towers.preprocess, size), None, None
-        collate = _collate_grain
-    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False, drop_last=len(data) >= config.batch_size,
-                                         num_workers=config.num_workers, collate_fn=collate)
+    towers, size = model.towers, model.towers.shape(model.clip)["image_size"]
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -513,44 +594,38 @@ def train(config: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     log = output / "log.jsonl"
     step = _resume_step(accelerator, config, output, log)
-    batcher = _Batcher(config, towers, accelerator.device, classnames, class_texts)
-    micro, per_epoch = step * config.gradient_accumulation_steps, len(loader)
-    if per_epoch == 0:
-        raise ValueError(f"no batches: {len(data)} items for batch size {config.batch_size}")
+    batcher, stream = _stream(config, towers, size, accelerator, step)
+    micro = step * config.gradient_accumulation_steps
     sums: dict[str, float] = {}
     count, last = 0, {}
     progress = tqdm(total=config.max_steps, initial=step, desc="finetune", disable=not accelerator.is_local_main_process)
-    while step < config.max_steps:
-        epoch, offset = divmod(micro, per_epoch)
-        data.reorder(epoch)
-        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                out = model(**batcher(batch, micro))
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            micro += 1
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach().float())
-            count += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            progress.update(1)
-            if step % config.log_steps == 0 or step == config.max_steps:
-                last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-                sums, count = {}, 0
-                if accelerator.is_main_process:
-                    append_jsonl(log, last)
-                progress.set_postfix(loss=last["loss"])
-            if step % config.save_steps == 0 or step == config.max_steps:
-                save_checkpoint(accelerator, output, step, config.save_total_limit)
-            if step >= config.max_steps:
-                break
+    for epoch, batch in stream if step < config.max_steps else ():
+        with accelerator.accumulate(model):
+            out = model(**batcher(batch, micro))
+            accelerator.backward(out["loss"])
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        micro += 1
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach().float())
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if step % config.log_steps == 0 or step == config.max_steps:
+            last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+            sums, count = {}, 0
+            if accelerator.is_main_process:
+                append_jsonl(log, last)
+            progress.set_postfix(loss=last["loss"])
+        if step % config.save_steps == 0 or step == config.max_steps:
+            save_checkpoint(accelerator, output, step, config.save_total_limit)
+        if step >= config.max_steps:
+            break
     progress.close()
     _finish(accelerator, model, config, output, towers.identity, log, last)
     return last
@@ -579,7 +654,7 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
         "base_vlm": config.vlm, "base_identity": identity, "objective": config.objective, "method": config.method,
         "steps": config.max_steps, "descriptions": str(Path(config.descriptions).resolve()) if config.descriptions else None,
         "categories": config.categories, "annotations": str(Path(config.annotations).resolve()) if config.annotations else None,
-        "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
+        "shards": config.shards, "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision, "last_log": last, "vlm": str(folder.resolve()),
         "region_decoder": unwrapped.decoder.shape if unwrapped.decoder is not None else None,
     })
