@@ -28,6 +28,7 @@ that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -154,13 +155,71 @@ def top1_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor
     return positives.bool().gather(1, logits.argmax(1, keepdim=True)).float().mean()
 
 
+# --- contrast across processes ------------------------------------------------------------------
+
+
+def text_ids(texts: list[str]) -> torch.Tensor:
+    """A 56-bit id per text (a hash), equal for equal texts on every process."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=7).digest(), "big") for t in texts],
+                        dtype=torch.long)
+
+
+def _world() -> tuple[int, int]:
+    """(this process's rank, the number of processes)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` (their counts may differ) concatenated in rank order; this process's
+    own rows keep their gradient, the others' come without (open_clip's ``gather_features``)."""
+    import torch.distributed as dist
+
+    rank, world = _world()
+    if world == 1:
+        return rows
+    count = torch.tensor([len(rows)], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    padded = rows.new_zeros((max(int(c) for c in counts), *rows.shape[1:]))
+    padded[: len(rows)] = rows.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [part[: int(c)] for part, c in zip(parts, counts, strict=True)]
+    parts[rank] = rows
+    return torch.cat(parts)
+
+
+def first_columns(owners: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Indices of the first of each (owner, text) pair, in order: a text two processes (or two
+    images with one caption) brought is one column, as it would be in one process's batch."""
+    _, inverse = torch.unique(torch.stack([owners, ids], dim=1), dim=0, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device)
+    return first.scatter_reduce(0, inverse, positions, reduce="amin").sort().values
+
+
+def share_gradient(value: torch.Tensor, world: int) -> torch.Tensor:
+    """``value`` whose gradient is divided by ``world``: a parameter every process uses whole in the
+    gathered loss (the scale) gets, after DDP's mean of ``world`` times that loss, its true gradient."""
+    return value if world == 1 else value / world + (value - value / world).detach()
+
+
 # --- the trained module --------------------------------------------------------------------------
 
 
 class FinetuneModel(torch.nn.Module):
     """The VLM (with LoRA layers, if any) and GRAIN's region decoder, behind one ``forward`` so DDP
     and DeepSpeed see every trained parameter used in it. ``towers`` says how the VLM's backend
-    encodes (:mod:`ex2.finetune_towers`); it holds no weights."""
+    encodes (:mod:`ex2.finetune_towers`); it holds no weights.
+
+    The contrastive terms are computed over every process's batch (:meth:`contrast`): the loss is
+    the one a single process would compute on the global batch, and the ``backward`` quantity is
+    built so that DDP's gradient mean is that loss's gradient. GRAIN's region terms stay per process.
+    """
 
     def __init__(self, clip: torch.nn.Module, towers: Towers, decoder: torch.nn.Module | None = None) -> None:
         super().__init__()
@@ -170,14 +229,32 @@ class FinetuneModel(torch.nn.Module):
     def scale(self) -> torch.Tensor:
         return self.towers.logit_scale(self.clip)
 
-    def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, texts: torch.Tensor, world: int = 1) -> torch.Tensor:
         """Similarities of normalised features: ``scale * cosine (+ bias)``."""
         bias = self.towers.logit_bias(self.clip)
-        logits = self.scale() * images @ texts.T
-        return logits + bias if bias is not None else logits
+        logits = share_gradient(self.scale(), world) * images @ texts.T
+        return logits + share_gradient(bias, world) if bias is not None else logits
 
     def contrastive(self, logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         return contrastive(logits, positives, sigmoid=self.towers.logit_bias(self.clip) is not None)
+
+    def contrast(self, images, texts, labels, owners, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, what to backpropagate, top-1) of images against texts over all processes' batches.
+
+        An image is positive with a text when its ``labels`` entry equals the text's ``owners``
+        entry (class ids for desc, caption ids for grain); ``ids`` identify texts, so a text brought
+        twice is one column. Each process backpropagates ``world`` times the loss through its own
+        features; the scale's gradient is shared (:func:`share_gradient`)."""
+        _, world = _world()
+        all_images, all_texts, all_labels = gather_rows(images), gather_rows(texts), gather_rows(labels)
+        all_owners, all_ids = gather_rows(owners), gather_rows(ids)
+        keep = first_columns(all_owners, all_ids)
+        positives = all_labels[:, None] == all_owners[keep][None, :]
+        logits = self.logits(all_images, all_texts[keep], world)
+        loss = self.contrastive(logits, positives)
+        # texts dropped as another process's duplicates still belong to this process's graph (DDP)
+        backward = world * loss + 0 * texts.sum()
+        return loss, backward, top1_positive(logits, positives).detach()
 
     def images(self, pixels: torch.Tensor, tokens: bool = False):
         pooled, patch = self.towers.encode_image(self.clip, pixels, tokens)
@@ -186,35 +263,33 @@ class FinetuneModel(torch.nn.Module):
     def texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.towers.encode_text(self.clip, tokens), dim=-1)
 
-    def forward(self, pixels: torch.Tensor, texts: dict, positives: torch.Tensor, **extra) -> dict:
+    def forward(self, pixels: torch.Tensor, texts: dict, labels: torch.Tensor, owners: torch.Tensor,
+                ids: torch.Tensor, **extra) -> dict:
         if extra.get("regions") is not None:
-            return self._grain(pixels, texts, positives, **extra)
+            return self._grain(pixels, texts, labels, owners, ids, **extra)
         images, _ = self.images(pixels)
-        logits = self.logits(images, self.texts(texts))
-        out = {"desc": self.contrastive(logits, positives), "desc_acc": top1_positive(logits, positives).detach()}
+        out = {}
+        out["desc"], backward, out["desc_acc"] = self.contrast(images, self.texts(texts), labels, owners, ids)
         loss = out["desc"]
         names = extra.get("names")
         if names is not None and extra.get("name_weight", 0) > 0:
-            name_logits = self.logits(images, self.texts(names))
-            name_pos = extra["name_positives"]
-            out["name"] = self.contrastive(name_logits, name_pos)
-            out["name_acc"] = top1_positive(name_logits, name_pos).detach()
-            loss = loss + extra["name_weight"] * out["name"]
-        out["loss"] = loss
+            weight = extra["name_weight"]
+            out["name"], name_backward, out["name_acc"] = self.contrast(
+                images, self.texts(names), labels, extra["name_owners"], extra["name_ids"])
+            loss, backward = loss + weight * out["name"], backward + weight * name_backward
+        out["loss"], out["backward"] = loss, backward
         return out
 
-    def _grain(self, pixels, texts, positives, regions, region_texts, region_targets, weights, **_) -> dict:
+    def _grain(self, pixels, texts, labels, owners, ids, regions, region_texts, region_targets, weights, **_) -> dict:
         from ex2.grain import region_losses
 
         images, patch = self.images(pixels, tokens=True)
-        logits = self.logits(images, self.texts(texts))
         boxes, embeds = self.decoder(patch)
         out = region_losses(boxes, embeds, regions, region_targets, self.texts(region_texts), self.scale(),
                             weights["l1"], weights["giou"])
-        out["caption"] = self.contrastive(logits, positives)
-        out["caption_acc"] = top1_positive(logits, positives).detach()
-        out["loss"] = (out["caption"] + weights["region"] * out["region_text"]
-                       + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"])
+        out["caption"], backward, out["caption_acc"] = self.contrast(images, self.texts(texts), labels, owners, ids)
+        regional = weights["region"] * out["region_text"] + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"]
+        out["loss"], out["backward"] = out["caption"] + regional, backward + regional
         return out
 
 
@@ -357,8 +432,8 @@ def _collate_grain(batch):
 
 
 def desc_inputs(labels: torch.Tensor, class_texts: list[list[str]], classnames: list[str], config, rng) -> dict:
-    """Texts of a desc batch: up to ``texts_per_class`` descriptions of each class present, and
-    the positives mask; plus the class names of the batch's classes for the name term."""
+    """Texts of a desc batch: up to ``texts_per_class`` descriptions of each class present, their
+    classes (``owners``) and ids; the class names of the batch's classes for the name term."""
     present = sorted(set(labels.tolist()))
     texts, owner = [], []
     for label in present:
@@ -366,19 +441,18 @@ def desc_inputs(labels: torch.Tensor, class_texts: list[list[str]], classnames: 
         chosen = rng.choice(len(pool), size=min(config.texts_per_class, len(pool)), replace=False)
         texts += [pool[i] for i in sorted(chosen)]
         owner += [label] * len(chosen)
-    positives = labels[:, None] == torch.tensor(owner)[None, :]
     names = [config.name_template.format(classnames[label]) for label in present]
-    name_positives = labels[:, None] == torch.tensor(present)[None, :]
-    return {"texts": texts, "positives": positives, "names": names, "name_positives": name_positives}
+    return {"texts": texts, "labels": labels, "owners": torch.tensor(owner), "ids": text_ids(texts),
+            "names": names, "name_owners": torch.tensor(present), "name_ids": text_ids(names)}
 
 
 def grain_inputs(captions: list[str], region_texts: list[list[str]], boxes: list[torch.Tensor]) -> dict:
     distinct = list(dict.fromkeys(t for texts in region_texts for t in texts))
     index = {t: i for i, t in enumerate(distinct)}
-    positives = torch.tensor([[a == b for b in captions] for a in captions])
     targets = [torch.tensor([index[t] for t in texts], dtype=torch.long) for texts in region_texts]
-    return {"texts": captions, "positives": positives, "region_texts": distinct, "regions": boxes,
-            "region_targets": targets}
+    ids = text_ids(captions)  # an image is positive with its caption, and with an equal one
+    return {"texts": captions, "labels": ids, "owners": ids, "ids": ids, "region_texts": distinct,
+            "regions": boxes, "region_targets": targets}
 
 
 # --- checkpoints, log, saving ------------------------------------------------------------------
@@ -492,8 +566,8 @@ class _Batcher:
             pixels, labels = batch
             rng = np.random.default_rng((config.seed, micro))
             parts = desc_inputs(labels.cpu(), self.class_texts, self.classnames, config, rng)
-            inputs = {"names": self.tokens(parts["names"]),
-                      "name_positives": parts["name_positives"].to(device), "name_weight": config.name_weight}
+            inputs = {"names": self.tokens(parts["names"]), "name_owners": parts["name_owners"].to(device),
+                      "name_ids": parts["name_ids"].to(device), "name_weight": config.name_weight}
         else:
             pixels, captions, region_texts, boxes = batch
             parts = grain_inputs(captions, region_texts, boxes)
@@ -502,7 +576,7 @@ class _Batcher:
                       "region_targets": [t.to(device) for t in parts["region_targets"]],
                       "weights": {"l1": config.l1_weight, "giou": config.giou_weight, "region": config.region_weight}}
         inputs.update(pixels=pixels.to(device), texts=self.tokens(parts["texts"]),
-                      positives=parts["positives"].to(device))
+                      **{key: parts[key].to(device) for key in ("labels", "owners", "ids")})
         return inputs
 
 
@@ -602,7 +676,7 @@ def train(config: FinetuneConfig) -> dict:
     for epoch, batch in stream if step < config.max_steps else ():
         with accelerator.accumulate(model):
             out = model(**batcher(batch, micro))
-            accelerator.backward(out["loss"])
+            accelerator.backward(out.pop("backward"))
             if accelerator.sync_gradients and config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
