@@ -16,14 +16,19 @@ Objectives
 
 open_clip models and transformers CLIP and SigLIP models are trained (:mod:`ex2.finetune_towers`);
 a model with a learned logit bias (SigLIP) is trained with the sigmoid form of each contrastive
-loss, as it was pre-trained. The whole model (``--method full``) or LoRA adapters on the towers'
-MLP layers (``--method lora``, peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
+loss, as it was pre-trained. The contrastive terms span every process's batch (features gathered,
+the local slice keeping its gradient; :meth:`FinetuneModel.contrast`). Images come from an ex2
+dataset, an annotations file or webdataset shards (``--shards``, :func:`shard_data`).
+
+The whole model (``--method full``) or LoRA adapters on the towers' MLP layers (``--method lora``,
+peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
 the same code under ``accelerate launch`` for DDP or DeepSpeed (``configs/accelerate/*.yaml``), with
-gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full state
-goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT`` gets
-``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
+gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full
+state goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT``
+gets ``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
 ``provenance.json`` and ``model/``: a folder of the base model's kind (open_clip or transformers)
-that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves ``region_decoder.safetensors``.
+that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves
+``region_decoder.safetensors``.
 """
 
 from __future__ import annotations
