@@ -665,6 +665,9 @@ def train(config: FinetuneConfig) -> dict:
     towers, size = model.towers, model.towers.shape(model.clip)["image_size"]
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed sizes its batches at prepare, before the data loader exists
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if accelerator.is_main_process:

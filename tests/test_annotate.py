@@ -182,3 +182,14 @@ def test_annotate_bad_descriptions_are_one_line_errors(owlv2_dir, tmp_path, shar
     assert main(["annotate", "--descriptions", str(tmp_path / "missing.jsonl"), "--output", str(out)]) == 1
     assert "missing.jsonl does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_loader_workers_give_the_same_annotations(owlv2_dir, descriptions, tmp_path, shared_cache):
+    outputs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers-{workers}.jsonl"
+        args = _annotate_args(owlv2_dir, descriptions, out, "--images-per-class", "1")
+        args[args.index("--num-workers") + 1] = workers
+        assert main(args) == 0
+        outputs.append(read_jsonl(out))
+    assert len(outputs[0]) == 8 and outputs[0] == outputs[1]
