@@ -24,7 +24,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "knowledge": ("ex2.knowledge:KnowledgeConfig", "CoDer's expert knowledge per class: attributes, "
                   "analogues, synonyms, one-vs-one"),
     "inspect": ("ex2.inspect:InspectConfig", "label descriptions: spurious, visual or non-visual"),
-    "finetune": ("ex2.finetune:FinetuneConfig", "teach an open_clip VLM the descriptions (desc) or regions (grain)"),
+    "annotate": ("ex2.annotate:AnnotateConfig", "ground descriptions in images with a detector: regions for grain"),
+    "finetune": ("ex2.finetune:FinetuneConfig", "teach a CLIP/SigLIP VLM the descriptions (desc) or regions (grain)"),
     "classify": ("ex2.classify:ClassifyConfig", "zero-shot classification with class names or descriptions"),
     "probe": ("ex2.probe:ProbeConfig", "linear probe on a VLM's image features (train, choose C on val, test)"),
     "report": ("ex2.report:ReportConfig", "tables, plots and an HTML report across runs"),

@@ -1,8 +1,9 @@
-"""Teach an open_clip VLM the descriptions: ``ex2 finetune``.
+"""Teach a VLM the descriptions: ``ex2 finetune``.
 
     ex2 finetune --vlm ViT-B-32:openai --dataset cub --data-root DIR --split train \\
         --descriptions runs/inspect/categories.jsonl --categories visual --objective desc --output runs/ft
     ex2 finetune --vlm ViT-B-32:openai --objective grain --annotations grounding.jsonl --output runs/grain
+    ex2 finetune --vlm openai/clip-vit-base-patch32 ...     # transformers CLIP or SigLIP
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m ex2.cli finetune ...
 
 Objectives
@@ -13,18 +14,26 @@ Objectives
                ViT's patch tokens (:mod:`ex2.grain`) whose queries are matched to the annotated boxes
                (Hungarian, L1 + GIoU) and aligned with their region's description (cross-entropy).
 
+open_clip models and transformers CLIP and SigLIP models are trained (:mod:`ex2.finetune_towers`);
+a model with a learned logit bias (SigLIP) is trained with the sigmoid form of each contrastive
+loss, as it was pre-trained. The contrastive terms span every process's batch (features gathered,
+the local slice keeping its gradient; :meth:`FinetuneModel.contrast`). Images come from an ex2
+dataset, an annotations file or webdataset shards (``--shards``, :func:`shard_data`).
+
 The whole model (``--method full``) or LoRA adapters on the towers' MLP layers (``--method lora``,
 peft; merged into the weights when saved) are trained through accelerate: one process on the CPU,
 the same code under ``accelerate launch`` for DDP or DeepSpeed (``configs/accelerate/*.yaml``), with
-gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full state
-goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT`` gets
-``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
-``provenance.json`` and ``model/``: an open_clip folder that loads back as an ex2 VLM
-(``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves ``region_decoder.safetensors``.
+gradient accumulation and bf16 autocast on GPUs. Every ``--save-steps`` steps accelerate's full
+state goes to ``OUTPUT/checkpoints/step-N``; ``--resume`` continues from the latest one. ``OUTPUT``
+gets ``log.jsonl`` (loss and accuracy per ``--log-steps``), ``loss.png``, ``config.yaml``,
+``provenance.json`` and ``model/``: a folder of the base model's kind (open_clip or transformers)
+that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` also saves
+``region_decoder.safetensors``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -37,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from ex2.config import data_root_option, dataset_option, option, save_config, vlm_option
-from ex2.io import append_jsonl, materialise, repair_jsonl, write_json, write_jsonl
+from ex2.finetune_towers import Towers, load_towers
+from ex2.io import append_jsonl, repair_jsonl, write_json, write_jsonl
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence marks it complete
@@ -45,7 +55,7 @@ STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence mark
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tune an open_clip VLM on descriptions (desc) or grounded regions (grain, GRAIN-style)."""
+    """Fine-tune an open_clip or transformers CLIP/SigLIP VLM on descriptions (desc) or grounded regions (grain)."""
 
     output: str = option("", "run folder: checkpoints, log.jsonl, loss.png and the fine-tuned model/")
     objective: Literal["desc", "grain"] = option("desc", "desc: images vs their class's descriptions; grain: regions")
@@ -56,6 +66,10 @@ class FinetuneConfig:
     descriptions: str | None = option(None, "desc: descriptions.jsonl or categories.jsonl (ours) or JSON {class: [texts]}")
     categories: list[str] = option([], "desc: keep only descriptions of these inspection categories (e.g. visual)")
     annotations: str | None = option(None, "grain: JSONL of {image, caption, regions: [{text, box: [x0,y0,x1,y1]}]}")
+    shards: str | None = option(None, "webdataset shards instead of --annotations (grain) or the dataset's images "
+                                      "(desc), e.g. 'data/{00000..00099}.tar': image + txt or json caption, json "
+                                      "regions (grain), cls or json class (desc; the class names are --dataset's)")
+    shuffle_buffer: int = option(1000, "--shards: samples shuffled in a buffer by each loader worker")
     name_weight: float = option(1.0, "desc: weight of the image–class-name term (0 turns it off)")
     name_template: str = option("a photo of a {}.", "desc: text made of a class name for the name term")
     texts_per_class: int = option(4, "desc: descriptions drawn per class in a batch")
@@ -63,7 +77,8 @@ class FinetuneConfig:
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")
-    lora_targets: list[str] = option(["c_fc", "c_proj"], "module names LoRA adapts (open_clip's MLP linears)")
+    lora_targets: list[str] = option([], "module names LoRA adapts (default: the towers' MLP linears, c_fc and "
+                                         "c_proj in open_clip, fc1 and fc2 in transformers)")
     queries: int = option(8, "grain: region queries of the decoder")
     decoder_layers: int = option(2, "grain: transformer decoder layers")
     l1_weight: float = option(5.0, "grain: box L1 weight (matching cost and loss)")
@@ -92,13 +107,15 @@ class FinetuneConfig:
             raise ValueError("--output DIR is required (the run folder)")
         if self.objective == "desc" and not self.descriptions:
             raise ValueError("--objective desc needs --descriptions FILE (descriptions.jsonl, categories.jsonl or JSON)")
-        if self.objective == "grain" and not self.annotations:
-            raise ValueError("--objective grain needs --annotations FILE.jsonl ({image, caption, regions})")
+        if self.objective == "grain" and not (self.annotations or self.shards):
+            raise ValueError("--objective grain needs --annotations FILE.jsonl ({image, caption, regions}) or --shards")
+        if self.shards and self.annotations:
+            raise ValueError("give --annotations or --shards, not both")
         if self.categories and self.objective != "desc":
             raise ValueError("--categories filters descriptions; use it with --objective desc")
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "save_steps", "log_steps",
-                     "texts_per_class", "queries", "lora_rank", "save_total_limit"):
+                     "texts_per_class", "queries", "lora_rank", "save_total_limit", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -126,81 +143,175 @@ def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
     return (i2t + t2i) / 2
 
 
+def multi_positive_sigmoid(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss with several positives: every (image, text) pair is a binary
+    question, positive where ``positives`` says so; summed over texts, averaged over images."""
+    signs = positives.float() * 2 - 1
+    return -F.logsigmoid(signs * logits).sum(1).mean()
+
+
+def contrastive(logits: torch.Tensor, positives: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """The multi-positive loss of the model's kind: sigmoid (SigLIP) or InfoNCE (CLIP)."""
+    return multi_positive_sigmoid(logits, positives) if sigmoid else multi_positive_nce(logits, positives)
+
+
 def top1_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Fraction of images whose best-scoring text is one of their positives."""
     return positives.bool().gather(1, logits.argmax(1, keepdim=True)).float().mean()
+
+
+# --- contrast across processes ------------------------------------------------------------------
+
+
+def text_ids(texts: list[str]) -> torch.Tensor:
+    """A 56-bit id per text (a hash), equal for equal texts on every process."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=7).digest(), "big") for t in texts],
+                        dtype=torch.long)
+
+
+def _world() -> tuple[int, int]:
+    """(this process's rank, the number of processes)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` (their counts may differ) concatenated in rank order; this process's
+    own rows keep their gradient, the others' come without (open_clip's ``gather_features``)."""
+    import torch.distributed as dist
+
+    rank, world = _world()
+    if world == 1:
+        return rows
+    count = torch.tensor([len(rows)], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    padded = rows.new_zeros((max(int(c) for c in counts), *rows.shape[1:]))
+    padded[: len(rows)] = rows.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [part[: int(c)] for part, c in zip(parts, counts, strict=True)]
+    parts[rank] = rows
+    return torch.cat(parts)
+
+
+def first_columns(owners: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Indices of the first of each (owner, text) pair, in order: a text two processes (or two
+    images with one caption) brought is one column, as it would be in one process's batch."""
+    _, inverse = torch.unique(torch.stack([owners, ids], dim=1), dim=0, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device)
+    return first.scatter_reduce(0, inverse, positions, reduce="amin").sort().values
+
+
+def share_gradient(value: torch.Tensor, world: int) -> torch.Tensor:
+    """``value`` whose gradient is divided by ``world``: a parameter every process uses whole in the
+    gathered loss (the scale) gets, after DDP's mean of ``world`` times that loss, its true gradient."""
+    return value if world == 1 else value / world + (value - value / world).detach()
 
 
 # --- the trained module --------------------------------------------------------------------------
 
 
 class FinetuneModel(torch.nn.Module):
-    """The open_clip model (with LoRA layers, if any) and GRAIN's region decoder, behind one
-    ``forward`` so DDP and DeepSpeed see every trained parameter used in it."""
+    """The VLM (with LoRA layers, if any) and GRAIN's region decoder, behind one ``forward`` so DDP
+    and DeepSpeed see every trained parameter used in it. ``towers`` says how the VLM's backend
+    encodes (:mod:`ex2.finetune_towers`); it holds no weights.
 
-    def __init__(self, clip: torch.nn.Module, decoder: torch.nn.Module | None = None) -> None:
+    The contrastive terms are computed over every process's batch (:meth:`contrast`): the loss is
+    the one a single process would compute on the global batch, and the ``backward`` quantity is
+    built so that DDP's gradient mean is that loss's gradient. GRAIN's region terms stay per process.
+    """
+
+    def __init__(self, clip: torch.nn.Module, towers: Towers, decoder: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.clip, self.decoder = clip, decoder
+        self.towers = towers
 
     def scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=100)
+        return self.towers.logit_scale(self.clip)
+
+    def logits(self, images: torch.Tensor, texts: torch.Tensor, world: int = 1) -> torch.Tensor:
+        """Similarities of normalised features: ``scale * cosine (+ bias)``."""
+        bias = self.towers.logit_bias(self.clip)
+        logits = share_gradient(self.scale(), world) * images @ texts.T
+        return logits + share_gradient(bias, world) if bias is not None else logits
+
+    def contrastive(self, logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        return contrastive(logits, positives, sigmoid=self.towers.logit_bias(self.clip) is not None)
+
+    def contrast(self, images, texts, labels, owners, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, what to backpropagate, top-1) of images against texts over all processes' batches.
+
+        An image is positive with a text when its ``labels`` entry equals the text's ``owners``
+        entry (class ids for desc, caption ids for grain); ``ids`` identify texts, so a text brought
+        twice is one column. Each process backpropagates ``world`` times the loss through its own
+        features; the scale's gradient is shared (:func:`share_gradient`)."""
+        _, world = _world()
+        all_images, all_texts, all_labels = gather_rows(images), gather_rows(texts), gather_rows(labels)
+        all_owners, all_ids = gather_rows(owners), gather_rows(ids)
+        keep = first_columns(all_owners, all_ids)
+        positives = all_labels[:, None] == all_owners[keep][None, :]
+        logits = self.logits(all_images, all_texts[keep], world)
+        loss = self.contrastive(logits, positives)
+        # texts dropped as another process's duplicates still belong to this process's graph (DDP)
+        backward = world * loss + 0 * texts.sum()
+        return loss, backward, top1_positive(logits, positives).detach()
 
     def images(self, pixels: torch.Tensor, tokens: bool = False):
-        visual = self.clip.visual
-        if not tokens:
-            return F.normalize(self.clip.encode_image(pixels), dim=-1), None
-        visual.output_tokens = True
-        try:
-            pooled, patch = visual(pixels)
-        finally:
-            visual.output_tokens = False
+        pooled, patch = self.towers.encode_image(self.clip, pixels, tokens)
         return F.normalize(pooled, dim=-1), patch
 
-    def forward(self, pixels: torch.Tensor, texts: torch.Tensor, positives: torch.Tensor, **extra) -> dict:
+    def texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.towers.encode_text(self.clip, tokens), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, texts: dict, labels: torch.Tensor, owners: torch.Tensor,
+                ids: torch.Tensor, **extra) -> dict:
         if extra.get("regions") is not None:
-            return self._grain(pixels, texts, positives, **extra)
+            return self._grain(pixels, texts, labels, owners, ids, **extra)
         images, _ = self.images(pixels)
-        text = F.normalize(self.clip.encode_text(texts), dim=-1)
-        logits = self.scale() * images @ text.T
-        out = {"desc": multi_positive_nce(logits, positives), "desc_acc": top1_positive(logits, positives).detach()}
+        out = {}
+        out["desc"], backward, out["desc_acc"] = self.contrast(images, self.texts(texts), labels, owners, ids)
         loss = out["desc"]
         names = extra.get("names")
         if names is not None and extra.get("name_weight", 0) > 0:
-            name_logits = self.scale() * images @ F.normalize(self.clip.encode_text(names), dim=-1).T
-            name_pos = extra["name_positives"]
-            out["name"] = multi_positive_nce(name_logits, name_pos)
-            out["name_acc"] = top1_positive(name_logits, name_pos).detach()
-            loss = loss + extra["name_weight"] * out["name"]
-        out["loss"] = loss
+            weight = extra["name_weight"]
+            out["name"], name_backward, out["name_acc"] = self.contrast(
+                images, self.texts(names), labels, extra["name_owners"], extra["name_ids"])
+            loss, backward = loss + weight * out["name"], backward + weight * name_backward
+        out["loss"], out["backward"] = loss, backward
         return out
 
-    def _grain(self, pixels, texts, positives, regions, region_texts, region_targets, weights, **_) -> dict:
+    def _grain(self, pixels, texts, labels, owners, ids, regions, region_texts, region_targets, weights, **_) -> dict:
         from ex2.grain import region_losses
 
         images, patch = self.images(pixels, tokens=True)
-        captions = F.normalize(self.clip.encode_text(texts), dim=-1)
-        logits = self.scale() * images @ captions.T
         boxes, embeds = self.decoder(patch)
-        described = F.normalize(self.clip.encode_text(region_texts), dim=-1)
-        out = region_losses(boxes, embeds, regions, region_targets, described, self.scale(),
+        out = region_losses(boxes, embeds, regions, region_targets, self.texts(region_texts), self.scale(),
                             weights["l1"], weights["giou"])
-        out["caption"] = multi_positive_nce(logits, positives)
-        out["caption_acc"] = top1_positive(logits, positives).detach()
-        out["loss"] = (out["caption"] + weights["region"] * out["region_text"]
-                       + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"])
+        out["caption"], backward, out["caption_acc"] = self.contrast(images, self.texts(texts), labels, owners, ids)
+        regional = weights["region"] * out["region_text"] + weights["l1"] * out["box_l1"] + weights["giou"] * out["box_giou"]
+        out["loss"], out["backward"] = out["caption"] + regional, backward + regional
         return out
 
 
-def add_lora(clip: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
-    """LoRA adapters on ``config.lora_targets`` in both towers (peft); everything else frozen."""
+def add_lora(clip: torch.nn.Module, config: FinetuneConfig, targets: tuple[str, ...] = ()) -> torch.nn.Module:
+    """LoRA adapters on ``config.lora_targets`` (else ``targets``, the backend's) in both towers
+    (peft); everything else frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    targets = list(config.lora_targets or targets)
+    if not targets:
+        raise ValueError("--method lora needs --lora-targets (module names to adapt)")
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_targets))
+                      target_modules=targets)
     try:
         clip = inject_adapter_in_model(lora, clip)
     except ValueError as err:
-        raise ValueError(f"--lora-targets {config.lora_targets}: {err}") from err
+        raise ValueError(f"--lora-targets {targets}: {err}") from err
     for name, param in clip.named_parameters():
         param.requires_grad = "lora_" in name
     return clip
@@ -245,45 +356,79 @@ def _square(image, size: int):
     return image.resize((size, size))
 
 
-def _image_size(clip) -> int:
-    size = clip.visual.image_size
-    return int(size[0] if isinstance(size, tuple | list) else size)
+def class_texts(config: FinetuneConfig, classnames: list[str]) -> list[list[str]]:
+    """Descriptions per class id (the class's name in ``--name-template`` where it has none)."""
+    from ex2.classify import align_descriptions, load_descriptions
+
+    descriptions = load_descriptions(config.descriptions, config.categories)
+    texts, _ = align_descriptions(classnames, descriptions, allow_missing=True, source=config.descriptions)
+    return [t or [config.name_template.format(name)] for t, name in zip(texts, classnames, strict=True)]
 
 
 def desc_data(config: FinetuneConfig, transform) -> tuple[EpochData, list[str], list[list[str]]]:
-    """(the dataset's images, class names, descriptions per class: the name alone where none)."""
-    from ex2.classify import align_descriptions, load_descriptions
+    """(the dataset's images, class names, descriptions per class)."""
     from ex2.data import load_dataset
     from ex2.data.images import load_image
 
     dataset = load_dataset(config.dataset, config.data_root, config.split)
     if not dataset.items:
         raise ValueError(f"dataset {config.dataset} split {config.split} has no images")
-    descriptions = load_descriptions(config.descriptions, config.categories)
-    texts, _ = align_descriptions(dataset.classnames, descriptions, allow_missing=True, source=config.descriptions)
-    texts = [t or [config.name_template.format(name)] for t, name in zip(texts, dataset.classnames, strict=True)]
 
     def load(item):
         path, label = item
         return transform(load_image(path, strict=True)), label
 
-    return EpochData(dataset.items, load, config.seed), dataset.classnames, texts
+    return EpochData(dataset.items, load, config.seed), dataset.classnames, class_texts(config, dataset.classnames)
+
+
+def grain_item(image, caption: str, regions: list, transform, size: int):
+    """A grain example: (pixels, caption, region texts, region boxes ``[G, 4]`` cxcywh)."""
+    from torchvision.ops import box_convert
+
+    boxes = torch.tensor([box for _, box in regions], dtype=torch.float32).reshape(-1, 4)
+    pixels = transform(_square(image, size))
+    return pixels, caption, [text for text, _ in regions], box_convert(boxes, "xyxy", "cxcywh")
 
 
 def grain_data(config: FinetuneConfig, transform, size: int) -> EpochData:
     from ex2.data.images import load_image
     from ex2.finetune_data import read_grounding
 
-    records = read_grounding(config.annotations)
-
     def load(record):
-        from torchvision.ops import box_convert
+        return grain_item(load_image(record.image, strict=True), record.caption, record.regions, transform, size)
 
-        boxes = torch.tensor([box for _, box in record.regions], dtype=torch.float32).reshape(-1, 4)
-        pixels = transform(_square(load_image(record.image, strict=True), size))
-        return pixels, record.caption, [text for text, _ in record.regions], box_convert(boxes, "xyxy", "cxcywh")
+    return EpochData(read_grounding(config.annotations), load, config.seed)
 
-    return EpochData(records, load, config.seed)
+
+def shard_data(config: FinetuneConfig, transform, size: int, classnames: list[str] | None, start: int):
+    """An endless stream of examples from ``--shards``: each process and loader worker draws shards
+    at random (with replacement, as open_clip does for large sets) seeded by ``--seed``, its rank and
+    worker and the step it starts at (a resumed run reads on, it does not replay), and shuffles
+    samples in a buffer of ``--shuffle-buffer``."""
+    try:
+        import webdataset as wds
+    except ImportError as err:
+        raise ImportError("--shards reads webdataset shards: pip install 'ex2[webdataset]'") from err
+    from ex2.finetune_data import shard_record
+
+    index = {name: i for i, name in enumerate(classnames or [])}
+
+    def load(sample):
+        record = shard_record(sample)
+        where = f"shard {sample.get('__url__')} sample {sample.get('__key__')}"
+        if config.objective == "grain":
+            if not record.caption:
+                raise ValueError(f"{where}: no caption (txt, or json caption) for --objective grain")
+            return grain_item(record.image, record.caption, record.regions, transform, size)
+        label = index.get(record.label, record.label) if isinstance(record.label, str) else record.label
+        if not isinstance(label, int) or not 0 <= label < len(index):
+            raise ValueError(f"{where}: class {record.label!r} is not one of the {len(index)} classes of "
+                             f"{config.dataset} (cls: an index, or json class: a name)")
+        return transform(record.image), label
+
+    seed = config.seed * 1_000_003 + start
+    return wds.DataPipeline(wds.ResampledShards(config.shards, seed=seed, deterministic=True),
+                            wds.tarfile_to_samples(), wds.shuffle(config.shuffle_buffer, seed=seed), wds.map(load))
 
 
 def _collate_grain(batch):
@@ -292,8 +437,8 @@ def _collate_grain(batch):
 
 
 def desc_inputs(labels: torch.Tensor, class_texts: list[list[str]], classnames: list[str], config, rng) -> dict:
-    """Texts of a desc batch: up to ``texts_per_class`` descriptions of each class present, and
-    the positives mask; plus the class names of the batch's classes for the name term."""
+    """Texts of a desc batch: up to ``texts_per_class`` descriptions of each class present, their
+    classes (``owners``) and ids; the class names of the batch's classes for the name term."""
     present = sorted(set(labels.tolist()))
     texts, owner = [], []
     for label in present:
@@ -301,19 +446,18 @@ def desc_inputs(labels: torch.Tensor, class_texts: list[list[str]], classnames: 
         chosen = rng.choice(len(pool), size=min(config.texts_per_class, len(pool)), replace=False)
         texts += [pool[i] for i in sorted(chosen)]
         owner += [label] * len(chosen)
-    positives = labels[:, None] == torch.tensor(owner)[None, :]
     names = [config.name_template.format(classnames[label]) for label in present]
-    name_positives = labels[:, None] == torch.tensor(present)[None, :]
-    return {"texts": texts, "positives": positives, "names": names, "name_positives": name_positives}
+    return {"texts": texts, "labels": labels, "owners": torch.tensor(owner), "ids": text_ids(texts),
+            "names": names, "name_owners": torch.tensor(present), "name_ids": text_ids(names)}
 
 
 def grain_inputs(captions: list[str], region_texts: list[list[str]], boxes: list[torch.Tensor]) -> dict:
     distinct = list(dict.fromkeys(t for texts in region_texts for t in texts))
     index = {t: i for i, t in enumerate(distinct)}
-    positives = torch.tensor([[a == b for b in captions] for a in captions])
     targets = [torch.tensor([index[t] for t in texts], dtype=torch.long) for texts in region_texts]
-    return {"texts": captions, "positives": positives, "region_texts": distinct, "regions": boxes,
-            "region_targets": targets}
+    ids = text_ids(captions)  # an image is positive with its caption, and with an equal one
+    return {"texts": captions, "labels": ids, "owners": ids, "ids": ids, "region_texts": distinct,
+            "regions": boxes, "region_targets": targets}
 
 
 # --- checkpoints, log, saving ------------------------------------------------------------------
@@ -356,46 +500,6 @@ def plot_log(records: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def model_config(vlm: str) -> dict:
-    """open_clip's ``model_cfg`` of the VLM being tuned (what ``open_clip_config.json`` holds)."""
-    import open_clip
-
-    from ex2.names import parse_vlm_name
-    from ex2.vlm.offline import hub_offline
-    from ex2.vlm.open_clip_backend import needs_quick_gelu
-
-    spec = parse_vlm_name(vlm)
-    if spec.backend != "open_clip":
-        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {vlm!r} is a {spec.backend} model")
-    if spec.model.startswith("local-dir:"):
-        path = Path(spec.model.removeprefix("local-dir:")) / "open_clip_config.json"
-        return json.loads(path.read_text(encoding="utf-8"))["model_cfg"]
-    if spec.model.startswith("hf-hub:"):
-        from open_clip.factory import _get_hf_config
-
-        with hub_offline():
-            return _get_hf_config(spec.model.removeprefix("hf-hub:"))["model_cfg"]
-    cfg = dict(open_clip.get_model_config(spec.model) or {})
-    if spec.pretrained and not Path(spec.pretrained).expanduser().is_file() and needs_quick_gelu(spec.model, spec.pretrained):
-        cfg["quick_gelu"] = True
-    return cfg
-
-
-def save_open_clip(clip: torch.nn.Module, cfg: dict, folder: Path) -> Path:
-    """Write ``clip`` as an open_clip ``local-dir`` folder (config + safetensors), atomically."""
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
-
-    def build(tmp: Path) -> None:
-        state = {k: v.detach().float().contiguous().cpu() for k, v in clip.state_dict().items()}
-        save_file(state, tmp / "open_clip_model.safetensors")
-        save_config_for_hf(clip, tmp / "open_clip_config.json", model_config=cfg)
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    return materialise(folder, build)
-
-
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -412,26 +516,19 @@ def _accelerator(config: FinetuneConfig):
     return Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_plugin=plugin)
 
 
-def _build(config: FinetuneConfig):
-    """(model, tokenizer, transform, the VLM's identity) on the CPU in fp32."""
-    from ex2.names import parse_vlm_name
-    from ex2.vlm.open_clip_backend import load_open_clip
-
-    spec = parse_vlm_name(config.vlm)
-    if spec.backend != "open_clip":
-        raise ValueError(f"ex2 finetune trains open_clip models; --vlm {config.vlm!r} is a {spec.backend} model")
-    vlm = load_open_clip(spec, torch.device("cpu"), torch.float32)
-    clip = vlm.model.train()
+def _build(config: FinetuneConfig) -> FinetuneModel:
+    """The model to train (LoRA layers and region decoder added), on the CPU in fp32."""
+    clip, towers = load_towers(config.vlm)
     if config.method == "lora":
-        clip = add_lora(clip, config)
+        clip = add_lora(clip, config, towers.lora_targets)
     decoder = None
     if config.objective == "grain":
         from ex2.grain import RegionDecoder
 
-        width = clip.visual.transformer.width
-        embed = clip.text_projection.shape[-1] if hasattr(clip, "text_projection") else clip.visual.output_dim
-        decoder = RegionDecoder(width, embed, config.queries, config.decoder_layers, heads=_heads(width))
-    return FinetuneModel(clip, decoder), vlm.tokenizer, vlm.transform, vlm.identity
+        shape = towers.shape(clip)
+        decoder = RegionDecoder(shape["width"], shape["embed_dim"], config.queries, config.decoder_layers,
+                                heads=_heads(shape["width"]))
+    return FinetuneModel(clip, towers, decoder)
 
 
 def _heads(width: int) -> int:
@@ -461,9 +558,12 @@ def _schedule(optimizer, config: FinetuneConfig):
 class _Batcher:
     """Turns a loader batch into the model's inputs (texts tokenised, on the device)."""
 
-    def __init__(self, config, tokenizer, device, classnames=None, class_texts=None) -> None:
-        self.config, self.tokenizer, self.device = config, tokenizer, device
+    def __init__(self, config, towers: Towers, device, classnames=None, class_texts=None) -> None:
+        self.config, self.towers, self.device = config, towers, device
         self.classnames, self.class_texts = classnames, class_texts
+
+    def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self.towers.tokenize(texts).items()}
 
     def __call__(self, batch, micro: int) -> dict:
         config, device = self.config, self.device
@@ -471,17 +571,17 @@ class _Batcher:
             pixels, labels = batch
             rng = np.random.default_rng((config.seed, micro))
             parts = desc_inputs(labels.cpu(), self.class_texts, self.classnames, config, rng)
-            inputs = {"names": self.tokenizer(parts["names"]).to(device),
-                      "name_positives": parts["name_positives"].to(device), "name_weight": config.name_weight}
+            inputs = {"names": self.tokens(parts["names"]), "name_owners": parts["name_owners"].to(device),
+                      "name_ids": parts["name_ids"].to(device), "name_weight": config.name_weight}
         else:
             pixels, captions, region_texts, boxes = batch
             parts = grain_inputs(captions, region_texts, boxes)
-            inputs = {"region_texts": self.tokenizer(parts["region_texts"]).to(device),
+            inputs = {"region_texts": self.tokens(parts["region_texts"]),
                       "regions": [b.to(device) for b in parts["regions"]],
                       "region_targets": [t.to(device) for t in parts["region_targets"]],
                       "weights": {"l1": config.l1_weight, "giou": config.giou_weight, "region": config.region_weight}}
-        inputs.update(pixels=pixels.to(device), texts=self.tokenizer(parts["texts"]).to(device),
-                      positives=parts["positives"].to(device))
+        inputs.update(pixels=pixels.to(device), texts=self.tokens(parts["texts"]),
+                      **{key: parts[key].to(device) for key in ("labels", "owners", "ids")})
         return inputs
 
 
@@ -508,6 +608,51 @@ def _mean(accelerator, sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
+def _loader(config: FinetuneConfig, data, collate) -> torch.utils.data.DataLoader:
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers,
+                                           collate_fn=collate)
+    return torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False,
+                                       drop_last=len(data) >= config.batch_size, num_workers=config.num_workers,
+                                       collate_fn=collate)
+
+
+def _epochs(data: EpochData, loader, accelerator, micro: int):
+    """(epoch, batch) from micro-batch ``micro`` on, epoch after epoch, each in its seeded order."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"no batches: {len(data)} items for the batch size")
+    epoch, offset = divmod(micro, per_epoch)
+    while True:
+        data.reorder(epoch)
+        for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
+            yield epoch, batch
+        epoch, offset = epoch + 1, 0
+
+
+def _stream(config: FinetuneConfig, towers: Towers, size: int, accelerator, step: int):
+    """(the batcher, the stream of (epoch, batch) from optimiser step ``step`` on)."""
+    classnames = texts = None
+    collate = _collate_grain if config.objective == "grain" else None
+    if config.shards:
+        from ex2.data import concept_names
+
+        if config.objective == "desc":
+            classnames = concept_names(config.dataset, config.data_root)
+            texts = class_texts(config, classnames)
+        data = shard_data(config, towers.preprocess, size, classnames, step)
+    elif config.objective == "desc":
+        data, classnames, texts = desc_data(config, towers.preprocess)
+    else:
+        data = grain_data(config, towers.preprocess, size)
+    loader = _loader(config, data, collate)
+    batcher = _Batcher(config, towers, accelerator.device, classnames, texts)
+    if config.shards:  # each process reads its own shards: accelerate must not split the stream
+        return batcher, ((None, batch) for batch in loader)
+    loader = accelerator.prepare(loader)
+    return batcher, _epochs(data, loader, accelerator, step * config.gradient_accumulation_steps)
+
+
 def train(config: FinetuneConfig) -> dict:
     """Run the training loop; returns the last logged record (and writes everything into OUTPUT)."""
     from accelerate.utils import set_seed
@@ -516,18 +661,14 @@ def train(config: FinetuneConfig) -> dict:
     output = Path(config.output)
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    model, tokenizer, transform, identity = _build(config)
-    if config.objective == "desc":
-        data, classnames, class_texts = desc_data(config, transform)
-        collate = None
-    else:
-        data, classnames, class_texts = grain_data(config, transform, _image_size(model.clip)), None, None
-        collate = _collate_grain
-    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False, drop_last=len(data) >= config.batch_size,
-                                         num_workers=config.num_workers, collate_fn=collate)
+    model = _build(config)
+    towers, size = model.towers, model.towers.shape(model.clip)["image_size"]
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed sizes its batches at prepare, before the data loader exists
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -535,46 +676,40 @@ def train(config: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     log = output / "log.jsonl"
     step = _resume_step(accelerator, config, output, log)
-    batcher = _Batcher(config, tokenizer, accelerator.device, classnames, class_texts)
-    micro, per_epoch = step * config.gradient_accumulation_steps, len(loader)
-    if per_epoch == 0:
-        raise ValueError(f"no batches: {len(data)} items for batch size {config.batch_size}")
+    batcher, stream = _stream(config, towers, size, accelerator, step)
+    micro = step * config.gradient_accumulation_steps
     sums: dict[str, float] = {}
     count, last = 0, {}
     progress = tqdm(total=config.max_steps, initial=step, desc="finetune", disable=not accelerator.is_local_main_process)
-    while step < config.max_steps:
-        epoch, offset = divmod(micro, per_epoch)
-        data.reorder(epoch)
-        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                out = model(**batcher(batch, micro))
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            micro += 1
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach().float())
-            count += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            progress.update(1)
-            if step % config.log_steps == 0 or step == config.max_steps:
-                last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-                sums, count = {}, 0
-                if accelerator.is_main_process:
-                    append_jsonl(log, last)
-                progress.set_postfix(loss=last["loss"])
-            if step % config.save_steps == 0 or step == config.max_steps:
-                save_checkpoint(accelerator, output, step, config.save_total_limit)
-            if step >= config.max_steps:
-                break
+    for epoch, batch in stream if step < config.max_steps else ():
+        with accelerator.accumulate(model):
+            out = model(**batcher(batch, micro))
+            accelerator.backward(out.pop("backward"))
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        micro += 1
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach().float())
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if step % config.log_steps == 0 or step == config.max_steps:
+            last = {"step": step, **_mean(accelerator, sums, count), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+            sums, count = {}, 0
+            if accelerator.is_main_process:
+                append_jsonl(log, last)
+            progress.set_postfix(loss=last["loss"])
+        if step % config.save_steps == 0 or step == config.max_steps:
+            save_checkpoint(accelerator, output, step, config.save_total_limit)
+        if step >= config.max_steps:
+            break
     progress.close()
-    _finish(accelerator, model, config, output, identity, log, last)
+    _finish(accelerator, model, config, output, towers.identity, log, last)
     return last
 
 
@@ -587,10 +722,10 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
 
     from ex2.io import read_jsonl
 
-    unwrapped = _build(config)[0]  # a full copy on the CPU in fp32, whatever the sharding or precision
+    unwrapped = _build(config)  # a full copy on the CPU in fp32, whatever the sharding or precision
     unwrapped.load_state_dict(state)
     clip = merge_lora(unwrapped.clip) if config.method == "lora" else unwrapped.clip
-    folder = save_open_clip(clip, model_config(config.vlm), output / "model")
+    folder = unwrapped.towers.save(clip, output / "model")
     if unwrapped.decoder is not None:
         state = {k: v.detach().float().contiguous().cpu() for k, v in unwrapped.decoder.state_dict().items()}
         save_file(state, output / "region_decoder.safetensors")
@@ -601,7 +736,7 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
         "base_vlm": config.vlm, "base_identity": identity, "objective": config.objective, "method": config.method,
         "steps": config.max_steps, "descriptions": str(Path(config.descriptions).resolve()) if config.descriptions else None,
         "categories": config.categories, "annotations": str(Path(config.annotations).resolve()) if config.annotations else None,
-        "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
+        "shards": config.shards, "dataset": config.dataset, "split": config.split, "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision, "last_log": last, "vlm": str(folder.resolve()),
         "region_decoder": unwrapped.decoder.shape if unwrapped.decoder is not None else None,
     })
@@ -619,24 +754,23 @@ def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str =
     from ex2.data.images import load_image
     from ex2.finetune_data import read_grounding
     from ex2.grain import RegionDecoder, hungarian_match, matched_iou
-    from ex2.vlm import load_vlm
 
     run_dir = Path(run_dir)
     shape = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8")).get("region_decoder")
     if not shape:
         raise ValueError(f"{run_dir} is not a grain run: provenance.json has no region_decoder")
-    vlm = load_vlm(str(run_dir / "model"), device=device, precision="fp32")
-    decoder = RegionDecoder(**shape).to(vlm.device).eval()
+    clip, towers = load_towers(str(run_dir / "model"))
+    decoder = RegionDecoder(**shape)
     decoder.load_state_dict(load_file(str(run_dir / "region_decoder.safetensors")))
-    model = FinetuneModel(vlm.model, decoder).eval()
+    model = FinetuneModel(clip, towers, decoder).to(device).eval()
     records = read_grounding(annotations)
     distinct = list(dict.fromkeys(text for record in records for text, _ in record.regions))
-    texts = F.normalize(vlm.model.encode_text(vlm.tokenizer(distinct).to(vlm.device)).float(), dim=-1)
-    size, hits, ious = _image_size(vlm.model), [], []
+    texts = model.texts({k: v.to(device) for k, v in towers.tokenize(distinct).items()}).float()
+    size, hits, ious = towers.shape(clip)["image_size"], [], []
     for record in records:
         from torchvision.ops import box_convert
 
-        pixels = vlm.preprocess(_square(load_image(record.image, strict=True), size))[None].to(vlm.device)
+        pixels = towers.preprocess(_square(load_image(record.image, strict=True), size))[None].to(device)
         _, patch = model.images(pixels, tokens=True)
         boxes, embeds = decoder(patch)
         gold = box_convert(torch.tensor([b for _, b in record.regions]), "xyxy", "cxcywh").to(boxes)

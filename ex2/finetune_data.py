@@ -8,10 +8,18 @@ An annotations file is JSONL, one image a line::
 ``image`` is relative to the file's folder (or absolute); ``box`` is ``[x0, y0, x1, y1]`` in pixels
 of that image. :func:`synthetic_grounding` draws shapes of known colour, kind and position with their
 boxes and descriptions ("a red circle in the upper left"), so region decoding can be checked exactly.
+
+The same records may come in webdataset shards (CC3M-style ``.tar`` files, one sample a key):
+an image (``jpg``, ``jpeg``, ``png`` or ``webp``), its caption in ``txt`` or in ``json`` under
+``caption``, the regions in ``json`` under ``regions`` (boxes in pixels, as above) and, for the
+``desc`` objective, its class as ``cls`` (an index) or ``json`` ``class`` (a name);
+:func:`shard_record` reads one.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +76,59 @@ def read_grounding(path: str | Path) -> list[GroundedImage]:
     if not out:
         raise ValueError(f"{path}: no annotated images")
     return out
+
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class ShardRecord:
+    """One webdataset sample: the image, its caption, regions (normalised xyxy) and class, if any."""
+
+    image: PIL.Image.Image
+    caption: str | None
+    regions: list[tuple[str, tuple[float, float, float, float]]]
+    label: int | str | None  # ``cls`` (class index) or the json's ``class`` (name)
+
+
+def shard_record(sample: dict) -> ShardRecord:
+    """Read a sample as webdataset yields it (``__key__``, ``__url__`` and raw bytes per extension);
+    errors name the shard and the key."""
+    from ex2.data.images import to_rgb
+
+    where = f"shard {sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None:
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"{where}: no image ({', '.join(IMAGE_KEYS)}); it has {', '.join(found) or 'nothing'}")
+    try:
+        with PIL.Image.open(io.BytesIO(sample[key])) as opened:
+            opened.load()
+            image = to_rgb(opened)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read its {key} image ({err})") from err
+    meta = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError as err:
+            raise ValueError(f"{where}: its json is not valid JSON ({err})") from err
+        if not isinstance(meta, dict):
+            raise ValueError(f"{where}: its json must be an object with caption/regions/class")
+    caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else meta.get("caption")
+    regions = meta.get("regions", [])
+    if not isinstance(regions, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("text"), str) and r["text"].strip() and "box" in r for r in regions
+    ):
+        raise ValueError(f"{where}: 'regions' must be a list of {{\"text\": str, \"box\": [x0, y0, x1, y1]}}")
+    boxes = [(r["text"].strip(), _check_box(r["box"], image.size, where)) for r in regions]
+    label = meta.get("class")
+    if "cls" in sample:
+        try:
+            label = int(sample["cls"].decode().strip())
+        except ValueError as err:
+            raise ValueError(f"{where}: its cls must be a class index, got {sample['cls'][:20]!r}") from err
+    return ShardRecord(image, str(caption) if caption is not None else None, boxes, label)
 
 
 def _draw(draw: PIL.ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple) -> None:

@@ -255,3 +255,31 @@ def repair_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
     if not complete:
         write_jsonl(path, records)
     return records
+
+
+PARTIAL_SETTINGS = "ex2_partial_settings"
+
+
+def resume_partial(path: str | Path, settings: dict, what: str = "partial", required: Iterable[str] = ()) -> list[dict]:
+    """The records an interrupted run appended to ``path`` after its settings line, so appending can
+    go on after them. A torn last line is dropped; a file holding records of a run with other
+    ``settings`` is a ValueError saying what changed; with no records the file is (re)started with
+    ``settings`` as its first line. ``what`` names the file in errors."""
+    path = Path(path)
+    records: list[dict] = []
+    if path.is_file():
+        rows = repair_jsonl(path)
+        if not rows or PARTIAL_SETTINGS not in rows[0]:
+            raise ValueError(f"{path}: expected a {what} file starting with its settings; delete it to start over")
+        records, saved = rows[1:], rows[0][PARTIAL_SETTINGS]
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+        if records and changed:
+            raise ValueError(f"{path}: left by an interrupted run with other settings ({'; '.join(changed)}); "
+                             "rerun with those settings to resume, or delete the file to start over")
+        for number, record in enumerate(records, start=2):
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
+    if not records:
+        write_jsonl(path, [{PARTIAL_SETTINGS: settings}])
+    return records

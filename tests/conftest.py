@@ -129,6 +129,43 @@ def hf_siglip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def owlv2_dir(tmp_path_factory) -> Path:
+    """A transformers OWLv2 detector folder at 32 pixels. Its tokenizer pads with id 0, as OWLv2's
+    does (``forward`` treats a query starting with 0 as padding), and ends texts with the highest id
+    (its text tower pools at the argmax of the ids)."""
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
+
+    vocab = {"!": 0, "!</w>": 1}
+    for char in LETTERS:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(f"{char}</w>", len(vocab))
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=48, pad_token="!")
+    text, vision = _tiny_configs(len(vocab))
+    text.update(max_position_embeddings=48, bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"], pad_token_id=0)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("owlv2")
+    # the class head compares text features with patch features of the text tower's width
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # small heads, as after training: boxes near their patch, scores not saturated
+        for head in (model.class_head, model.box_head, model.objectness_head):
+            for layer in head.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.normal_(0, 0.02)
+                    layer.bias.zero_()
+    model.save_pretrained(folder)
+    Owlv2Processor(Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_open_clip(open_clip_dir):
     """The tiny open_clip model loaded as an ex2 VLM on the CPU."""
     from ex2.vlm import load_vlm

@@ -15,8 +15,20 @@ import torch
 
 from ex2.cli import main
 from ex2.data import concept_names
-from ex2.finetune import FinetuneConfig, add_lora, evaluate_regions, merge_lora, multi_positive_nce, run
+from ex2.finetune import (
+    FinetuneConfig,
+    FinetuneModel,
+    add_lora,
+    evaluate_regions,
+    first_columns,
+    merge_lora,
+    multi_positive_nce,
+    run,
+    share_gradient,
+    text_ids,
+)
 from ex2.finetune_data import read_grounding, synthetic_grounding
+from ex2.finetune_towers import OpenClipTowers
 from ex2.grain import hungarian_match, match_cost
 from ex2.io import read_jsonl, write_jsonl
 
@@ -65,7 +77,8 @@ def test_merged_lora_computes_what_the_adapters_did(open_clip_dir, tmp_path):
     import open_clip
 
     torch.manual_seed(0)
-    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), FinetuneConfig(output=str(tmp_path), descriptions=__file__))
+    config = FinetuneConfig(output=str(tmp_path), descriptions=__file__)
+    clip = add_lora(open_clip.create_model("ex2-tiny-clip").eval(), config, OpenClipTowers.lora_targets)
     trained = [n for n, p in clip.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
     tokens, pixels = torch.randint(1, 400, (2, 16)), torch.randn(2, 3, 32, 32)
@@ -139,17 +152,108 @@ def test_desc_resume_continues_at_the_right_step(open_clip_dir, descriptions, tm
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in log], rel=1e-3)
 
 
+def test_first_columns_drop_repeated_texts_of_one_owner():
+    owners, ids = torch.tensor([1, 1, 2, 1, 2]), torch.tensor([5, 5, 5, 6, 5])
+    assert first_columns(owners, ids).tolist() == [0, 2, 3]
+    assert text_ids(["a cat", "a dog", "a cat"]).tolist()[::2] == [text_ids(["a cat"]).item()] * 2
+
+
+def test_share_gradient_keeps_the_value_and_divides_the_gradient():
+    scale = torch.tensor(3.0, requires_grad=True)
+    shared = share_gradient(scale, 4)
+    (shared * 2).backward()
+    assert shared.item() == pytest.approx(3.0) and scale.grad.item() == pytest.approx(0.5)
+
+
+class _Towers:
+    """The least a FinetuneModel needs to contrast features: a scale and no bias."""
+
+    @staticmethod
+    def logit_scale(model):
+        return model.logit_scale.exp()
+
+    @staticmethod
+    def logit_bias(model):
+        return None
+
+
+def _contrast_case():
+    """(model, image inputs, labels, text inputs, owners, ids) of a two-process split and one-process whole."""
+    torch.manual_seed(0)
+    clip = torch.nn.Module()
+    clip.image, clip.text, clip.logit_scale = torch.nn.Linear(4, 3), torch.nn.Linear(5, 3), torch.nn.Parameter(torch.tensor(1.0))
+    x, labels = torch.randn(6, 4), torch.tensor([0, 1, 0, 2, 1, 2])
+    y = torch.randn(3, 5)  # the texts of classes 0, 1, 2
+    split = {0: (slice(0, 2), [0, 1]), 1: (slice(2, 6), [2, 1])}  # class 1's text is on both processes
+    return FinetuneModel(clip, _Towers()), x, labels, y, split
+
+
+def _contrast(model, x, labels, y, classes):
+    images = torch.nn.functional.normalize(model.clip.image(x), dim=-1)
+    texts = torch.nn.functional.normalize(model.clip.text(y[classes]), dim=-1)
+    owners = torch.tensor(classes)
+    return model.contrast(images, texts, labels, owners, owners + 100)
+
+
+def _contrast_worker(rank: int, init: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    model, x, labels, y, split = _contrast_case()
+    rows, classes = split[rank]
+    loss, backward, _ = _contrast(model, x[rows], labels[rows], y, classes)
+    backward.backward()
+    grads = [p.grad for p in model.parameters()]
+    for grad in grads:  # what DDP does
+        dist.all_reduce(grad)
+        grad /= 2
+    results.put((rank, loss.item(), [g.tolist() for g in grads]))
+    dist.destroy_process_group()
+
+
+def test_contrast_over_two_processes_is_the_one_process_loss_and_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    model, x, labels, y, _ = _contrast_case()
+    loss, backward, _ = _contrast(model, x, labels, y, [0, 1, 2])
+    backward.backward()
+    expected = [p.grad for p in model.parameters()]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_contrast_worker, args=(rank, f"file://{tmp_path / 'init'}", results))
+               for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    got = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    for _, other_loss, grads in got:
+        assert other_loss == pytest.approx(loss.item(), rel=1e-6)
+        for grad, want in zip(grads, expected, strict=True):
+            assert torch.allclose(torch.tensor(grad), want, atol=1e-6)
+
+
 @pytest.mark.slow
-def test_two_cpu_processes(open_clip_dir, descriptions, tmp_path, shared_cache):
-    out = tmp_path / "ddp"
+def test_two_cpu_processes_follow_one_process_at_the_same_global_batch(open_clip_dir, descriptions, tmp_path,
+                                                                        shared_cache):
+    out, single = tmp_path / "ddp", tmp_path / "single"
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    command = [torchrun, "--nproc_per_node", "2", "-m", "ex2.cli", *_desc_args(open_clip_dir, descriptions, out, 2)]
+    command = [torchrun, "--nproc_per_node", "2", "-m", "ex2.cli", *_desc_args(open_clip_dir, descriptions, out, 4)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "provenance.json").read_text())["processes"] == 2
-    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]  # one writer, not two
     assert (out / "model" / "open_clip_model.safetensors").is_file()
+    # one process with the two processes' batches together: the same images per step, the same loss
+    args = _desc_args(open_clip_dir, descriptions, single, 4)
+    args[args.index("--batch-size") + 1] = "8"
+    assert main(args) == 0
+    two, one = read_jsonl(out / "log.jsonl"), read_jsonl(single / "log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one writer, not two
+    print("loss, 1 process x 8 images:", [r["loss"] for r in one], "2 processes x 4:", [r["loss"] for r in two])
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-3)
+    assert [r["desc_acc"] for r in two] == pytest.approx([r["desc_acc"] for r in one], abs=1e-6)
 
 
 def test_finetune_config_errors(tmp_path):

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("align", ("ex2.train", "ex2.train_eval", "ex2.train_callbacks", "ex2.generate", "ex2.knowledge")),
     ("inspect", ("ex2.inspect", "ex2.inspect_report", "ex2.judges", "ex2.categorize")),
     ("classify", ("ex2.classify", "ex2.zeroshot", "ex2.explain", "ex2.coder", "ex2.probe", "ex2.gvlm.classify",
-                  "ex2.finetune", "ex2.grain")),
+                  "ex2.finetune", "ex2.finetune_towers", "ex2.grain", "ex2.annotate")),
     ("report", ("ex2.report", "ex2.report_html", "ex2.report_stats")),
     ("app", ("ex2.demo", "ex2.cli")),
 ]

@@ -43,7 +43,6 @@ class TransformersVLM(VLM):
     ) -> None:
         super().__init__(identity, device, dtype, *_scale_and_bias(model))
         self.model, self.tokenizer, self.image_processor = model.eval(), tokenizer, image_processor
-        # SigLIP was trained on max-length padded text without an attention mask
         self.siglip = model.config.model_type.startswith("siglip")
 
     def preprocess(self, image: PIL.Image.Image) -> torch.Tensor:
@@ -52,15 +51,19 @@ class TransformersVLM(VLM):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return _pooled(self.model.get_image_features(pixel_values=pixels))
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The text tower's inputs for ``texts`` (on the CPU)."""
         tokens = self.tokenizer(
             texts,
             padding="max_length" if self.siglip else True,
             truncation=True,
             return_tensors="pt",
-        ).to(self.device)
-        if self.siglip:
-            tokens = {"input_ids": tokens["input_ids"]}
+        )
+        # SigLIP was trained on max-length padded text without an attention mask
+        return {"input_ids": tokens["input_ids"]} if self.siglip else dict(tokens)
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         return _pooled(self.model.get_text_features(**tokens))
 
 
