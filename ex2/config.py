@@ -312,7 +312,7 @@ def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:
             args[key.removesuffix("__positional")] = bare
     try:
         return config_cls(**args)
-    except (ConfigError, ValueError, TypeError) as err:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:  # a missing input file: one line
         parser.error(str(err))
         raise  # unreachable: parser.error exits
 

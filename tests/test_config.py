@@ -56,6 +56,16 @@ def test_validation_error_exits_with_message(capsys):
     assert "max_steps must be >= 1" in capsys.readouterr().err
 
 
+def test_a_missing_input_file_is_a_one_line_command_line_error(tmp_path, capsys):
+    from ex2.finetune import FinetuneConfig
+
+    missing = tmp_path / "none.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(FinetuneConfig, ["--descriptions", str(missing), "--output", str(tmp_path / "o")], prog="t")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and str(missing) in err and "Traceback" not in err
+
+
 def test_bad_choice_and_bool_flags(capsys):
     assert parse_config(DemoConfig, ["--verbose"], prog="t").verbose is True
     assert parse_config(DemoConfig, ["--no-verbose"], prog="t").verbose is False
