@@ -12,11 +12,15 @@ precision and recall over all records and over the unseen ones.
 
 from __future__ import annotations
 
-from ex2.categorize import EmbeddedJudge, labelled_path, loco_judgements, score_judgements
+from ex2.categorize import (
+    SPLITS,
+    UNSEEN_SPLITS,
+    EmbeddedJudge,
+    labelled_path,
+    loco_judgements,
+    score_judgements,
+)
 from ex2.io import read_jsonl
-
-SPLITS = ("seed", "tune", "tune2", "check", "check2")
-UNSEEN = ("check", "check2")  # measured only
 
 
 def split_of(record: dict) -> str:
@@ -29,7 +33,7 @@ def measure(judge: EmbeddedJudge | None = None) -> dict[str, dict]:
     judge = judge or EmbeddedJudge(exemplars=records)
     found = loco_judgements(records, judge)
     groups = {name: [i for i, r in enumerate(records) if split_of(r) == name] for name in SPLITS}
-    groups["unseen"] = [i for i, r in enumerate(records) if split_of(r) in UNSEEN]
+    groups["unseen"] = [i for i, r in enumerate(records) if split_of(r) in UNSEEN_SPLITS]
     groups["all"] = list(range(len(records)))
     return {name: score_judgements([records[i] for i in rows], [found[i] for i in rows])
             for name, rows in groups.items() if rows}
