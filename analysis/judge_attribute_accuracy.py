@@ -1,6 +1,6 @@
 """How often the embedded judge (:mod:`ex2.categorize`) names the right category and attribute.
 
-    python analysis/judge_attribute_accuracy.py          # CPU, under a minute with MiniLM cached
+    python analysis/judge_attribute_accuracy.py          # CPU, a minute or two with MiniLM cached
 
 Leave-one-concept-out on ``ex2/inspect_data/labelled_descriptions.jsonl``: each description is judged
 with the exemplars of its own concept set aside. Rows by the records' ``split``: ``seed`` (the
@@ -43,6 +43,13 @@ def _pct(value: float | None) -> str:
     return "   -" if value is None else f"{100 * value:4.0f}"
 
 
+def _cell(a: dict | None) -> str:
+    """One group's n, times said, precision and recall of an attribute."""
+    if a is None:
+        return f" | {'':>11} {'':>5} {_pct(None):>6} {_pct(None):>6}"
+    return f" | {a['n']:>11} {a['predicted']:>5} {_pct(a['precision']):>6} {_pct(a['recall']):>6}"
+
+
 def table(results: dict[str, dict]) -> str:
     lines = [f"{'split':<6} {'n':>4} {'concepts':>8} {'category %':>10} {'attribute % | category right':>29}"]
     for name, r in results.items():
@@ -52,10 +59,7 @@ def table(results: dict[str, dict]) -> str:
     lines += ["", f"{'attribute':<10}" + "".join(f" | {name + ': n':>11} {'said':>5} {'prec %':>6} {'rec %':>6}"
                                                  for name in groups)]
     for attribute in results["all"]["per_attribute"]:
-        cells = [results[name]["per_attribute"].get(attribute) for name in groups]
-        lines.append(f"{attribute:<10}" + "".join(
-            f" | {a['n']:>11} {a['predicted']:>5} {_pct(a['precision']):>6} {_pct(a['recall']):>6}" if a else
-            f" | {'':>11} {'':>5} {_pct(None):>6} {_pct(None):>6}" for a in cells))
+        lines.append(f"{attribute:<10}" + "".join(_cell(results[g]["per_attribute"].get(attribute)) for g in groups))
     return "\n".join(lines)
 
 
