@@ -26,7 +26,7 @@ def test_labelled_set_covers_the_taxonomy():
 
 
 def test_leave_one_concept_out_accuracy(judge):
-    result = evaluate(judge=EmbeddedJudge(exemplars=read_jsonl(labelled_path()), encoder=judge.encoder))
+    result = evaluate(judge=judge)  # the judge's exemplars are the labelled file: its LOCO fits are kept
     assert result["category_accuracy"] >= 0.85 and result["informative_accuracy"] >= 0.9, result
 
 
@@ -46,7 +46,8 @@ def test_cli_writes_categories_and_summary(tmp_path, judge, monkeypatch, tmp_cac
 
 
 def test_attribute_accuracy_leave_one_concept_out(judge):
-    """Measured 89 % overall (78 % on the ``check`` concepts no cue word was chosen from); 3 points' margin."""
+    """Measured 96 % category and 91 % attribute overall, 89 % attribute on the ``check`` and ``check2``
+    concepts no setting was chosen from; 3 points' margin."""
     import importlib.util
 
     from ex2.categorize import labelled_path as path
@@ -57,7 +58,7 @@ def test_attribute_accuracy_leave_one_concept_out(judge):
         pytest.skip("analysis/ is not next to this ex2 (an installed copy)")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    results = study.measure(EmbeddedJudge(exemplars=read_jsonl(labelled_path()), encoder=judge.encoder))
-    assert results["all"]["category_accuracy"] >= 0.92, results["all"]
-    assert results["all"]["attribute_accuracy_given_category"] >= 0.86, results["all"]
-    assert results["check"]["attribute_accuracy_given_category"] >= 0.74, results["check"]
+    results = study.measure(judge)
+    assert results["all"]["category_accuracy"] >= 0.93, results["all"]
+    assert results["all"]["attribute_accuracy_given_category"] >= 0.88, results["all"]
+    assert results["unseen"]["attribute_accuracy_given_category"] >= 0.86, results["unseen"]
