@@ -246,6 +246,18 @@ def test_stray_temp_files_and_broken_shards_are_ignored(monkeypatch, tmp_cache, 
     torch.testing.assert_close(again.embeddings, first.embeddings)
 
 
+def test_decoding_workers_change_nothing_and_report_unreadable_images(tiny_open_clip, images):
+    corrupt = images[0].parent / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths = [*images[:2], corrupt, *images[2:]]
+    here = embed_images(tiny_open_clip, paths, cache=False, batch_size=2, progress=False, workers=0)
+    forked = embed_images(tiny_open_clip, paths, cache=False, batch_size=2, progress=False, workers=2)
+    assert forked.paths == here.paths == images and torch.equal(forked.embeddings, here.embeddings)
+    assert [p for p, _ in forked.skipped] == [p for p, _ in here.skipped] == [corrupt]
+    with pytest.raises(ValueError, match="corrupt.jpg"):  # raised in a worker, re-raised here
+        embed_images(tiny_open_clip, paths, cache=False, batch_size=2, strict=True, progress=False, workers=2)
+
+
 # --- names and errors ----------------------------------------------------------------------------
 
 
