@@ -1,10 +1,12 @@
-"""Image embeddings, computed in batches and cached on disk.
+"""Image and text embeddings, computed in batches and cached on disk.
 
-The cache lives in ``cache_dir()/embeddings/<model>-<hash>/``, one folder per (VLM identity,
-forward dtype). Each batch of new embeddings is one ``.npz`` shard written atomically (temp file,
-then rename), so a killed job leaves only whole shards and concurrent jobs never collide. A shard
-maps keys, the SHA-1 of (absolute path, file size, mtime_ns), to float32 rows: an edited or
-replaced image gets a new key and is embedded again.
+Image embeddings live in ``cache_dir()/embeddings/<model>-<hash>/``, text embeddings in
+``cache_dir()/text-embeddings/<model>-<hash>/``, one folder per (VLM identity, forward dtype).
+Each batch of new embeddings is one ``.npz`` shard written atomically (temp file, then rename), so
+a killed job leaves only whole shards and concurrent jobs never collide; an unreadable shard is
+named in a warning and its embeddings are computed again. A shard maps keys to float32 rows: for
+an image the SHA-1 of (absolute path, file size, mtime_ns), so an edited or replaced image gets a
+new key and is embedded again; for a text the SHA-1 of its exact UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class EmbeddingCache:
                     keys = shard["keys"].tolist()
             except UNREADABLE as err:
                 warnings.warn(
-                    f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
+                    f"ignoring unreadable embedding shard {self.folder / name} ({err}); "
+                    "what it held is embedded again", stacklevel=2
                 )
                 continue
             self.index.update((key, (name, row)) for row, key in enumerate(keys))
@@ -97,7 +100,8 @@ class EmbeddingCache:
                     rows = shard["emb"][[self.index[key][1] for key in wanted]]
             except UNREADABLE as err:
                 warnings.warn(
-                    f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
+                    f"ignoring unreadable embedding shard {self.folder / name} ({err}); "
+                    "what it held is embedded again", stacklevel=2
                 )
                 continue
             found.update(zip(wanted, torch.from_numpy(rows), strict=True))
@@ -245,3 +249,31 @@ def embed_images(
     embeddings = torch.stack(rows) if rows else torch.empty(0, vlm.embedding_dim())
     return ImageEmbeddings(kept, embeddings, skipped)
 
+
+def text_key(text: str) -> str:
+    """A cache key for a text: the SHA-1 of its exact UTF-8 bytes."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def embed_texts(
+    vlm: VLM, texts: Sequence[str], *, cache: bool = True, progress: bool = True, chunk: int = 1024
+) -> torch.Tensor:
+    """``vlm.encode_texts(texts)`` (``[N, D]`` float32, L2-normalised), reusing and filling the disk
+    cache of text embeddings; texts it lacks are encoded ``chunk`` at a time under a progress bar."""
+    if isinstance(texts, str):
+        raise TypeError("embed_texts takes a list of strings, not one string")
+    keys = {text: text_key(text) for text in texts}
+    store = EmbeddingCache(vlm, cache_dir() / "text-embeddings") if cache else None
+    found = store.get(list(keys.values())) if store else {}
+    todo = [text for text, key in keys.items() if key not in found]
+    starts = range(0, len(todo), chunk)
+    bar = tqdm(starts, desc=f"encoding texts ({vlm.identity})", unit="chunk", disable=not progress or len(starts) < 2)
+    for start in bar:
+        batch = todo[start : start + chunk]
+        embeddings = vlm.encode_texts(batch)
+        found.update(zip([keys[text] for text in batch], embeddings, strict=True))
+        if store is not None:
+            store.put([keys[text] for text in batch], embeddings)
+    if not texts:
+        return torch.empty(0, vlm.embedding_dim())
+    return torch.stack([found[keys[text]] for text in texts])
