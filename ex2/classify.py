@@ -8,9 +8,10 @@
     ex2 classify --method waffle --descriptions descriptors_cars.json --waffle-words word_list.txt ...
     ex2 classify --method waffle --waffle-kind words --output runs/waffle     (ex2's own random texts)
 
-Image embeddings come from the on-disk cache (:func:`ex2.vlm.embed_images`); every class and
-description text is encoded once; the classifier is a ``[D, C]`` matrix built by the pure
-functions of :mod:`ex2.zeroshot`, and scoring is one matrix product. The run folder holds
+Image and text embeddings come from the on-disk caches (:func:`ex2.vlm.embed_images`,
+:func:`ex2.vlm.embed_texts`; ``--no-cache`` turns both off), every distinct text encoded once;
+the classifier is a ``[D, C]`` matrix built by the pure functions of :mod:`ex2.zeroshot`, and
+scoring is one matrix product. The run folder holds
 ``metrics.json`` (fixed keys, rolled up by ``ex2 report``), per-class accuracy and the confusion
 matrix as CSV and PNG, ``predictions.csv``, ``class_texts.json``, the resolved ``config.yaml``
 and, with ``--explain``, one figure per explained image. Inputs (dataset, descriptions, templates,
@@ -127,7 +128,7 @@ class ClassifyConfig:
         "as dropped_classes) instead of stopping the run"
     )
     batch_size: int = option(32, "images per forward pass")
-    cache: bool = option(True, "reuse and fill the on-disk image-embedding cache")
+    cache: bool = option(True, "reuse and fill the on-disk caches of image and text embeddings")
     explain: int = option(0, "write explanation figures for this many images (0: none)")
     explain_misclassified: bool = option(False, "explain misclassified images (up to --explain, default 20)")
     explain_top: int = option(5, "descriptors shown per class in an explanation")
@@ -573,15 +574,13 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def batched_encoder(vlm, progress: bool = True, chunk: int = 1024) -> zeroshot.Encode:
-    """``vlm.encode_texts`` in chunks under a progress bar."""
-    from tqdm.auto import tqdm
+def batched_encoder(vlm, progress: bool = True, cache: bool = True) -> zeroshot.Encode:
+    """Texts -> embeddings with ``vlm``: from the disk cache where it holds them (unless ``cache``
+    is off), else encoded in chunks under a progress bar (:func:`ex2.vlm.embed_texts`)."""
+    from ex2.vlm import embed_texts
 
     def encode(texts: list[str]) -> torch.Tensor:
-        starts = range(0, len(texts), chunk)
-        bar = tqdm(starts, desc=f"encoding texts ({vlm.identity})", unit="chunk",
-                   disable=not progress or len(starts) < 2)
-        return torch.cat([vlm.encode_texts(texts[s : s + chunk]) for s in bar])
+        return embed_texts(vlm, texts, cache=cache, progress=progress)
 
     return encode
 
@@ -741,7 +740,7 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
         info["dropped_classes"] = [dataset.classnames[i] for i in lost]
         print(f"dropped {len(lost)} class(es) without a readable image: {_listed(info['dropped_classes'])}")
     dataset, text_sets, labels = drop_classes(dataset, text_sets, labels, lost)
-    results = evaluate(batched_encoder(vlm, config.progress), text_sets, images.embeddings, labels,
+    results = evaluate(batched_encoder(vlm, config.progress, config.cache), text_sets, images.embeddings, labels,
                        config.aggregate, vlm.logit_scale, vlm.logit_bias)
     out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
     save_config(config, out)

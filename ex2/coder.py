@@ -280,15 +280,19 @@ def check_config(config) -> None:
 
 
 def _ovo_bank(encode: Encode, classnames: list[str], ovo: dict[tuple[str, str], list[str]]) -> dict:
+    """The embeddings of every pair's one-vs-one texts, all encoded in one call."""
     from ex2.text import normalise_name
 
     index = {normalise_name(n): i for i, n in enumerate(classnames)}
-    bank = {}
+    texts = {}
     for (a, b), features in ovo.items():
         ia, ib = index.get(normalise_name(a)), index.get(normalise_name(b))
         if ia is not None and ib is not None and features:
-            bank[ia, ib] = encode(ovo_texts(classnames[ia], classnames[ib], features))
-    return bank
+            texts[ia, ib] = ovo_texts(classnames[ia], classnames[ib], features)
+    if not texts:
+        return {}
+    rows = encode([t for pair_texts in texts.values() for t in pair_texts])
+    return dict(zip(texts, rows.split([len(t) for t in texts.values()]), strict=True))
 
 
 def augmented_embeddings(vlm, paths: list[Path], views: int, seed: int) -> torch.Tensor:
@@ -324,7 +328,7 @@ def run_classify(config, out: Path, dataset, vlm) -> Path:
     knowledge, provenance = load_knowledge(config.knowledge)
     templates = load_templates(config.templates)
     texts = coder_texts(dataset.classnames, knowledge, templates, config.kinds)
-    encode = classify.batched_encoder(vlm, config.progress)
+    encode = classify.batched_encoder(vlm, config.progress, config.cache)
     images, labels = classify.embed_dataset(vlm, dataset, config)
     features, paths = images.embeddings, list(images.paths)
     info: dict = {"knowledge": provenance, "kinds": config.kinds, "name_templates": config.templates,

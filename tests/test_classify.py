@@ -67,17 +67,24 @@ def test_clip_run_writes_metrics_tables_figures_and_config(base_args, tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["templates"] == "clip_ensemble"
 
 
-def test_second_run_reads_image_embeddings_from_the_cache(base_args, tmp_path, monkeypatch):
+def test_second_run_reads_image_and_text_embeddings_from_the_caches(base_args, tmp_path, tmp_cache, monkeypatch):
     from ex2.vlm.open_clip_backend import OpenClipVLM
 
-    assert main(["classify", *base_args, "--output", str(tmp_path / "a")]) == 0
+    args = [*base_args, "--templates", "clip_ensemble"]
+    assert main(["classify", *args, "--output", str(tmp_path / "a")]) == 0
+    shards = sorted(tmp_cache.rglob("*.npz"))
+    assert {p.parent.parent.name for p in shards} == {"embeddings", "text-embeddings"}
     calls = []
-    original = OpenClipVLM._image_features
-    monkeypatch.setattr(OpenClipVLM, "_image_features", lambda self, p: calls.append(len(p)) or original(self, p))
-    assert main(["classify", *base_args, "--output", str(tmp_path / "b")]) == 0
+    for name in ("_image_features", "_text_features"):
+        original = getattr(OpenClipVLM, name)
+        monkeypatch.setattr(OpenClipVLM, name, lambda self, x, f=original, n=name: calls.append(n) or f(self, x))
+    assert main(["classify", *args, "--output", str(tmp_path / "b")]) == 0
     assert calls == []
-    first, second = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
-    assert first["acc1"] == second["acc1"]
+    assert main(["classify", *args, "--no-cache", "--output", str(tmp_path / "c")]) == 0
+    assert set(calls) == {"_image_features", "_text_features"}  # --no-cache turns both caches off
+    assert sorted(tmp_cache.rglob("*.npz")) == shards
+    first, second, uncached = ((tmp_path / r / "predictions.csv").read_text() for r in "abc")
+    assert first == second == uncached
 
 
 def test_ex2_descriptions_filtered_by_category_record_provenance(base_args, tmp_path):

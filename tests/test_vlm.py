@@ -1,4 +1,4 @@
-"""VLM backends and the image-embedding cache, on conftest's tiny random-init models."""
+"""VLM backends and the image- and text-embedding caches, on conftest's tiny random-init models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_ARCH
 
 from ex2.names import ModelNameError
-from ex2.vlm import VLM, ImageEmbeddings, embed_images, load_vlm
+from ex2.vlm import VLM, ImageEmbeddings, embed_images, embed_texts, load_vlm
 from ex2.vlm.cache import EmbeddingCache
 
 
@@ -244,6 +244,81 @@ def test_stray_temp_files_and_broken_shards_are_ignored(monkeypatch, tmp_cache, 
     assert "broken.npz" in messages and "truncated.npz" in messages and ".tmp" not in messages
     assert calls == []
     torch.testing.assert_close(again.embeddings, first.embeddings)
+
+
+def test_decoding_workers_change_nothing_and_report_unreadable_images(tiny_open_clip, images):
+    corrupt = images[0].parent / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths = [*images[:2], corrupt, *images[2:]]
+    here = embed_images(tiny_open_clip, paths, cache=False, batch_size=2, progress=False, workers=0)
+    forked = embed_images(tiny_open_clip, paths, cache=False, batch_size=2, progress=False, workers=2)
+    assert forked.paths == here.paths == images and torch.equal(forked.embeddings, here.embeddings)
+    assert [p for p, _ in forked.skipped] == [p for p, _ in here.skipped] == [corrupt]
+    with pytest.raises(ValueError, match="corrupt.jpg"):  # raised in a worker, re-raised here
+        embed_images(tiny_open_clip, paths, cache=False, batch_size=2, strict=True, progress=False, workers=2)
+
+
+# --- text cache ----------------------------------------------------------------------------------
+
+
+def _new_process(vlm: VLM) -> None:
+    """Forget what this process holds, as a new process would: shard indexes and the text LRU."""
+    EmbeddingCache._indexes.clear()
+    EmbeddingCache._seen.clear()
+    vlm._texts.clear()
+
+
+def test_text_cache_hit_is_identical_and_runs_no_text_forward(monkeypatch, tmp_cache, tiny_open_clip):
+    texts = ["a photo of a cat.", "a rocket", "a photo of a cat.", "Ünïcode ✓"]
+    first = embed_texts(tiny_open_clip, texts, progress=False)
+    torch.testing.assert_close(first, tiny_open_clip.encode_texts(texts))
+    assert len(list((tmp_cache / "text-embeddings").glob("*/*.npz"))) == 1
+    _new_process(tiny_open_clip)
+    calls = _count_calls(monkeypatch, tiny_open_clip, "_text_features")
+    again = embed_texts(tiny_open_clip, list(reversed(texts)), progress=False)
+    assert calls == [] and torch.equal(again, first.flip(0))
+    changed = embed_texts(tiny_open_clip, ["a photo of a cat.", "a photo of a cat. "], progress=False)
+    assert calls == [["a photo of a cat. "]]  # a text differing by one space is encoded again
+    assert torch.equal(changed[0], first[0])
+    assert embed_texts(tiny_open_clip, [], progress=False).shape == (0, 16)
+    with pytest.raises(TypeError, match="list of strings"):
+        embed_texts(tiny_open_clip, "a cat")
+
+
+def test_text_cache_is_per_vlm_and_off_writes_nothing(monkeypatch, tmp_cache, open_clip_dir, tiny_open_clip):
+    texts = ["a photo of a cat.", "a rocket"]
+    uncached = embed_texts(tiny_open_clip, texts, cache=False, progress=False)
+    assert not tmp_cache.exists()
+    embed_texts(tiny_open_clip, texts, progress=False)
+    (checkpoint,) = open_clip_dir.parent.glob("*.pt")  # the same weights under another name
+    for other in (load_vlm(f"{TINY_ARCH}:{checkpoint}", device="cpu"),
+                  load_vlm(f"local-dir:{open_clip_dir}", device="cpu", precision="bf16")):
+        assert (other.identity, other.dtype) != (tiny_open_clip.identity, tiny_open_clip.dtype)
+        calls = _count_calls(monkeypatch, other, "_text_features")
+        embed_texts(other, texts, progress=False)
+        assert calls == [texts]  # another VLM never reads this one's text embeddings
+    folders = sorted((tmp_cache / "text-embeddings").iterdir())
+    assert len(folders) == 3
+    cached = embed_texts(tiny_open_clip, texts, progress=False)
+    torch.testing.assert_close(cached, uncached)
+
+
+def test_broken_text_shards_are_named_and_rebuilt(monkeypatch, tmp_cache, tiny_open_clip):
+    texts = ["a photo of a cat.", "a rocket"]
+    first = embed_texts(tiny_open_clip, texts, progress=False)
+    (shard,) = (tmp_cache / "text-embeddings").glob("*/*.npz")
+    shard.write_bytes(shard.read_bytes()[:200])  # torn, e.g. by a copy cut off
+    _new_process(tiny_open_clip)
+    calls = _count_calls(monkeypatch, tiny_open_clip, "_text_features")
+    with pytest.warns(UserWarning, match=f"unreadable embedding shard .*{shard.name}"):
+        again = embed_texts(tiny_open_clip, texts, progress=False)
+    assert calls == [texts]
+    torch.testing.assert_close(again, first)
+    _new_process(tiny_open_clip)  # the embeddings were written again, to a new shard
+    calls.clear()
+    with pytest.warns(UserWarning, match=shard.name):
+        torch.testing.assert_close(embed_texts(tiny_open_clip, texts, progress=False), first)
+    assert calls == []
 
 
 # --- names and errors ----------------------------------------------------------------------------

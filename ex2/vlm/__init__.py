@@ -1,9 +1,9 @@
-"""Vision-language models behind one interface, and a disk cache of image embeddings.
+"""Vision-language models behind one interface, and disk caches of image and text embeddings.
 
-    from ex2.vlm import load_vlm, embed_images
+    from ex2.vlm import load_vlm, embed_images, embed_texts
     vlm = load_vlm("conse")             # or "ViT-B-32:openai", "openai/clip-vit-base-patch32"
     images = embed_images(vlm, paths)   # cached on disk by (model, file, size, mtime)
-    texts = vlm.encode_texts(["a photo of a cat."])
+    texts = embed_texts(vlm, ["a photo of a cat."])   # cached on disk by (model, exact text)
     logits = vlm.logit_scale * images.embeddings @ texts.T
 
 Names follow :mod:`ex2.names`. Nothing is downloaded unless ``EX2_ALLOW_DOWNLOAD=1``.
@@ -15,7 +15,7 @@ from ex2.devices import resolve_device, resolve_dtype
 from ex2.names import VLMSpec, parse_vlm_name
 from ex2.registry import LazyRegistry
 from ex2.vlm.base import VLM
-from ex2.vlm.cache import ImageEmbeddings, embed_images
+from ex2.vlm.cache import ImageEmbeddings, embed_images, embed_texts
 
 # backend -> "module:loader"; a loader takes (VLMSpec, device, dtype) and is imported only when used
 BACKENDS = LazyRegistry("VLM backend", {
@@ -37,4 +37,4 @@ def load_vlm(name: str, device: str | None = None, precision: str = "auto") -> V
     return BACKENDS.load(spec.backend)(spec, torch_device, dtype)
 
 
-__all__ = ["BACKENDS", "VLM", "ImageEmbeddings", "VLMSpec", "embed_images", "load_vlm"]
+__all__ = ["BACKENDS", "VLM", "ImageEmbeddings", "VLMSpec", "embed_images", "embed_texts", "load_vlm"]

@@ -1,27 +1,30 @@
-"""Image embeddings, computed in batches and cached on disk.
+"""Image and text embeddings, computed in batches and cached on disk.
 
-The cache lives in ``cache_dir()/embeddings/<model>-<hash>/``, one folder per (VLM identity,
-forward dtype). Each batch of new embeddings is one ``.npz`` shard written atomically (temp file,
-then rename), so a killed job leaves only whole shards and concurrent jobs never collide. A shard
-maps keys, the SHA-1 of (absolute path, file size, mtime_ns), to float32 rows: an edited or
-replaced image gets a new key and is embedded again.
+Image embeddings live in ``cache_dir()/embeddings/<model>-<hash>/``, text embeddings in
+``cache_dir()/text-embeddings/<model>-<hash>/``, one folder per (VLM identity, forward dtype).
+Each batch of new embeddings is one ``.npz`` shard written atomically (temp file, then rename), so
+a killed job leaves only whole shards and concurrent jobs never collide; an unreadable shard is
+named in a warning and its embeddings are computed again. A shard maps keys to float32 rows: for
+an image the SHA-1 of (absolute path, file size, mtime_ns), so an edited or replaced image gets a
+new key and is embedded again; for a text the SHA-1 of its exact UTF-8 bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 from tqdm.auto import tqdm
 
 from ex2.io import atomic_open, cache_dir, write_json
@@ -77,7 +80,8 @@ class EmbeddingCache:
                     keys = shard["keys"].tolist()
             except UNREADABLE as err:
                 warnings.warn(
-                    f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
+                    f"ignoring unreadable embedding shard {self.folder / name} ({err}); "
+                    "what it held is embedded again", stacklevel=2
                 )
                 continue
             self.index.update((key, (name, row)) for row, key in enumerate(keys))
@@ -96,7 +100,8 @@ class EmbeddingCache:
                     rows = shard["emb"][[self.index[key][1] for key in wanted]]
             except UNREADABLE as err:
                 warnings.warn(
-                    f"ignoring unreadable embedding shard {self.folder / name}: {err}", stacklevel=2
+                    f"ignoring unreadable embedding shard {self.folder / name} ({err}); "
+                    "what it held is embedded again", stacklevel=2
                 )
                 continue
             found.update(zip(wanted, torch.from_numpy(rows), strict=True))
@@ -123,47 +128,75 @@ class EmbeddingCache:
         self.index.update((key, (name, row)) for row, key in enumerate(keys))
 
 
-def _prepare(vlm: VLM, path: Path, strict: bool) -> torch.Tensor | str:
-    """The preprocessed image, or (unless ``strict``, which raises) why it cannot be read."""
-    from ex2.data.images import load_image
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decoded, preprocessed images by index; a file that cannot be read gives its error instead."""
 
-    try:
-        return vlm.preprocess(load_image(path, strict=True))
-    except (OSError, ValueError, SyntaxError) as err:
-        if strict:
-            raise
-        return str(err) or type(err).__name__
+    def __init__(self, preprocess, paths: list[Path]) -> None:
+        self.preprocess, self.paths = preprocess, paths
 
+    def __len__(self) -> int:
+        return len(self.paths)
 
-def _prepared_batches(
-    vlm: VLM, paths: list[Path], batch_size: int, strict: bool, workers: int
-) -> Iterator[list[tuple[Path, torch.Tensor | str]]]:
-    """Batches of (path, pixels or reason), decoded by ``workers`` threads one batch ahead, so
-    decoding the next batch overlaps the forward pass of this one."""
-    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    def __getitem__(self, index: int) -> tuple[Path, torch.Tensor | Exception]:
+        from ex2.data.images import load_image
 
-        def submit(batch: list[Path] | None) -> list:
-            return [(path, pool.submit(_prepare, vlm, path, strict)) for path in batch or []]
-
-        pending = submit(batches[0] if batches else None)
-        for following in [*batches[1:], None]:
-            current, pending = pending, submit(following)
-            yield [(path, future.result()) for path, future in current]
+        path = self.paths[index]
+        try:
+            return path, self.preprocess(load_image(path, strict=True))
+        except (OSError, ValueError, SyntaxError) as err:
+            return path, err
 
 
-def _encode_batches(vlm: VLM, batches, keys: dict[Path, str], store: EmbeddingCache | None, bar):
+@dataclass
+class _Batch:
+    paths: list[Path]  # the images in ``pixels``, in order
+    pixels: torch.Tensor | None  # [B, 3, H, W], None when no image of the batch could be read
+    failed: list[tuple[Path, Exception]]
+
+
+def _collate(items: list[tuple[Path, torch.Tensor | Exception]]) -> _Batch:
+    """Stack the readable images of a batch (in the worker, so one tensor crosses over)."""
+    good = [(path, item) for path, item in items if isinstance(item, torch.Tensor)]
+    pixels = torch.stack([item for _, item in good]) if good else None
+    return _Batch([path for path, _ in good], pixels, [(p, e) for p, e in items if isinstance(e, Exception)])
+
+
+def _loader_workers(requested: int | None, n_images: int, batch_size: int, device: torch.device) -> int:
+    """Worker processes decoding ahead of the forward pass: none for a single batch (nothing to
+    overlap) or where processes cannot be forked (the model is not pickled over to a worker). By
+    default two on CPU, where the forward pass wants every core and decoding is a few percent of
+    its work, and up to eight to feed an accelerator."""
+    if n_images <= batch_size or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if requested is not None:
+        return requested
+    return min(os.cpu_count() or 1, 2 if device.type == "cpu" else 8)
+
+
+def _image_batches(vlm: VLM, paths: list[Path], batch_size: int, workers: int) -> Iterator[_Batch]:
+    """Batches of preprocessed images. Worker processes (forked, one torch thread each, as
+    DataLoader sets) decode and preprocess the next batches while this one runs forward."""
+    return iter(torch.utils.data.DataLoader(
+        _ImageFiles(vlm.preprocess, paths), batch_size=batch_size, collate_fn=_collate, num_workers=workers,
+        multiprocessing_context="fork" if workers else None, pin_memory=vlm.device.type == "cuda",
+    ))
+
+
+def _encode_batches(vlm: VLM, batches: Iterator[_Batch], keys: dict[Path, str], store: EmbeddingCache | None,
+                    strict: bool, bar) -> tuple[dict[str, torch.Tensor], list[tuple[Path, str]]]:
     """Encode each batch and write it to ``store``; returns (key -> embedding, skipped)."""
     done, skipped = {}, []
     for batch in batches:
-        skipped += [(path, item) for path, item in batch if isinstance(item, str)]
-        good = [(keys[path], item) for path, item in batch if not isinstance(item, str)]
-        if good:
-            embeddings = vlm.encode_images(torch.stack([pixels for _, pixels in good]))
-            done.update(zip([key for key, _ in good], embeddings, strict=True))
+        if strict and batch.failed:
+            raise batch.failed[0][1]
+        skipped += [(path, str(err) or type(err).__name__) for path, err in batch.failed]
+        if batch.pixels is not None:
+            embeddings = vlm.encode_images(batch.pixels)
+            batch_keys = [keys[path] for path in batch.paths]
+            done.update(zip(batch_keys, embeddings, strict=True))
             if store is not None:
-                store.put([key for key, _ in good], embeddings)
-        bar.update(len(batch))
+                store.put(batch_keys, embeddings)
+        bar.update(len(batch.paths) + len(batch.failed))
     return done, skipped
 
 
@@ -192,7 +225,8 @@ def embed_images(
     """Embed image files with ``vlm``, reusing and filling the disk cache.
 
     Unreadable images are skipped (listed in ``.skipped``) unless ``strict``, which raises.
-    ``workers`` threads decode and preprocess images (default: up to 4).
+    ``workers`` processes decode and preprocess images ahead of the forward pass (default: 2 on
+    CPU, up to 8 otherwise; 0 decodes in this process).
     """
     paths = [Path(p) for p in paths]
     keys, skipped = _keys(paths, strict)
@@ -206,11 +240,40 @@ def embed_images(
         disable=not progress or not todo,
     )
     with bar:
-        batches = _prepared_batches(vlm, todo, batch_size, strict, workers or min(4, os.cpu_count() or 1))
-        computed, unreadable = _encode_batches(vlm, batches, keys, store, bar)
+        batches = _image_batches(vlm, todo, batch_size, _loader_workers(workers, len(todo), batch_size, vlm.device))
+        computed, unreadable = _encode_batches(vlm, batches, keys, store, strict, bar)
     found.update(computed)
     skipped += unreadable
     kept = [p for p in paths if p in keys and keys[p] in found]
     rows = [found[keys[p]] for p in kept]
     embeddings = torch.stack(rows) if rows else torch.empty(0, vlm.embedding_dim())
     return ImageEmbeddings(kept, embeddings, skipped)
+
+
+def text_key(text: str) -> str:
+    """A cache key for a text: the SHA-1 of its exact UTF-8 bytes."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def embed_texts(
+    vlm: VLM, texts: Sequence[str], *, cache: bool = True, progress: bool = True, chunk: int = 1024
+) -> torch.Tensor:
+    """``vlm.encode_texts(texts)`` (``[N, D]`` float32, L2-normalised), reusing and filling the disk
+    cache of text embeddings; texts it lacks are encoded ``chunk`` at a time under a progress bar."""
+    if isinstance(texts, str):
+        raise TypeError("embed_texts takes a list of strings, not one string")
+    keys = {text: text_key(text) for text in texts}
+    store = EmbeddingCache(vlm, cache_dir() / "text-embeddings") if cache else None
+    found = store.get(list(keys.values())) if store else {}
+    todo = [text for text, key in keys.items() if key not in found]
+    starts = range(0, len(todo), chunk)
+    bar = tqdm(starts, desc=f"encoding texts ({vlm.identity})", unit="chunk", disable=not progress or len(starts) < 2)
+    for start in bar:
+        batch = todo[start : start + chunk]
+        embeddings = vlm.encode_texts(batch)
+        found.update(zip([keys[text] for text in batch], embeddings, strict=True))
+        if store is not None:
+            store.put([keys[text] for text in batch], embeddings)
+    if not texts:
+        return torch.empty(0, vlm.embedding_dim())
+    return torch.stack([found[keys[text]] for text in texts])
