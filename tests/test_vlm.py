@@ -100,6 +100,22 @@ def test_openai_weights_get_quick_gelu():
     assert not needs_quick_gelu("ViT-B-32", "laion2b_s34b_b79k")
 
 
+def test_open_clip_texts_skip_the_padding_and_match_the_full_forward(monkeypatch, tiny_open_clip):
+    from ex2.vlm.open_clip_backend import trims_padding
+
+    vlm = tiny_open_clip
+    assert vlm.trims_padding and not trims_padding(torch.nn.Identity(), vlm.tokenizer)
+    texts = ["a photo of a cat.", "a", "a much longer description of a small grey cat"]
+    lengths, forward = [], vlm.model.transformer.forward
+    monkeypatch.setattr(vlm.model.transformer, "forward", lambda x, **k: lengths.append(x.shape[1]) or forward(x, **k))
+    trimmed = vlm.encode_texts(texts)
+    assert lengths[0] < vlm.model.context_length  # the positions after the longest text's end never ran
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(vlm.model.encode_text(vlm.tokenizer(texts)), dim=-1)
+    assert lengths[1] == vlm.model.context_length
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
+
+
 def test_transformers_clip(hf_clip_dir, images):
     from transformers import CLIPModel
 

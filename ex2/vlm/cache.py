@@ -15,11 +15,12 @@ import hashlib
 import multiprocessing
 import os
 import re
+import sys
 import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,10 @@ class _Batch:
     pixels: torch.Tensor | None  # [B, 3, H, W], None when no image of the batch could be read
     failed: list[tuple[Path, Exception]]
 
+    def pin_memory(self) -> _Batch:
+        """Called by DataLoader's pinning thread when feeding an accelerator."""
+        return replace(self, pixels=self.pixels.pin_memory()) if self.pixels is not None else self
+
 
 def _collate(items: list[tuple[Path, torch.Tensor | Exception]]) -> _Batch:
     """Stack the readable images of a batch (in the worker, so one tensor crosses over)."""
@@ -163,10 +168,11 @@ def _collate(items: list[tuple[Path, torch.Tensor | Exception]]) -> _Batch:
 
 def _loader_workers(requested: int | None, n_images: int, batch_size: int, device: torch.device) -> int:
     """Worker processes decoding ahead of the forward pass: none for a single batch (nothing to
-    overlap) or where processes cannot be forked (the model is not pickled over to a worker). By
-    default two on CPU, where the forward pass wants every core and decoding is a few percent of
-    its work, and up to eight to feed an accelerator."""
-    if n_images <= batch_size or "fork" not in multiprocessing.get_all_start_methods():
+    overlap) or where processes cannot be forked safely (the model is not pickled over to a
+    worker; macOS offers fork, but its system libraries are not fork-safe). By default two on CPU,
+    where the forward pass wants every core and decoding is a few percent of its work, and up to
+    eight to feed an accelerator."""
+    if n_images <= batch_size or sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
         return 0
     if requested is not None:
         return requested

@@ -30,6 +30,7 @@ class OpenClipVLM(VLM):
         scale = model.logit_scale.exp().item() if bias is not None else 100.0
         super().__init__(identity, device, dtype, scale, bias.item() if bias is not None else 0.0)
         self.model, self.transform, self.tokenizer = model.eval(), transform, tokenizer
+        self.trims_padding = trims_padding(model, tokenizer)
 
     def preprocess(self, image: PIL.Image.Image) -> torch.Tensor:
         return self.transform(image)
@@ -38,7 +39,36 @@ class OpenClipVLM(VLM):
         return self.model.encode_image(pixels)
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+        tokens = self.tokenizer(texts).to(self.device)
+        return encode_trimmed(self.model, tokens) if self.trims_padding else self.model.encode_text(tokens)
+
+
+def trims_padding(model, tokenizer) -> bool:
+    """Whether texts may run through the text tower without the padding after their end token:
+    open_clip's ``CLIP`` with a causal mask, features taken at the end token (the highest id, as
+    open_clip's own tokenizer writes it, padding with 0), so no position up to a text's end token
+    attends to the padding after it."""
+    import open_clip
+
+    return (type(model) is open_clip.CLIP and model.text_pool_type == "argmax" and model.attn_mask is not None
+            and isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer))
+
+
+def encode_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` on the positions up to the batch's longest text: the same
+    features (to float rounding) for a fraction of the work; CLIP's templates take 12 of 77."""
+    from open_clip.transformer import text_global_pool
+
+    length = int((tokens != 0).sum(1).max())
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def _check_architecture(model: str) -> None:
