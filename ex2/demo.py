@@ -70,7 +70,7 @@ def stages(config: DemoConfig, out: Path) -> list[Stage]:
 
     train_dir = out / "train"
     plan = [
-        Stage("train", train_dir / "eval.json", lambda: train.run(*_train_config(config, train_dir))),
+        Stage("train", train_dir / "eval.json", lambda: train.run(*train_configs(config, train_dir))),
     ]
     for variant, adapter in (("base", None), ("aligned", train_dir / "adapter")):
         descriptions = out / "descriptions" / f"{variant}.jsonl"
@@ -108,7 +108,7 @@ def _bind(func: Callable, config) -> Callable[[], object]:
     return lambda: func(config)
 
 
-def _train_config(config: DemoConfig, run_dir: Path):
+def train_configs(config: DemoConfig, run_dir: Path):
     """``(TrainConfig, trl config)`` of the demo's training run."""
     from ex2 import train
     from ex2.data import load_templates
