@@ -14,6 +14,7 @@ an interrupted one resumes from what it saved; ``--force`` redoes everything.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -43,11 +44,13 @@ class DemoConfig:
     vlm: str = vlm_option()
     llm: str = llm_option()
     train_steps: int = option(20, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
-    num_generations: int = option(8, "completions per prompt in a GRPO group")
+    num_generations: int = option(4, "completions per prompt in a GRPO group; one group per step")
     images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
     templates: str = option("describe25", "query templates (ex2's own 25 questions)")
     limit_concepts: int | None = option(None, "only the first N concepts when generating (quick runs)")
     device: str | None = option(None, "torch device (default: CUDA when available)")
+    threads: int | None = option(None, "torch CPU threads (default: torch's, one per core; 1 on a machine "
+                                 "other programs keep busy)")
     seed: int = option(0, "random seed for training and sampling")
     force: bool = option(False, "redo every stage, even finished ones")
 
@@ -55,6 +58,8 @@ class DemoConfig:
         self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         if self.train_steps < 1:
             raise ConfigError(f"train_steps must be >= 1, got {self.train_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -70,7 +75,7 @@ def stages(config: DemoConfig, out: Path) -> list[Stage]:
 
     train_dir = out / "train"
     plan = [
-        Stage("train", train_dir / "eval.json", lambda: train.run(*_train_config(config, train_dir))),
+        Stage("train", train_dir / "eval.json", lambda: train.run(*train_configs(config, train_dir))),
     ]
     for variant, adapter in (("base", None), ("aligned", train_dir / "adapter")):
         descriptions = out / "descriptions" / f"{variant}.jsonl"
@@ -108,7 +113,7 @@ def _bind(func: Callable, config) -> Callable[[], object]:
     return lambda: func(config)
 
 
-def _train_config(config: DemoConfig, run_dir: Path):
+def train_configs(config: DemoConfig, run_dir: Path):
     """``(TrainConfig, trl config)`` of the demo's training run."""
     from ex2 import train
     from ex2.data import load_templates
@@ -140,9 +145,12 @@ def _train_config(config: DemoConfig, run_dir: Path):
 
 
 def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
+    """Generate's settings, in even batches of at most 64 descriptions (the 200 of samples: 4 of 50)."""
     from ex2 import generate
+    from ex2.data import load_templates
+    from ex2.samplers import even_batch_size
 
-    return generate.GenerateConfig(
+    settings = generate.GenerateConfig(
         dataset=config.dataset,
         data_root=config.data_root,
         llm=config.llm,
@@ -153,6 +161,8 @@ def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
         device=config.device,
         limit_concepts=config.limit_concepts,
     )
+    descriptions = len(generate.load_concepts(settings)) * len(load_templates(config.templates))
+    return dataclasses.replace(settings, batch_size=even_batch_size(descriptions))
 
 
 def _inspect_config(config: DemoConfig, descriptions: Path, categories: Path, report_dir: Path):
@@ -200,6 +210,10 @@ def _classify_runs(config: DemoConfig, out: Path):
 def run(config: DemoConfig) -> Path:
     """Run every unfinished stage; returns the demo folder (the report is in ``report/``)."""
     out = Path(config.output)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     if config.force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

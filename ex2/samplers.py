@@ -69,6 +69,15 @@ def encode_prompts(tokenizer, prompts: list[str], prompt_format: str) -> list[li
     return [list(ids) for ids in encoded["input_ids"]]
 
 
+def even_batch_size(count: int, most: int = 64) -> int:
+    """The batch size that splits ``count`` prompts into the fewest batches of at most ``most``, all
+    of nearly equal size: on a CPU each batch costs a whole decode loop whatever its rows, so a small
+    last batch is nearly as dear as a full one (200 prompts: 4 batches of 50, not 6 of 32 and 8)."""
+    if count < 1 or most < 1:
+        raise ValueError(f"even_batch_size needs a count and a largest batch of at least 1, got {count}, {most}")
+    return -(-count // -(-count // most))
+
+
 def resolve_adapter(path: str | Path) -> Path:
     """A PEFT adapter folder: ``path`` itself, or inside an ``ex2 train`` run folder its final
     ``adapter/`` (else its latest ``checkpoint-N``)."""

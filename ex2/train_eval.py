@@ -23,10 +23,10 @@ def sample_both(model, tokenizer, queries: list[str], prompt_format: str, settin
     or ``first-paragraph``, :func:`ex2.text.scored_text`); query ``i`` draws from seed ``seed + i``
     in both."""
     from ex2.llm import format_prompt
-    from ex2.samplers import TransformersSampler, encode_prompts
+    from ex2.samplers import TransformersSampler, encode_prompts, even_batch_size
 
     was_training = model.training
-    sampler = TransformersSampler.from_model(model, tokenizer, settings)
+    sampler = TransformersSampler.from_model(model, tokenizer, settings, even_batch_size(max(1, len(queries))))
     prompt_ids = encode_prompts(tokenizer, [format_prompt(tokenizer, q, prompt_format) for q in queries],
                                 prompt_format)
     seeds = [seed + i for i in range(len(queries))]

@@ -23,6 +23,7 @@ from ex2.samplers import (
     SamplingSettings,
     TransformersSampler,
     encode_prompts,
+    even_batch_size,
     resolve_adapter,
     vllm_engine_kwargs,
     vllm_lora_args,
@@ -89,6 +90,21 @@ def test_record_seed_depends_on_the_description_not_the_batch():
 
 
 # --- the transformers sampler ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "most", "expected"), [
+    (200, 64, 50), (40, 64, 40), (65, 64, 33), (128, 64, 64), (1, 64, 1), (7, 2, 2), (200, 32, 29),
+])
+def test_even_batches_leave_no_small_last_batch(count, most, expected):
+    size = even_batch_size(count, most)
+    batches = -(-count // size)
+    assert size == expected and size <= most and batches == -(-count // most)
+    assert count - (batches - 1) * size >= size - batches  # the last batch is nearly full
+
+
+def test_even_batch_size_rejects_nothing_to_split():
+    with pytest.raises(ValueError, match="at least 1"):
+        even_batch_size(0)
 
 
 def test_generate_writes_one_record_per_concept_template_sample(tiny, tmp_cache, tmp_path):
