@@ -306,9 +306,9 @@ def wordnet():
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
     except ImportError as err:
         raise ValueError("synonyms need nltk: pip install 'nltk>=3.8' (listed in ex2's requirements)") from err
-    try:
+    try:  # nltk's own corpus; ex2's copy of Debian's (found once on nltk's path) lacks index.sense
         return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
-    except LookupError:
+    except (LookupError, OSError):
         pass
     for folder in WORDNET_DIRS:
         if (folder / "data.noun").is_file():
