@@ -21,10 +21,12 @@ two pairs per template set, in an order that alternates from repeat to repeat:
 Every run's logits are checked against its pair's (top-1 and top-5 on every image, largest logit
 difference), and the script prints each pair's wall-time ratio, each tool's images/s in its image
 loop, and that as a share of the bare ``encode_image`` throughput (at the tool's batch size, on
-tensors already preprocessed) measured in a fresh process just before the pair. CLIP_benchmark runs with two stand-ins set up
-in its process: its ``accuracy()`` calls ``float()`` on a one-element array, which NumPy >= 2.4
-refuses (an equivalent function replaces it), and its captioning task, which classification never
-uses, needs pycocoevalcap, which ``--no-deps`` leaves out (an empty module stands in for it).
+tensors already preprocessed) measured in a fresh process just before the pair.
+
+CLIP_benchmark runs with two stand-ins set up in its process: its ``accuracy()`` calls ``float()``
+on a one-element array, which NumPy >= 2.4 refuses (an equivalent function replaces it), and its
+captioning task, which classification never uses, needs pycocoevalcap, which ``--no-deps`` leaves
+out (an empty module stands in for it).
 """
 
 from __future__ import annotations
