@@ -28,8 +28,9 @@ included) and ``H = vocab × hidden`` the output head:
     backward                                    the forward's FLOPs + 2·N_lora·T  (the base is frozen:
                                                 gradients flow to activations, weights get none)
 
-Padded positions are counted, since they are computed. The limit is ``torch.matmul`` on fp32
-square matrices (1024 and 2048), measured in the same process before and after training, best kept.
+Padded positions are counted, since they are computed. The limit is ``torch.matmul`` on square
+matrices (1024 and 2048) in the run's precision (bf16 when trl's ``bf16`` is on, else fp32), measured
+in the same process before and after training, best kept.
 
 ``--compare`` trains the baseline (the demo's settings, or ``--baseline`` overrides) and the
 candidate (``--set``) one after the other on the same number of completions (or the candidate on
@@ -57,11 +58,11 @@ from transformers import TrainerCallback
 PARTS = ("generation", "reward", "old/ref fwd", "policy fwd", "backward", "optimizer", "other")
 
 
-def matmul_flops(sizes=(1024, 2048), seconds: float = 1.0) -> float:
-    """The best FLOP/s of ``torch.matmul`` on fp32 square matrices of ``sizes``, with the current threads."""
+def matmul_flops(dtype: torch.dtype = torch.float32, sizes=(1024, 2048), seconds: float = 1.0) -> float:
+    """The best FLOP/s of ``torch.matmul`` on square matrices of ``sizes`` in ``dtype``, with the current threads."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         start, calls = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
@@ -188,11 +189,12 @@ def demo_training(overrides: dict, completions: int, eval_samples: int, output: 
     from ex2 import train
     from ex2.demo import DemoConfig, train_configs
 
-    config, args = train_configs(DemoConfig(), output)
+    demo, args = train_configs(DemoConfig(), output)
     ours = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    config = dataclasses.replace(config, eval_samples=eval_samples, resume=False,
+    config = dataclasses.replace(demo, eval_samples=eval_samples, resume=False,
                                  **{k: v for k, v in overrides.items() if k in ours})
-    settings = {**train.trainer_settings(config, args), "save_strategy": "no",
+    # the fields the demo set, read against its own config: the device's (precision) follow ``config``
+    settings = {**train.trainer_settings(demo, args), "save_strategy": "no",
                 **{k: v for k, v in overrides.items() if k not in ours}}
     shape = train.trainer_config(config, **settings)
     generations = max(1, completions // shape.generation_batch_size)
@@ -223,6 +225,15 @@ def profile_run(overrides: dict, completions: int, eval_samples: int, output: Pa
     return profile, args, json.loads(eval_path.read_text()) if eval_path.is_file() else {}
 
 
+def run_dtype(args) -> torch.dtype:
+    """The dtype the run's matrix multiplies ran in (trl's ``bf16`` autocast, else fp32)."""
+    return torch.bfloat16 if args.bf16 else torch.float32
+
+
+def dtype_label(args) -> str:
+    return str(run_dtype(args)).removeprefix("torch.")
+
+
 def describe(name: str, overrides: dict) -> str:
     return f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items()) or 'the demo settings'})"
 
@@ -236,9 +247,9 @@ def compare(baseline: dict, candidate: dict, budgets: tuple[int, int], eval_samp
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]
             profile, args, result = profile_run(overrides, completions, eval_samples, Path(tmp) / "run")
-        limit = limit_fn()
+        limit = limit_fn(run_dtype(args))
         print(f"\n{describe(name, overrides)}: {profile.steps} updates on {profile.generated} completions, "
-              f"load {load:.1f} -> {os.getloadavg()[0]:.1f}, limit {limit / 1e9:.1f} GFLOP/s")
+              f"load {load:.1f} -> {os.getloadavg()[0]:.1f}, limit {limit / 1e9:.1f} GFLOP/s in {dtype_label(args)}")
         print("\n".join(profile.table(limit)))
         rows.append((profile, result))
     (base, base_eval), (cand, cand_eval) = rows
@@ -271,19 +282,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     candidate = parse_overrides(args.candidate)
-    first = matmul_flops()
-    limit_fn = lambda: max(first, matmul_flops())  # noqa: E731
-    print(f"{torch.get_num_threads()} threads; fp32 matmul limit {first / 1e9:.1f} GFLOP/s")
+    first = {dtype: matmul_flops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    limit_fn = lambda dtype: max(first[dtype], matmul_flops(dtype))  # noqa: E731
+    print(f"{torch.get_num_threads()} threads; matmul limit fp32 {first[torch.float32] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {first[torch.bfloat16] / 1e9:.1f} GFLOP/s")
     if args.compare:
         budgets = (args.completions, args.candidate_completions or args.completions)
         compare(parse_overrides(args.baseline), candidate, budgets,
                 2 if args.eval_samples is None else args.eval_samples, limit_fn)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        profile, _, result = profile_run(candidate, args.completions, args.eval_samples or 0, Path(tmp) / "run")
-    limit = limit_fn()
+        profile, settings, result = profile_run(candidate, args.completions, args.eval_samples or 0,
+                                                Path(tmp) / "run")
+    limit = limit_fn(run_dtype(settings))
     print(f"\n{describe('profile', candidate)}: {profile.steps} updates on {profile.generated} completions; "
-          f"limit {limit / 1e9:.1f} GFLOP/s")
+          f"limit {limit / 1e9:.1f} GFLOP/s in {dtype_label(settings)}")
     print("\n".join(profile.table(limit)))
     if result:
         print(f"held-out reward: base model {result['base_mean_reward']:.2f}, trained "

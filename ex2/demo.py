@@ -30,6 +30,7 @@ from ex2.config import (
     save_config,
     vlm_option,
 )
+from ex2.devices import PRECISION_CHOICES
 from ex2.names import split_dataset_name
 from ex2.taxonomy import CATEGORIES
 
@@ -49,6 +50,9 @@ class DemoConfig:
     templates: str = option("describe25", "query templates (ex2's own 25 questions)")
     limit_concepts: int | None = option(None, "only the first N concepts when generating (quick runs)")
     device: str | None = option(None, "torch device (default: CUDA when available)")
+    precision: str = option("fast", "LLM weights in training and generation: fast (bf16 where the hardware "
+                            "computes it natively, CPUs with AVX-512 BF16 or AMX included), auto, fp32, bf16 "
+                            "or fp16 (see ex2.devices)")
     threads: int | None = option(None, "torch CPU threads (default: torch's, one per core; 1 on a machine "
                                  "other programs keep busy)")
     seed: int = option(0, "random seed for training and sampling")
@@ -58,6 +62,8 @@ class DemoConfig:
         self.dataset, self.data_root = split_dataset_name(self.dataset, self.data_root)
         if self.train_steps < 1:
             raise ConfigError(f"train_steps must be >= 1, got {self.train_steps}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
@@ -129,6 +135,7 @@ def train_configs(config: DemoConfig, run_dir: Path):
         images_per_class=config.images_per_class,
         heldout_templates=heldout,
         eval_samples=1,
+        precision=config.precision,
         resume=(run_dir / "config.yaml").is_file(),
     )
     return train_config, train.trainer_config(
@@ -159,6 +166,7 @@ def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
         output=str(output),
         seed=config.seed,
         device=config.device,
+        dtype=config.precision,
         limit_concepts=config.limit_concepts,
     )
     descriptions = len(generate.load_concepts(settings)) * len(load_templates(config.templates))

@@ -1,7 +1,10 @@
 """Where models run and in which dtype: one answer for every stage.
 
-``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto``. ``auto`` means bf16 on a CUDA GPU that
-supports it, else fp16 on CUDA, and fp32 anywhere else (CPU, MPS).
+``precision`` is ``fp32``, ``fp16``, ``bf16``, ``auto`` or ``fast``. ``auto`` means bf16 on a CUDA GPU
+that supports it, else fp16 on CUDA, and fp32 anywhere else (CPU, MPS). ``fast`` is bf16 wherever the
+hardware multiplies bf16 natively (those GPUs, and CPUs with AVX-512 BF16 or AMX, where it halves the
+time of a small LLM's sampling and training step), else as ``auto``: quicker, but not bit-comparable
+with an fp32 run.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", "fast", *PRECISIONS)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -18,14 +22,27 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16 support, or a CPU
+    with AVX-512 BF16 or AMX (other CPUs emulate it, slower than fp32)."""
+    kind = resolve_device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def resolve_dtype(precision: str, device: str | torch.device | None = None) -> torch.dtype:
     """The torch dtype for ``precision`` on ``device`` (default: :func:`resolve_device`)."""
+    if precision == "fast":
+        return torch.bfloat16 if native_bf16(device) else resolve_dtype("auto", device)
     if precision == "auto":
         if resolve_device(device).type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     return PRECISIONS[precision]
 
 

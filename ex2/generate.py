@@ -97,7 +97,9 @@ class GenerateConfig:
     seed: int = option(0, "random seed; the same seed gives the same file")
     batch_size: int = option(32, "prompts per generation batch")
     device: str | None = option(None, "torch device for the transformers sampler (default: cuda if available)")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "model dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
+    dtype: Literal["auto", "fast", "fp32", "fp16", "bf16"] = option(
+        "auto", "model dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU; fast: bf16 also on CPUs "
+        "that compute it natively)")
     merge_adapter: bool = option(False, "merge the adapter into the weights in memory (faster sampling)")
     prompt_format: Literal["auto", "base", "chat"] = option(
         "auto", "base: EX2's 'query\\n\\n'; chat: the tokenizer's chat template; auto: chat if it has one")

@@ -86,7 +86,7 @@ class KnowledgeConfig:
     seed: int = option(0, "random seed; the same seed gives the same file")
     batch_size: int = option(16, "questions per generation batch")
     device: str | None = option(None, "torch device (default: cuda if available)")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "LLM dtype")
+    dtype: Literal["auto", "fast", "fp32", "fp16", "bf16"] = option("auto", "LLM dtype (see ex2 generate --dtype)")
     precision: str = option("auto", "VLM precision: fp32, fp16, bf16 or auto")
     merge_adapter: bool = option(False, "merge the adapter into the weights in memory")
     prompt_format: Literal["auto", "base", "chat"] = option("auto", "base, chat or auto (chat if it has one)")

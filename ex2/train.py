@@ -145,8 +145,9 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "LoRA dropout")
     lora_target_modules: list[str] | None = option(None, "LoRA target modules (default: per architecture)")
     quantization: Literal["none", "4bit", "8bit"] = option("none", "QLoRA base weights (CUDA + ex2[quant])")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
+    precision: Literal["auto", "fast", "fp32", "bf16", "fp16"] = option(
+        "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU; "
+        "fast: bf16 also on CPUs that compute it natively)")
     log_samples: int = option(4, "sampled completions (with rewards) kept per step in log.jsonl")
     eval_samples: int = option(2, "completions per held-out prompt for the base/trained evaluation")
     resume: bool = option(False, "continue from the newest complete checkpoint in the run folder")

@@ -31,8 +31,20 @@ def test_auto_is_bf16_on_cuda_where_supported_else_fp16_and_fp32_on_cpu(monkeypa
     assert resolve_dtype("fp16", "cpu") == torch.float16 and resolve_dtype("bf16", "cuda") == torch.bfloat16
 
 
+@pytest.mark.parametrize("avx512_bf16,amx", [(True, False), (False, True), (False, False)])
+def test_fast_is_bf16_where_the_hardware_computes_it_else_auto(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_dtype("fast", "cpu") == (torch.bfloat16 if avx512_bf16 or amx else torch.float32)
+    assert resolve_dtype("fast", torch.device("mps")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, bf16=bf16, **kwargs: bf16)
+        assert resolve_dtype("fast", "cuda") == resolve_dtype("auto", "cuda") == (torch.bfloat16 if bf16 else torch.float16)
+
+
 def test_unknown_precision_names_the_choices():
-    with pytest.raises(ValueError, match="unknown precision 'half'; choose one of auto, fp32, fp16, bf16"):
+    with pytest.raises(ValueError, match="unknown precision 'half'; choose one of auto, fast, fp32, fp16, bf16"):
         resolve_dtype("half", "cpu")
     assert dtype_name(torch.bfloat16) == "bfloat16" and dtype_name(torch.float32) == "float32"
 

@@ -44,9 +44,22 @@ def test_demo_runs_every_stage_and_reuses_finished_work(shared_cache, tmp_path, 
     html = (out / "report" / "report.html").read_text()
     assert "<table" in html and "data:image/png;base64," in html
     assert yaml.safe_load((out / "demo_config.yaml").read_text())["train_steps"] == 2
+    # the LLM trains and samples in the demo's precision (fast: bf16 where the CPU computes it natively)
+    assert yaml.safe_load((train / "config.yaml").read_text())["precision"] == "fast"
+    assert {yaml.safe_load((out / "descriptions" / f"{v}.jsonl.config.yaml").read_text())["dtype"]
+            for v in ("base", "aligned")} == {"fast"}
 
     printed = capsys.readouterr().out
     assert "report: " in printed and "held-out reward: base " in printed and "informative share: base " in printed
     assert "accuracy with the descriptions: base " in printed
     assert main(argv) == 0  # everything finished: every stage is skipped
     assert capsys.readouterr().out.count("done already") == 1 + 4 + 9 + 1  # train, generate+inspect x2, classify x9, report
+
+
+def test_demo_refuses_an_unknown_precision_before_any_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--output", str(out), "--precision", "half"])
+    assert exit_.value.code == 2
+    assert "precision must be one of auto, fast, fp32, fp16, bf16, got 'half'" in capsys.readouterr().err
+    assert not out.exists()
