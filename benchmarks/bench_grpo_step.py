@@ -1,9 +1,10 @@
 """Where one ``ex2 train`` GRPO step on the demo's settings spends its time, against the machine's limit.
 
-    python benchmarks/bench_grpo_step.py                     # 32 completions (4 steps) on the demo's settings
+    python benchmarks/bench_grpo_step.py                     # 32 completions (8 demo steps) on its settings
     python benchmarks/bench_grpo_step.py --set num_iterations=2 --set steps_per_generation=2 \
         --set per_device_train_batch_size=4                  # the same, 4 updates per generation
-    python benchmarks/bench_grpo_step.py --compare --completions 160 --set ...   # before/after, held-out reward
+    python benchmarks/bench_grpo_step.py --compare --completions 80 --baseline precision=fp32 \
+        --set precision=bf16 --set num_iterations=2         # before/after at equal completions, held-out reward
     python benchmarks/bench_grpo_step.py --threads 1         # a shared 2-core box
 
 It runs the real ``ex2.train.run`` with the demo's training settings (:func:`ex2.demo.train_configs`,
@@ -266,7 +267,7 @@ def compare(baseline: dict, candidate: dict, budgets: tuple[int, int], eval_samp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--completions", type=int, default=32, help="completions to generate (32: 4 demo steps)")
+    parser.add_argument("--completions", type=int, default=32, help="completions to generate (32: 8 demo steps)")
     parser.add_argument("--set", dest="candidate", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a trl or ex2 training field (repeatable), e.g. num_iterations=2")
     parser.add_argument("--compare", action="store_true",

@@ -44,7 +44,7 @@ class DemoConfig:
     data_root: str | None = data_root_option()
     vlm: str = vlm_option()
     llm: str = llm_option()
-    train_steps: int = option(20, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
+    train_steps: int = option(24, "GRPO steps (a couple of dozen align smollm2 visibly on 2 CPU cores)")
     num_generations: int = option(4, "completions per prompt in a GRPO group; one group per step")
     images_per_class: int = option(256, "images per concept in the reward (all of them for samples)")
     templates: str = option("describe25", "query templates (ex2's own 25 questions)")
