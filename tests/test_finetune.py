@@ -256,6 +256,51 @@ def test_two_cpu_processes_follow_one_process_at_the_same_global_batch(open_clip
     assert [r["desc_acc"] for r in two] == pytest.approx([r["desc_acc"] for r in one], abs=1e-6)
 
 
+DEEPSPEED_ON_CPU = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config:
+  zero_stage: {stage}
+  offload_optimizer_device: none
+  offload_param_device: none
+  zero3_init_flag: false
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: true
+rdzv_backend: static
+same_network: true
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_follows_one_process_and_saves_a_model_classify_loads(stage, open_clip_dir, descriptions,
+                                                                        tmp_path, shared_cache):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'ex2[deepspeed]')")
+    config = tmp_path / "deepspeed.yaml"
+    config.write_text(DEEPSPEED_ON_CPU.format(stage=stage))
+    out, single = tmp_path / "deepspeed", tmp_path / "single"
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    command = [accelerate, "launch", "--config_file", str(config), "-m", "ex2.cli",
+               *_desc_args(open_clip_dir, descriptions, out, 4)]
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU backend, over gloo
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "provenance.json").read_text())["processes"] == 2
+    args = _desc_args(open_clip_dir, descriptions, single, 4)
+    args[args.index("--batch-size") + 1] = "8"
+    assert main(args) == 0
+    losses = [[r["loss"] for r in read_jsonl(run / "log.jsonl")] for run in (out, single)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    # the model DeepSpeed trained (its ZeRO-3 shards gathered) loads back and classifies
+    assert main(["classify", "--dataset", "samples", "--split", "test", "--vlm", str(out / "model"),
+                 "--method", "clip", "--device", "cpu", "--output", str(tmp_path / "classify")]) == 0
+    assert json.loads((tmp_path / "classify" / "metrics.json").read_text())["n_images"] > 0
+
+
 def test_finetune_config_errors(tmp_path):
     with pytest.raises(ValueError, match="--descriptions"):
         FinetuneConfig(output=str(tmp_path), objective="desc")
