@@ -9,6 +9,9 @@ with an fp32 run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,3 +52,16 @@ def resolve_dtype(precision: str, device: str | torch.device | None = None) -> t
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``: the spelling vllm and config files use."""
     return str(dtype).removeprefix("torch.")
+
+
+@contextmanager
+def accelerate_state_released() -> Iterator[None]:
+    """Run a stage that builds an accelerate ``Accelerator`` (trl's trainer, ``ex2 finetune``), then
+    forget accelerate's process-wide state, so that a later stage in the same process (the demo, a
+    notebook) may choose another precision. The process group (``PartialState``) is kept."""
+    try:
+        yield
+    finally:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ex2.config import data_root_option, dataset_option, option, save_config, vlm_option
+from ex2.devices import accelerate_state_released
 from ex2.finetune_towers import Towers, load_towers
 from ex2.io import append_jsonl, repair_jsonl, write_json, write_jsonl
 
@@ -789,5 +790,6 @@ def run(config: FinetuneConfig) -> Path:
             f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "
             "or choose another --output"
         )
-    train(config)
+    with accelerate_state_released():
+        train(config)
     return Path(config.output)

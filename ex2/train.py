@@ -486,6 +486,13 @@ def run(config: TrainConfig, args=None) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder.
 
     ``args`` is trl's config (:func:`trainer_config`; EX2's defaults when omitted)."""
+    from ex2.devices import accelerate_state_released
+
+    with accelerate_state_released():
+        return _run(config, trainer_config(config) if args is None else args)
+
+
+def _run(config: TrainConfig, args) -> Path:
     from ex2.data import load_dataset, load_templates
     from ex2.llm import load_tokenizer, resolve_prompt_format
     from ex2.reward import build_reward
@@ -493,7 +500,6 @@ def run(config: TrainConfig, args=None) -> Path:
     from ex2.train_eval import evaluate_heldout
     from ex2.vlm import load_vlm
 
-    args = trainer_config(config) if args is None else args
     check_output_path(args.output_dir, "folder")
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything

@@ -126,3 +126,19 @@ def test_save_png_writes_atomically_with_agg(tmp_path):
         save_png(fig, tmp_path / "bad.png")
     assert [p.name for p in tmp_path.iterdir()] == ["sub"]  # neither the file nor a temp file
     plt.close(fig)
+
+
+def test_a_stage_leaves_accelerate_free_to_choose_another_precision():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from ex2.devices import accelerate_state_released
+
+    with accelerate_state_released():  # as trl's trainer in the demo's bf16 training
+        assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+    try:
+        assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"  # as ex2 finetune after it
+        with pytest.raises(ValueError, match="already been initialized"):  # what the release prevents
+            Accelerator(cpu=True, mixed_precision="bf16")
+    finally:
+        AcceleratorState._reset_state()
