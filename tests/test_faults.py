@@ -205,8 +205,11 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, three, fake_judge):
     state["script"] = [SPURIOUS, "hang"]
     out = tmp_path / "c.jsonl"
     argv = judge_argv(url, three, out, "--timeout", "30")
+    # SIGINT back to its default in the child: a test run started in the background (``make test &``)
+    # ignores it, and Python keeps an ignored SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "ex2.cli", *argv[0:]], cwd=REPO, stderr=subprocess.PIPE,
-                            text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+                            text=True, env=os.environ | {"PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while state["requests"] < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)  # wait until the second request hangs
