@@ -31,8 +31,9 @@ def native_bf16(device: str | torch.device | None = None) -> bool:
     kind = resolve_device(device).type
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if kind == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if kind == "cpu":  # torch's own CPU feature checks (private; absent in older torch: no)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
 
 
