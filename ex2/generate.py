@@ -54,7 +54,7 @@ from ex2.io import (
     output_lock,
     read_jsonl,
     remove_stale_temps,
-    repair_jsonl,
+    resume_partial,
     write_json,
     write_jsonl,
 )
@@ -66,7 +66,6 @@ RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model
 # settings that change what is sampled; a partial file is resumed only when they match
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens",
                 "temperature", "top_p", "top_k", "batch_size", "device", "dtype", "merge_adapter")
-PARTIAL_HEADER = "ex2_partial_settings"
 DEFAULT_TEMPLATES = "describe25"
 
 
@@ -185,34 +184,6 @@ def run_settings(config: GenerateConfig, adapter: Path | None, prompt_format: st
     values = dataclasses.asdict(config) | {"adapter": str(adapter) if adapter else None,
                                            "prompt_format": prompt_format}
     return {name: values[name] for name in RUN_SETTINGS}
-
-
-def load_partial(path: Path, settings: dict[str, Any]) -> list[dict]:
-    """Records of an interrupted run with the same settings, so that appending can go on after them.
-    A line torn by a kill is dropped; a file without records starts over with these settings."""
-    records: list[dict] = []
-    if path.is_file():
-        rows = repair_jsonl(path)
-        if not rows or PARTIAL_HEADER not in rows[0]:
-            raise ValueError(f"{path}: expected a partial descriptions file starting with its settings; "
-                             "delete it to start over")
-        records = rows[1:]
-        if records:
-            _check_partial(path, rows[0][PARTIAL_HEADER], settings, records)
-    if not records:
-        write_jsonl(path, [{PARTIAL_HEADER: settings}])
-    return records
-
-
-def _check_partial(path: Path, saved: dict, settings: dict, records: list[dict]) -> None:
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
-    if changed:
-        raise ValueError(f"{path}: left by an interrupted run with other settings ({'; '.join(changed)}); "
-                         "rerun with those settings to resume, or delete the file to start over")
-    for number, record in enumerate(records, start=2):
-        missing = [f for f in RECORD_FIELDS if f not in record]
-        if missing:
-            raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
 
 
 def make_record(job: Job, raw: str, prompt: str, special_tokens: list[str], settings: dict) -> dict:
@@ -414,7 +385,8 @@ def _generate(config: GenerateConfig, output: Path) -> Path:
     adapter = resolve_adapter(config.adapter) if config.adapter else None
     settings = run_settings(config, adapter, resolve_prompt_format(load_tokenizer(config.llm), config.prompt_format))
     partial = partial_path(output)
-    done = {(r["concept"], r["template"], r["sample"]) for r in load_partial(partial, settings)}
+    resumed = resume_partial(partial, settings, "partial descriptions", RECORD_FIELDS)
+    done = {(r["concept"], r["template"], r["sample"]) for r in resumed}
     todo = [job for job in jobs if job.key not in done]
     if todo:
         sampler = make_sampler(config, adapter)
