@@ -23,6 +23,18 @@ def l2_normalise(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features, dim=-1).cpu()
 
 
+def lru_rows(cache: OrderedDict[str, torch.Tensor], texts: list[str], size: int) -> list[torch.Tensor]:
+    """The cached rows of ``texts`` (all present), each marked most recently used; then the least
+    recently used entries are dropped down to ``size`` (or ``len(texts)``, so none just read goes)."""
+    rows = []
+    for text in texts:
+        cache.move_to_end(text)
+        rows.append(cache[text])
+    while len(cache) > max(size, len(texts)):
+        cache.popitem(last=False)
+    return rows
+
+
 class VLM(abc.ABC):
     """An image-text dual encoder; similarities are ``logit_scale * cosine (+ logit_bias)``."""
 
@@ -88,12 +100,7 @@ class VLM(abc.ABC):
             with self._forward():
                 features = l2_normalise(self._text_features(batch))
             self._texts.update(zip(batch, [row.clone() for row in features], strict=True))
-        rows = []
-        for text in texts:
-            self._texts.move_to_end(text)
-            rows.append(self._texts[text])
-        while len(self._texts) > max(self.text_cache_size, len(texts)):
-            self._texts.popitem(last=False)
+        rows = lru_rows(self._texts, texts, self.text_cache_size)
         if not rows:
             return torch.empty(0, self.embedding_dim())
         return torch.stack(rows)

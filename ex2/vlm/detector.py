@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 
 from ex2.devices import resolve_device, resolve_dtype
+from ex2.vlm.base import lru_rows
 from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, hub_offline
 from ex2.vlm.transformers_backend import _identity, _pooled
 
@@ -82,12 +83,7 @@ class OwlDetector:
             tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
             features = _pooled(self.model.owlv2.get_text_features(**tokens))
             self._texts.update(zip(missing, features, strict=True))
-        rows = []
-        for text in texts:
-            self._texts.move_to_end(text)
-            rows.append(self._texts[text])
-        while len(self._texts) > max(self.text_cache_size, len(texts)):
-            self._texts.popitem(last=False)
+        rows = lru_rows(self._texts, list(texts), self.text_cache_size)
         return torch.stack(rows) if rows else torch.empty(0, self.model.config.projection_dim, device=self.device)
 
     @torch.inference_mode()
