@@ -56,6 +56,8 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+from ex2.devices import dtype_name
+
 PARTS = ("generation", "reward", "old/ref fwd", "policy fwd", "backward", "optimizer", "other")
 
 
@@ -231,10 +233,6 @@ def run_dtype(args) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float32
 
 
-def dtype_label(args) -> str:
-    return str(run_dtype(args)).removeprefix("torch.")
-
-
 def describe(name: str, overrides: dict) -> str:
     return f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items()) or 'the demo settings'})"
 
@@ -250,7 +248,7 @@ def compare(baseline: dict, candidate: dict, budgets: tuple[int, int], eval_samp
             profile, args, result = profile_run(overrides, completions, eval_samples, Path(tmp) / "run")
         limit = limit_fn(run_dtype(args))
         print(f"\n{describe(name, overrides)}: {profile.steps} updates on {profile.generated} completions, "
-              f"load {load:.1f} -> {os.getloadavg()[0]:.1f}, limit {limit / 1e9:.1f} GFLOP/s in {dtype_label(args)}")
+              f"load {load:.1f} -> {os.getloadavg()[0]:.1f}, limit {limit / 1e9:.1f} GFLOP/s in {dtype_name(run_dtype(args))}")
         print("\n".join(profile.table(limit)))
         rows.append((profile, result))
     (base, base_eval), (cand, cand_eval) = rows
@@ -297,7 +295,7 @@ def main() -> None:
                                                 Path(tmp) / "run")
     limit = limit_fn(run_dtype(settings))
     print(f"\n{describe('profile', candidate)}: {profile.steps} updates on {profile.generated} completions; "
-          f"limit {limit / 1e9:.1f} GFLOP/s in {dtype_label(settings)}")
+          f"limit {limit / 1e9:.1f} GFLOP/s in {dtype_name(run_dtype(settings))}")
     print("\n".join(profile.table(limit)))
     if result:
         print(f"held-out reward: base model {result['base_mean_reward']:.2f}, trained "

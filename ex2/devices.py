@@ -44,7 +44,7 @@ def resolve_dtype(precision: str, device: str | torch.device | None = None) -> t
     if precision == "auto":
         if resolve_device(device).type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     return PRECISIONS[precision]
