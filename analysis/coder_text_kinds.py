@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ex2.coder import CLASS_KINDS, class_scores, coder_texts, neighbor_vectors
-from ex2.zeroshot import classification_metrics
+from ex2.classify.coder import CLASS_KINDS, class_scores, coder_texts, neighbor_vectors
+from ex2.classify.zeroshot import classification_metrics
 
 
 def attribute_categories(knowledge: dict, folder: Path) -> dict[str, dict[str, list[str]]]:
     """Attributes per inspection category: {category: {concept: [attributes]}}."""
-    from ex2.inspect import InspectConfig
-    from ex2.inspect import run as inspect
-    from ex2.io import read_jsonl, write_jsonl
+    from ex2.core.io import read_jsonl, write_jsonl
+    from ex2.inspect.stage import InspectConfig
+    from ex2.inspect.stage import run as inspect
 
     rows = [{"concept": c, "description": a} for c, items in knowledge["attributes"].items() for a in items]
     if not rows:
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="runs/coder_kinds.json")
     args = parser.parse_args(argv)
 
-    from ex2.classify import ClassifyConfig, embed_dataset
+    from ex2.classify.stage import ClassifyConfig, embed_dataset
+    from ex2.core.io import write_json
     from ex2.data import load_dataset
-    from ex2.io import write_json
-    from ex2.knowledge import load_knowledge
+    from ex2.knowledge.stage import load_knowledge
     from ex2.vlm import load_vlm
 
     out = Path(args.output)

@@ -56,7 +56,7 @@ def write_manifest(folder: Path) -> Path:
 
 
 def write_descriptions(folder: Path) -> Path:
-    from ex2.io import write_jsonl
+    from ex2.core.io import write_jsonl
 
     records = [{"concept": c, "description": d, "category": "visual"} for c, texts in DESCRIPTIONS.items()
                for d in texts]
@@ -79,7 +79,7 @@ def tiny_open_clip(folder: Path, seed: int = 0) -> Path:
 
 def accuracy(vlm: str, manifest: Path, descriptions: Path, out: Path, method: str, device: str | None) -> float:
     """Top-1 on the held-out views."""
-    from ex2.classify import ClassifyConfig, run
+    from ex2.classify.stage import ClassifyConfig, run
 
     config = ClassifyConfig(vlm=vlm, dataset="csv", data_root=str(manifest), split="test", method=method,
                             descriptions=str(descriptions) if method == "ex2" else None, device=device,
@@ -91,7 +91,7 @@ def accuracy(vlm: str, manifest: Path, descriptions: Path, out: Path, method: st
 def measure(folder: Path, vlm: str | None = None, descriptions: Path | None = None, steps: int = 100,
             method: str = "full", learning_rate: float = 1e-3, batch_size: int = 16, device: str | None = None) -> dict:
     """Held-out accuracy (ex2: descriptions, clip: class names) before and after fine-tuning."""
-    from ex2.finetune import FinetuneConfig, run
+    from ex2.finetune.stage import FinetuneConfig, run
 
     manifest = write_manifest(folder)
     descriptions = descriptions or write_descriptions(folder)

@@ -1,4 +1,4 @@
-"""How often the embedded judge (:mod:`ex2.categorize`) names the right category and attribute.
+"""How often the embedded judge (:mod:`ex2.inspect.categorize`) names the right category and attribute.
 
     python analysis/judge_attribute_accuracy.py          # CPU, a minute or two with MiniLM cached
 
@@ -12,7 +12,8 @@ precision and recall over all records and over the unseen ones.
 
 from __future__ import annotations
 
-from ex2.categorize import (
+from ex2.core.io import read_jsonl
+from ex2.inspect.categorize import (
     SPLITS,
     UNSEEN_SPLITS,
     EmbeddedJudge,
@@ -20,7 +21,6 @@ from ex2.categorize import (
     loco_judgements,
     score_judgements,
 )
-from ex2.io import read_jsonl
 
 
 def split_of(record: dict) -> str:

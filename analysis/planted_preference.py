@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ex2.io import write_json
-from ex2.reward import DEFAULT_PLANTED_BONUS, keyword_pattern
+from ex2.core.io import write_json
+from ex2.reward.base import DEFAULT_PLANTED_BONUS, keyword_pattern
 
 # attribute name -> (planted text the reward pulls towards, keywords that count as mentioning it)
 # colour: Berlin & Kay's eleven basic colour terms and the words for colour itself
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     import dataclasses
     import json
 
-    from ex2.train import parse_args, run
+    from ex2.train.stage import parse_args, run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="every other flag is ex2 train's (see ex2 train --help)")

@@ -6,8 +6,8 @@
 Three fresh processes, each loading the VLM first (load time is not counted):
 
     bare     load, preprocess and encode every image in batches: no cache, no texts, no scoring
-    first    ``ex2.classify.run`` with an empty embedding cache (encodes and caches every image)
-    second   ``ex2.classify.run`` again, reading the cache
+    first    ``ex2.classify.stage.run`` with an empty embedding cache (encodes and caches every image)
+    second   ``ex2.classify.stage.run`` again, reading the cache
 
 and prints two ratios: the first run's throughput as a share of the bare encoder's (target
 >= 0.9), and how many times faster the second run is than the first (target >= 20).
@@ -60,7 +60,7 @@ def copied_folder(dataset, copies: int, root: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     """Load the VLM and dataset with the user's cache, then time one step against ``args.cache``."""
-    from ex2 import classify
+    from ex2.classify import stage as classify
     from ex2.data import load_dataset
     from ex2.vlm import load_vlm
 

@@ -5,7 +5,7 @@
 
 DCLIP pools each class's texts into one column (``[D, C]``) and scores with one matrix product;
 CoDer keeps every text as a column (the neighbor vector ``[N, T]``) and pools the scores per class
-(:func:`ex2.coder.class_scores`). Both get the same texts per class (CoDer's attribute, analogue and
+(:func:`ex2.classify.coder.class_scores`). Both get the same texts per class (CoDer's attribute, analogue and
 name texts); text encoding is timed apart, once, since the VLM's LRU would make a second pass free.
 Images are tiled ``--tile`` times so that the product is measurable. Prints seconds per call and the
 ratio coder / dclip.
@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from ex2 import zeroshot
-    from ex2.classify import ClassifyConfig, embed_dataset
-    from ex2.coder import class_scores, coder_texts, neighbor_vectors
+    from ex2.classify import zeroshot
+    from ex2.classify.coder import class_scores, coder_texts, neighbor_vectors
+    from ex2.classify.stage import ClassifyConfig, embed_dataset
     from ex2.data import load_dataset
-    from ex2.knowledge import load_knowledge
+    from ex2.knowledge.stage import load_knowledge
     from ex2.vlm import load_vlm
 
     dataset = load_dataset(args.dataset, args.data_root)

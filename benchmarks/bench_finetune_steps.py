@@ -6,7 +6,7 @@
         --device cpu --precision fp32 --num-workers 0                         # the script itself, on a CPU
 
 For each method it saves a random-init ``--arch`` checkpoint (seed 0), writes a synthetic grounding
-set (coloured shapes with boxes and descriptions, ``ex2.finetune_data.synthetic_grounding``) of
+set (coloured shapes with boxes and descriptions, ``ex2.finetune.data.synthetic_grounding``) of
 ``--batch-size`` images per step, and runs the real ``ex2 finetune`` twice in this process: for
 ``--warmup`` steps and for ``--warmup + --steps``. The difference of the two wall times over
 ``--steps`` is the time of a step with loading, compilation of kernels, the first steps and saving
@@ -37,7 +37,7 @@ def checkpoint(arch: str, folder: Path) -> str:
 
 def finetune_seconds(args, vlm: str, annotations: Path, method: str, steps: int, output: Path) -> float:
     """Wall seconds of one ``ex2 finetune`` run of ``steps`` optimizer steps."""
-    from ex2.finetune import FinetuneConfig, run
+    from ex2.finetune.stage import FinetuneConfig, run
 
     config = FinetuneConfig(
         output=str(output), objective="grain", vlm=vlm, annotations=str(annotations), method=method,
@@ -66,7 +66,7 @@ def main() -> None:
     methods = ("full", "lora") if args.method == "both" else (args.method,)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from ex2.finetune_data import synthetic_grounding
+        from ex2.finetune.data import synthetic_grounding
 
         annotations = synthetic_grounding(root / "grounding", n=args.batch_size * 2, size=args.image_size)
         vlm = checkpoint(args.arch, root)

@@ -7,7 +7,7 @@
         --set precision=bf16 --set num_iterations=2         # before/after at equal completions, held-out reward
     python benchmarks/bench_grpo_step.py --threads 1         # a shared 2-core box
 
-It runs the real ``ex2.train.run`` with the demo's training settings (:func:`ex2.demo.train_configs`,
+It runs the real ``ex2.train.stage.run`` with the demo's training settings (:func:`ex2.demo.train_configs`,
 then ``--set`` overrides of any trl or ex2 field; ``max_steps`` follows from ``--completions``) and
 wraps methods of the real trl trainer:
 
@@ -56,7 +56,7 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-from ex2.devices import dtype_name
+from ex2.core.devices import dtype_name
 
 PARTS = ("generation", "reward", "old/ref fwd", "policy fwd", "backward", "optimizer", "other")
 
@@ -189,8 +189,8 @@ def demo_training(overrides: dict, completions: int, eval_samples: int, output: 
     fields), ``max_steps`` set so the run generates ``completions`` completions, no checkpoints."""
     import dataclasses
 
-    from ex2 import train
     from ex2.demo import DemoConfig, train_configs
+    from ex2.train import stage as train
 
     demo, args = train_configs(DemoConfig(), output)
     ours = {f.name for f in dataclasses.fields(train.TrainConfig)}
@@ -211,7 +211,7 @@ def profile_run(overrides: dict, completions: int, eval_samples: int, output: Pa
     the trl config, eval.json (empty when ``eval_samples`` is 0) and ``train()``'s wall seconds."""
     import json
 
-    from ex2 import train
+    from ex2.train import stage as train
 
     config, args = demo_training(overrides, completions, eval_samples, output)
     profile = StepProfile()

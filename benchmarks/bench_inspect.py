@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ex2.categorize import EmbeddedJudge, labelled_path
-from ex2.io import read_jsonl
-from ex2.judges import OpenAIJudge
+from ex2.core.io import read_jsonl
+from ex2.inspect.categorize import EmbeddedJudge, labelled_path
+from ex2.inspect.judges import OpenAIJudge
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # holds serving.py, the loopback server
 
@@ -52,7 +52,7 @@ def openai_rates(args) -> dict[int, float]:
     run = lambda url: {c: openai_rate(url, args.model, args.n_openai, c, args.max_tokens) for c in (1, 8)}  # noqa: E731
     if args.base_url:
         return run(args.base_url)
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     sys.path.insert(0, str(TESTS))
     from serving import local_server

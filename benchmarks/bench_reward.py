@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from timing import best_of
 
-from ex2.reward import EX2Reward, per_batch_reward
+from ex2.reward.base import EX2Reward, per_batch_reward
 
 
 class TableVLM:
@@ -68,7 +68,7 @@ def bench_throughput(concepts: int, images: int, dim: int, batch: int, repeats: 
 def tiny_llama(folder: Path) -> str:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -98,9 +98,9 @@ class TimedReward:
 
 def bench_step_share(llm: str, vlm_name: str, steps: int) -> None:
     from ex2.data import load_dataset, load_templates
-    from ex2.llm import load_tokenizer, resolve_prompt_format
-    from ex2.reward import build_reward
-    from ex2.train import TrainConfig, build_trainer, prompt_dataset, trainer_config
+    from ex2.llm.models import load_tokenizer, resolve_prompt_format
+    from ex2.reward.base import build_reward
+    from ex2.train.stage import TrainConfig, build_trainer, prompt_dataset, trainer_config
     from ex2.vlm import load_vlm
 
     with tempfile.TemporaryDirectory() as tmp:

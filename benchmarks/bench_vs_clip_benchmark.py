@@ -79,8 +79,8 @@ def build_inputs(root: Path, n_images: int) -> dict:
 
 def _write_views(folder: Path, n_images: int) -> None:
     """``n_images`` seeded augmented views of the sample photos, spread over the 8 classes."""
+    from ex2.core.io import materialise
     from ex2.data.samples import SAMPLE_CONCEPTS, augmented_view
-    from ex2.io import materialise
 
     def build(tmp: Path) -> None:
         concepts = list(SAMPLE_CONCEPTS.items())
@@ -146,7 +146,7 @@ def child_clip_benchmark(record: Path, argv: list[str]) -> None:
 
 def child_ex2(record: Path, argv: list[str]) -> None:
     import ex2.vlm
-    from ex2 import classify
+    from ex2.classify import stage as classify
     from ex2.cli import main
 
     timings: dict = {}

@@ -11,24 +11,24 @@ import importlib.util
 import os
 import sys
 
-from ex2.config import parse_config
-from ex2.errors import INTERRUPTED_EXIT, describe
-from ex2.registry import split_reference
+from ex2.core.config import parse_config
+from ex2.core.errors import INTERRUPTED_EXIT, describe
+from ex2.core.registry import split_reference
 
 # stage -> ("module:ConfigClass", one-line summary). The module holds the config and `run(config)`;
 # a module may define `parse_args(argv, prog)` to parse its own command line instead, returning
 # run's argument (or a tuple of its arguments).
 STAGES: dict[str, tuple[str, str]] = {
-    "train": ("ex2.train:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
-    "generate": ("ex2.generate:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
-    "knowledge": ("ex2.knowledge:KnowledgeConfig", "CoDer's expert knowledge per class: attributes, "
+    "train": ("ex2.train.stage:TrainConfig", "RL-align a LoRA adapter on an LLM against a VLM reward"),
+    "generate": ("ex2.generate.stage:GenerateConfig", "sample descriptions per concept from a base or aligned LLM"),
+    "knowledge": ("ex2.knowledge.stage:KnowledgeConfig", "CoDer's expert knowledge per class: attributes, "
                   "analogues, synonyms, one-vs-one"),
-    "inspect": ("ex2.inspect:InspectConfig", "label descriptions: spurious, visual or non-visual"),
-    "annotate": ("ex2.annotate:AnnotateConfig", "ground descriptions in images with a detector: regions for grain"),
-    "finetune": ("ex2.finetune:FinetuneConfig", "teach a CLIP/SigLIP VLM the descriptions (desc) or regions (grain)"),
-    "classify": ("ex2.classify:ClassifyConfig", "zero-shot classification with class names or descriptions"),
-    "probe": ("ex2.probe:ProbeConfig", "linear probe on a VLM's image features (train, choose C on val, test)"),
-    "report": ("ex2.report:ReportConfig", "tables, plots and an HTML report across runs"),
+    "inspect": ("ex2.inspect.stage:InspectConfig", "label descriptions: spurious, visual or non-visual"),
+    "annotate": ("ex2.annotate.stage:AnnotateConfig", "ground descriptions in images with a detector: regions for grain"),
+    "finetune": ("ex2.finetune.stage:FinetuneConfig", "teach a CLIP/SigLIP VLM the descriptions (desc) or regions (grain)"),
+    "classify": ("ex2.classify.stage:ClassifyConfig", "zero-shot classification with class names or descriptions"),
+    "probe": ("ex2.probe.stage:ProbeConfig", "linear probe on a VLM's image features (train, choose C on val, test)"),
+    "report": ("ex2.report.stage:ReportConfig", "tables, plots and an HTML report across runs"),
     "demo": ("ex2.demo:DemoConfig", "the whole pipeline on the embedded default, offline"),
 }
 
@@ -41,8 +41,8 @@ def _usage() -> str:
 
 
 def list_known() -> str:
+    from ex2.core.names import EMBEDDED_LLMS, EMBEDDED_VLMS, LLM_FORMS, VLM_FORMS
     from ex2.data import DATASETS, TEMPLATE_SETS
-    from ex2.names import EMBEDDED_LLMS, EMBEDDED_VLMS, LLM_FORMS, VLM_FORMS
 
     out = ["VLMs (embedded):"]
     out += [f"  {name:<14} {about}" for name, about in EMBEDDED_VLMS.items()]
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: interrupted; rerun to resume", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as err:
-        message = describe(err)  # one line for bad input and outside failures (ex2/errors.py)
+        message = describe(err)  # one line for bad input and outside failures (ex2/core/errors.py)
         if message is None:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ex2.config import (
+from ex2.core.config import (
     ConfigError,
     data_root_option,
     dataset_option,
@@ -30,9 +30,9 @@ from ex2.config import (
     save_config,
     vlm_option,
 )
-from ex2.devices import PRECISION_CHOICES
-from ex2.names import split_dataset_name
-from ex2.taxonomy import CATEGORIES
+from ex2.core.devices import PRECISION_CHOICES
+from ex2.core.names import split_dataset_name
+from ex2.core.taxonomy import CATEGORIES
 
 
 @dataclass
@@ -52,7 +52,7 @@ class DemoConfig:
     device: str | None = option(None, "torch device (default: CUDA when available)")
     precision: str = option("fast", "LLM weights in training and generation: fast (bf16 where the hardware "
                             "computes it natively, CPUs with AVX-512 BF16 or AMX included), auto, fp32, bf16 "
-                            "or fp16 (see ex2.devices)")
+                            "or fp16 (see ex2.core.devices)")
     threads: int | None = option(None, "torch CPU threads (default: torch's, one per core; 1 on a machine "
                                  "other programs keep busy)")
     seed: int = option(0, "random seed for training and sampling")
@@ -77,7 +77,11 @@ class Stage:
 
 def stages(config: DemoConfig, out: Path) -> list[Stage]:
     """The pipeline's steps, in order, each with the file that proves it finished."""
-    from ex2 import classify, generate, inspect, report, train
+    from ex2.classify import stage as classify
+    from ex2.generate import stage as generate
+    from ex2.inspect import stage as inspect
+    from ex2.report import stage as report
+    from ex2.train import stage as train
 
     train_dir = out / "train"
     plan = [
@@ -121,8 +125,8 @@ def _bind(func: Callable, config) -> Callable[[], object]:
 
 def train_configs(config: DemoConfig, run_dir: Path):
     """``(TrainConfig, trl config)`` of the demo's training run."""
-    from ex2 import train
     from ex2.data import load_templates
+    from ex2.train import stage as train
 
     heldout = max(1, len(load_templates(config.templates)) // 5)  # 5 of 25
     train_config = train.TrainConfig(
@@ -153,9 +157,9 @@ def train_configs(config: DemoConfig, run_dir: Path):
 
 def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
     """Generate's settings, in even batches of at most 64 descriptions (the 200 of samples: 4 of 50)."""
-    from ex2 import generate
     from ex2.data import load_templates
-    from ex2.samplers import even_batch_size
+    from ex2.generate import stage as generate
+    from ex2.llm.samplers import even_batch_size
 
     settings = generate.GenerateConfig(
         dataset=config.dataset,
@@ -174,7 +178,7 @@ def _generate_config(config: DemoConfig, output: Path, adapter: Path | None):
 
 
 def _inspect_config(config: DemoConfig, descriptions: Path, categories: Path, report_dir: Path):
-    from ex2 import inspect
+    from ex2.inspect import stage as inspect
 
     return inspect.InspectConfig(
         input=str(descriptions),
@@ -188,7 +192,7 @@ def _inspect_config(config: DemoConfig, descriptions: Path, categories: Path, re
 
 def _classify_runs(config: DemoConfig, out: Path):
     """(name, run folder, config) for class names, base/aligned descriptions and each category."""
-    from ex2 import classify
+    from ex2.classify import stage as classify
 
     def make(name: str, **kwargs):
         run_dir = out / "classify" / name
@@ -247,7 +251,7 @@ def headline_lines(out: Path) -> list[str]:
     informative share, read back from the demo's run outputs."""
     import warnings
 
-    from ex2.report import collect, headline
+    from ex2.report.stage import collect, headline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -178,7 +178,7 @@ def tiny_llm(tmp_path_factory) -> Path:
     """A 2-layer, 16-wide Llama saved with the smollm2 tokenizer (and its chat template)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EX2_CACHE", str(SHARED_CACHE))

@@ -10,12 +10,12 @@ import PIL.Image
 import pytest
 import torch
 
-from ex2 import annotate as annotate_module
-from ex2.annotate import AnnotateConfig, partial_path
+from ex2.annotate import stage as annotate_module
+from ex2.annotate.stage import AnnotateConfig, partial_path
 from ex2.cli import main
+from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
-from ex2.finetune_data import read_grounding
-from ex2.io import read_jsonl, write_jsonl
+from ex2.finetune.data import read_grounding
 from ex2.vlm.detector import load_detector, pixel_boxes
 
 

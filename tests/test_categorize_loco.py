@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from ex2.categorize import (
+from ex2.core.io import read_jsonl
+from ex2.inspect.categorize import (
     LABELS,
     SPLITS,
     EmbeddedJudge,
@@ -22,8 +23,7 @@ from ex2.categorize import (
     score_judgements,
     stemmed,
 )
-from ex2.io import read_jsonl
-from ex2.judges import Judgement
+from ex2.inspect.judges import Judgement
 
 
 class WordsEncoder:

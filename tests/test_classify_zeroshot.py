@@ -1,4 +1,4 @@
-"""The pure classifier functions of ex2.zeroshot and the description loaders of ex2.classify."""
+"""The pure classifier functions of ex2.classify.zeroshot and the description loaders of ex2.classify.stage."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ex2 import zeroshot
-from ex2.classify import ClassifyConfig, align_descriptions, load_descriptions, waffle_vocabulary
-from ex2.config import parse_config
+from ex2.classify import zeroshot
+from ex2.classify.stage import ClassifyConfig, align_descriptions, load_descriptions, waffle_vocabulary
+from ex2.core.config import parse_config
 
 
 def test_template_texts_fill_each_class_into_each_template():

@@ -79,7 +79,7 @@ def test_load_dataset_applies_a_class_name_file(tmp_path):
 
 
 def test_train_refuses_a_class_name_count_unlike_the_dataset_before_writing(tmp_path):
-    from ex2.train import TrainConfig, run, trainer_config
+    from ex2.train.stage import TrainConfig, run, trainer_config
 
     config = TrainConfig(dataset="samples", classnames=str(two_names(tmp_path)))
     out = tmp_path / "run"
@@ -99,7 +99,7 @@ def test_classify_refuses_a_class_name_count_unlike_the_dataset(tmp_path, capsys
 
 
 def test_inspect_names_classes_from_a_file_and_refuses_another_count(tmp_path):
-    from ex2.inspect import InspectConfig, load_inputs, run
+    from ex2.inspect.stage import InspectConfig, load_inputs, run
 
     source = tmp_path / "d.jsonl"
     records = [{"concept": c, "class_id": i, "description": f"text {n}"}

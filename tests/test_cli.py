@@ -54,7 +54,7 @@ def test_console_script_runs_offline():
 
 def test_import_ex2_leaves_the_environment_alone_and_imports_nothing_heavy():
     code = ("import os, sys; before = dict(os.environ); import ex2; print(dict(os.environ) == before, "
-            "sorted(m for m in ('torch', 'transformers', 'trl', 'ex2.reward') if m in sys.modules))")
+            "sorted(m for m in ('torch', 'transformers', 'trl', 'ex2.reward.base') if m in sys.modules))")
     assert _python(code) == "True []"
 
 
@@ -62,11 +62,11 @@ def test_python_api_resolves_lazily_and_keeps_submodules_apart():
     import ex2
 
     assert "build_reward" in dir(ex2) and "run_classify" in ex2.__all__
-    from ex2.reward import EX2Reward, build_reward
+    from ex2.reward.base import EX2Reward, build_reward
 
     assert ex2.build_reward is build_reward and ex2.EX2Reward is EX2Reward
-    assert callable(ex2.run_classify) and ex2.run_classify.__module__ == "ex2.classify"
-    from ex2 import classify
+    assert callable(ex2.run_classify) and ex2.run_classify.__module__ == "ex2.classify.stage"
+    from ex2.classify import stage as classify
 
     assert classify.run is ex2.run_classify  # the submodule is still the submodule
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from test_classify import folder  # noqa: F401  (ImageFolder of colour classes)
 
-from ex2.cli import main
-from ex2.coder import (
+from ex2.classify.coder import (
     carve_support,
     class_scores,
     coder_texts,
@@ -22,7 +21,8 @@ from ex2.coder import (
     search_alpha_beta,
     tip_adapter_logits,
 )
-from ex2.io import read_jsonl
+from ex2.cli import main
+from ex2.core.io import read_jsonl
 
 # --- transcriptions of the published loops -------------------------------------------------------
 

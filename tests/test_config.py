@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import yaml
 
-from ex2.config import ConfigError, option, parse_config, save_config
+from ex2.core.config import ConfigError, option, parse_config, save_config
 
 
 @dataclass
@@ -57,7 +57,7 @@ def test_validation_error_exits_with_message(capsys):
 
 
 def test_a_missing_input_file_is_a_one_line_command_line_error(tmp_path, capsys):
-    from ex2.finetune import FinetuneConfig
+    from ex2.finetune.stage import FinetuneConfig
 
     missing = tmp_path / "none.jsonl"
     with pytest.raises(SystemExit) as exit_info:
@@ -97,15 +97,15 @@ SHARED = ("dataset", "data_root", "split", "vlm", "llm")
 
 
 def stage_configs() -> list[type]:
-    from ex2.classify import ClassifyConfig
+    from ex2.classify.stage import ClassifyConfig
     from ex2.demo import DemoConfig as PipelineConfig
-    from ex2.generate import GenerateConfig
+    from ex2.generate.stage import GenerateConfig
 
     return [ClassifyConfig, GenerateConfig, PipelineConfig]
 
 
 def test_stages_share_one_declaration_of_each_common_option():
-    from ex2 import config as config_module
+    from ex2.core import config as config_module
 
     declared = {
         "dataset": config_module.dataset_option(), "data_root": config_module.data_root_option(),
@@ -124,7 +124,7 @@ def test_stages_share_one_declaration_of_each_common_option():
 def test_shared_options_work_in_hf_argument_parser():
     from transformers import HfArgumentParser
 
-    from ex2.config import data_root_option, dataset_option, llm_option, split_option, vlm_option
+    from ex2.core.config import data_root_option, dataset_option, llm_option, split_option, vlm_option
 
     @dataclass
     class Options:
@@ -144,8 +144,8 @@ def test_shared_options_work_in_hf_argument_parser():
 
 def test_every_stage_config_reads_name_colon_root(tmp_path):
     from ex2.data import load_dataset
-    from ex2.inspect import InspectConfig
-    from ex2.train import TrainConfig
+    from ex2.inspect.stage import InspectConfig
+    from ex2.train.stage import TrainConfig
 
     tree = tmp_path / "tree"
     for cls in ("a", "b"):

@@ -8,8 +8,8 @@ import typing
 import pytest
 import torch
 
-from ex2.devices import dtype_name, resolve_device, resolve_dtype
-from ex2.registry import LazyRegistry, load_object, split_reference
+from ex2.core.devices import dtype_name, resolve_device, resolve_dtype
+from ex2.core.registry import LazyRegistry, load_object, split_reference
 
 
 def test_device_defaults_to_cuda_when_available(monkeypatch):
@@ -50,7 +50,7 @@ def test_unknown_precision_names_the_choices():
 
 
 def test_vllm_dtype_resolves_auto_like_every_other_stage(monkeypatch):
-    from ex2.samplers import vllm_engine_kwargs
+    from ex2.llm.samplers import vllm_engine_kwargs
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16, name in ((True, "bfloat16"), (False, "float16")):
@@ -80,8 +80,8 @@ def test_malformed_references_are_refused(reference):
 
 
 def test_registries_name_real_objects():
-    from ex2.inspect import JUDGES
-    from ex2.samplers import SAMPLERS
+    from ex2.inspect.stage import JUDGES
+    from ex2.llm.samplers import SAMPLERS
     from ex2.vlm import BACKENDS
 
     for registry in (JUDGES, SAMPLERS, BACKENDS):
@@ -91,7 +91,7 @@ def test_registries_name_real_objects():
 
 @pytest.mark.parametrize("backend", ["embedded", "hf", "openai"])
 def test_make_judge_passes_what_each_judge_takes(backend, monkeypatch):
-    from ex2.inspect import JUDGES, InspectConfig, judge_options
+    from ex2.inspect.stage import JUDGES, InspectConfig, judge_options
 
     assert set(JUDGES) == set(typing.get_args(typing.get_type_hints(InspectConfig)["backend"]))
     config = InspectConfig(input="d.jsonl", backend=backend, model="m", device="cpu", max_tokens=7)
@@ -105,7 +105,7 @@ def test_make_judge_passes_what_each_judge_takes(backend, monkeypatch):
 def test_save_png_writes_atomically_with_agg(tmp_path):
     import matplotlib
 
-    from ex2.plotting import pyplot, save_png
+    from ex2.core.plotting import pyplot, save_png
 
     plt = pyplot()
     assert matplotlib.get_backend().lower() == "agg"
@@ -132,7 +132,7 @@ def test_a_stage_leaves_accelerate_free_to_choose_another_precision():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ex2.devices import accelerate_state_released
+    from ex2.core.devices import accelerate_state_released
 
     with accelerate_state_released():  # as trl's trainer in the demo's bf16 training
         assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"

@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import scipy.io
 
+from ex2.core.names import DatasetNameError
 from ex2.data import (
     DATASETS,
     DatasetError,
@@ -23,7 +24,6 @@ from ex2.data import (
 )
 from ex2.data import samples as samples_module
 from ex2.data.fine_grained import flowers102_classnames
-from ex2.names import DatasetNameError
 
 
 def image(path: Path, color=(200, 30, 30), size=(4, 4)) -> Path:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ex2.cli import main
-from ex2.io import read_jsonl
+from ex2.core.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ import yaml
 from serving import chat_completion, scripted_chat_server
 
 from ex2.cli import main
-from ex2.config import ConfigError, check_values, option, parse_config
-from ex2.errors import OutputError
-from ex2.io import check_output_path, read_jsonl, write_jsonl
+from ex2.core.config import ConfigError, check_values, option, parse_config
+from ex2.core.errors import OutputError
+from ex2.core.io import check_output_path, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_a_rejected_key_keeps_the_answers_already_received(tmp_path, three, fake
 def test_default_timeouts_report_a_dead_server_within_a_minute():
     from openai._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
 
-    from ex2.inspect import InspectConfig
+    from ex2.inspect.stage import InspectConfig
 
     config = InspectConfig(input="x.jsonl", backend="openai", model="m")
     waits = sum(min(INITIAL_RETRY_DELAY * 2**n, MAX_RETRY_DELAY) for n in range(config.request_retries))
@@ -261,7 +261,7 @@ def test_a_second_writer_is_told_who_holds_the_output(tmp_path, three, fake_judg
     url, state = fake_judge
     out = tmp_path / "c.jsonl"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom ex2.io import output_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom ex2.core.io import output_lock\n"
          f"with output_lock({str(out)!r}, 'ex2 inspect'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
         cwd=REPO, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
     try:
@@ -361,7 +361,7 @@ def test_a_class_folder_that_is_not_utf8_is_named(tmp_path, capsys):
 
 
 def test_inspect_summary_escapes_html_from_descriptions(tmp_path):
-    from ex2.inspect_report import write_report
+    from ex2.inspect.report import write_report
 
     record = {"concept": "cat<b>", "description": "<script>alert(1)</script> | `x`", "category": "spurious",
               "attribute": "none", "informative": False, "explanation": "<img src=x onerror=alert(2)>",
@@ -395,13 +395,13 @@ def run_killed(argv: list[str], patch: str) -> subprocess.CompletedProcess:
 
 
 def test_killed_mid_batch_and_resumed_is_byte_identical(tiny_llm, gen_inputs, tmp_path, tmp_cache, monkeypatch):
-    from ex2.generate import partial_path
-    from ex2.samplers import TransformersSampler
+    from ex2.generate.stage import partial_path
+    from ex2.llm.samplers import TransformersSampler
 
     reference = tmp_path / "reference.jsonl"
     assert main(gen_argv(tiny_llm, gen_inputs, reference)) == 0
     out = tmp_path / "killed.jsonl"
-    kill_after_five = ("import ex2.generate as g\nreal, n = g.append_jsonl, []\n"
+    kill_after_five = ("import ex2.generate.stage as g\nreal, n = g.append_jsonl, []\n"
                        "def append(path, record):\n    real(path, record)\n    n.append(1)\n"
                        "    if len(n) == 5:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
                        "g.append_jsonl = append")
@@ -423,10 +423,10 @@ def test_killed_mid_batch_and_resumed_is_byte_identical(tiny_llm, gen_inputs, tm
 
 def test_a_temp_file_left_by_a_kill_is_removed_by_the_next_run(tiny_llm, gen_inputs, tmp_path, tmp_cache):
     out = tmp_path / "d.jsonl"
-    kill_at_rename = ("import ex2.io\nreal = os.replace\n"
+    kill_at_rename = ("import ex2.core.io\nreal = os.replace\n"
                       "def replace(src, dst):\n    if str(dst).endswith('d.jsonl'):\n"
                       "        os.kill(os.getpid(), signal.SIGKILL)\n    real(src, dst)\n"
-                      "ex2.io.os.replace = replace")
+                      "ex2.core.io.os.replace = replace")
     proc = run_killed(gen_argv(tiny_llm, gen_inputs, out), kill_at_rename)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     left = list(tmp_path.glob(".d.jsonl.*.tmp"))

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from ex2.cli import main
+from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
-from ex2.finetune import (
+from ex2.finetune.data import read_grounding, synthetic_grounding
+from ex2.finetune.grain import hungarian_match, match_cost
+from ex2.finetune.stage import (
     FinetuneConfig,
     FinetuneModel,
     add_lora,
@@ -27,10 +30,7 @@ from ex2.finetune import (
     share_gradient,
     text_ids,
 )
-from ex2.finetune_data import read_grounding, synthetic_grounding
-from ex2.finetune_towers import OpenClipTowers
-from ex2.grain import hungarian_match, match_cost
-from ex2.io import read_jsonl, write_jsonl
+from ex2.finetune.towers import OpenClipTowers
 
 
 def _brute_force(cost: torch.Tensor) -> float:

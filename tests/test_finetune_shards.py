@@ -11,10 +11,10 @@ import PIL.Image
 import pytest
 
 from ex2.cli import main
+from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names, load_dataset
-from ex2.finetune import FinetuneConfig, evaluate_regions
-from ex2.finetune_data import read_grounding, shard_record, synthetic_grounding
-from ex2.io import read_jsonl, write_jsonl
+from ex2.finetune.data import read_grounding, shard_record, synthetic_grounding
+from ex2.finetune.stage import FinetuneConfig, evaluate_regions
 
 wds = pytest.importorskip("webdataset")
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from ex2.cli import main
+from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
-from ex2.finetune import (
+from ex2.finetune.data import synthetic_grounding
+from ex2.finetune.stage import (
     FinetuneConfig,
     FinetuneModel,
     add_lora,
@@ -21,9 +23,7 @@ from ex2.finetune import (
     multi_positive_sigmoid,
     run,
 )
-from ex2.finetune_data import synthetic_grounding
-from ex2.finetune_towers import TransformersTowers, load_towers
-from ex2.io import read_jsonl, write_jsonl
+from ex2.finetune.towers import TransformersTowers, load_towers
 from ex2.vlm import load_vlm
 
 

@@ -17,9 +17,10 @@ import torch
 from conftest import SHARED_CACHE
 
 from ex2.cli import main
-from ex2.generate import RECORD_FIELDS, partial_path, record_seed
-from ex2.io import read_jsonl
-from ex2.samplers import (
+from ex2.core.io import read_jsonl
+from ex2.core.text import clean_description
+from ex2.generate.stage import RECORD_FIELDS, partial_path, record_seed
+from ex2.llm.samplers import (
     SamplingSettings,
     TransformersSampler,
     encode_prompts,
@@ -31,7 +32,6 @@ from ex2.samplers import (
     vllm_prompts,
     vllm_sampling_kwargs,
 )
-from ex2.text import clean_description
 
 REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = ["cat", "rocket", "daisy"]
@@ -44,7 +44,7 @@ def tiny(tmp_path_factory) -> SimpleNamespace:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     root = tmp_path_factory.mktemp("tiny-llm")
     with pytest.MonkeyPatch.context() as mp:
@@ -212,7 +212,7 @@ def test_resume_after_sigkill(tiny, tmp_cache, tmp_path):
     script = (
         "import os, signal, sys\n"
         "from ex2.cli import main\n"
-        "from ex2.samplers import TransformersSampler\n"
+        "from ex2.llm.samplers import TransformersSampler\n"
         "real, calls = TransformersSampler.generate, []\n"
         "def killer(self, ids, seeds):\n"
         "    calls.append(1)\n"
@@ -339,7 +339,7 @@ def test_vllm_accepts_every_argument_we_pass(tiny):
 def test_concepts_from_name_colon_root(tmp_path):
     import PIL.Image
 
-    from ex2.generate import GenerateConfig, load_concepts
+    from ex2.generate.stage import GenerateConfig, load_concepts
 
     for cls in ("golden_retriever", "tabby"):
         (tmp_path / "tree" / cls).mkdir(parents=True)
@@ -388,8 +388,8 @@ def test_inference_runner(tiny, tmp_cache, tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("generate*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
-    from ex2.config import parse_config
-    from ex2.generate import GenerateConfig
+    from ex2.core.config import parse_config
+    from ex2.generate.stage import GenerateConfig
 
     config = parse_config(GenerateConfig, ["--config", str(path)], prog="ex2 generate")
     assert config.max_new_tokens == 32 and config.top_k == 0 and config.top_p == 1.0
@@ -420,7 +420,7 @@ def test_vllm_sampler_on_gpu(shared_cache, tmp_path):
         pytest.skip("needs CUDA")
     from peft import LoraConfig, get_peft_model
 
-    from ex2.llm import load_llm
+    from ex2.llm.models import load_llm
 
     model, _ = load_llm("smollm2", device="cpu")
     lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -435,7 +435,7 @@ def test_vllm_sampler_on_gpu(shared_cache, tmp_path):
 
 def test_classnames_name_the_datasets_concepts(tmp_path):
     from ex2.data.samples import SAMPLE_CONCEPTS
-    from ex2.generate import GenerateConfig, load_concepts
+    from ex2.generate.stage import GenerateConfig, load_concepts
 
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"Concept {n}" for n in range(len(SAMPLE_CONCEPTS))) + "\n")

@@ -12,10 +12,10 @@ import PIL.Image
 import pytest
 import torch
 
+from ex2.classify import generative as gc
 from ex2.cli import main
+from ex2.core.names import ModelNameError, parse_gvlm_name, parse_vlm_name
 from ex2.gvlm import GenerativeVLM, load_gvlm
-from ex2.gvlm import classify as gc
-from ex2.names import ModelNameError, parse_gvlm_name, parse_vlm_name
 
 SHARED_CACHE = os.environ.get("EX2_TEST_CACHE", os.path.expanduser("~/.cache/ex2-test"))
 
@@ -223,7 +223,7 @@ class ScriptedVLM:
 
 
 def test_open_and_closed_runs_score_answers(shared_cache, tmp_path):
-    from ex2.classify import ClassifyConfig
+    from ex2.classify.stage import ClassifyConfig
     from ex2.data import load_dataset
 
     dataset = load_dataset("samples")
@@ -254,7 +254,7 @@ def test_open_and_closed_runs_score_answers(shared_cache, tmp_path):
 
 
 def test_config_pairs_methods_with_the_right_kind_of_vlm():
-    from ex2.classify import ClassifyConfig
+    from ex2.classify.stage import ClassifyConfig
 
     with pytest.raises(ValueError, match="needs a generative VLM"):
         ClassifyConfig(vlm="conse", method="likelihood")
@@ -300,7 +300,7 @@ def test_probe_on_conse_features_of_samples(shared_cache, tmp_path):
 
 
 def test_probe_on_generative_hidden_states(gvlm, shared_cache, tmp_path):
-    from ex2.probe import ProbeConfig, run
+    from ex2.probe.stage import ProbeConfig, run
 
     config = ProbeConfig(vlm="gen:tiny", pool="mean", layer=1, c=[1.0], progress=False, output=str(tmp_path / "p"))
     metrics = json.loads((run(config, gvlm) / "metrics.json").read_text())
@@ -310,7 +310,7 @@ def test_probe_on_generative_hidden_states(gvlm, shared_cache, tmp_path):
 
 def test_split_per_class_is_disjoint_and_seeded(shared_cache):
     from ex2.data import load_dataset
-    from ex2.probe import split_per_class
+    from ex2.probe.stage import split_per_class
 
     dataset = load_dataset("samples")
     held, rest = split_per_class(dataset, 0.3, seed=1)
@@ -324,7 +324,7 @@ def test_split_per_class_is_disjoint_and_seeded(shared_cache):
 def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path, tmp_cache):
     from test_reward import tiny_dataset, trl_call
 
-    from ex2.reward import build_reward
+    from ex2.reward.base import build_reward
 
     classnames = ["cat", "dog", "rocket"]
     dataset = tiny_dataset(tmp_path, classnames)

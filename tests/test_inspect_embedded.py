@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ex2.categorize import EmbeddedJudge, evaluate, labelled_path
 from ex2.cli import main
-from ex2.io import read_jsonl, write_jsonl
-from ex2.taxonomy import CATEGORIES, VISUAL_ATTRIBUTES
+from ex2.core.io import read_jsonl, write_jsonl
+from ex2.core.taxonomy import CATEGORIES, VISUAL_ATTRIBUTES
+from ex2.inspect.categorize import EmbeddedJudge, evaluate, labelled_path
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_leave_one_concept_out_accuracy(judge):
 
 
 def test_cli_writes_categories_and_summary(tmp_path, judge, monkeypatch, tmp_cache):
-    monkeypatch.setattr("ex2.inspect.make_judge", lambda config: judge)
+    monkeypatch.setattr("ex2.inspect.stage.make_judge", lambda config: judge)
     rows = [{"concept": "zebra", "description": d, "model": "smollm2", "adapter": a}
             for d, a in (("Zebra stock photos and wallpapers.", None), ("Its coat has black and white stripes.", "x"),
                          ("Zebras graze on grasses in the African savanna.", None))]
@@ -50,7 +50,7 @@ def test_attribute_accuracy_leave_one_concept_out(judge):
     concepts no setting was chosen from; 3 points' margin."""
     import importlib.util
 
-    from ex2.categorize import labelled_path as path
+    from ex2.inspect.categorize import labelled_path as path
 
     spec = importlib.util.spec_from_file_location("judge_attribute_accuracy",
                                                   path().parents[2] / "analysis" / "judge_attribute_accuracy.py")

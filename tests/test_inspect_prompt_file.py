@@ -14,8 +14,8 @@ import yaml
 from serving import chat_completion, scripted_chat_server
 
 from ex2.cli import main
-from ex2.io import read_jsonl, write_jsonl
-from ex2.judges import (
+from ex2.core.io import read_jsonl, write_jsonl
+from ex2.inspect.judges import (
     CATEGORY_SYSTEM,
     EX2_ANSWER,
     AnswerError,

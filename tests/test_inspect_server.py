@@ -16,7 +16,7 @@ import pytest
 from serving import local_server  # tests/serving.py
 
 from ex2.cli import main
-from ex2.io import read_jsonl, write_jsonl
+from ex2.core.io import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow
 ACCESS_LINE = '"POST /v1/chat/completions HTTP/1.1" 200'
@@ -27,7 +27,7 @@ def served(log: Path) -> int:
 
 
 def test_killed_openai_run_resumes_with_each_description_judged_once(tmp_path, shared_cache):
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     model_dir = resolve_llm("smollm2")
     descriptions = tmp_path / "descriptions.jsonl"

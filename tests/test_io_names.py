@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ex2.io import append_jsonl, atomic_open, materialise, read_jsonl, repair_jsonl, write_jsonl
-from ex2.names import ModelNameError, parse_llm_name, parse_vlm_name
+from ex2.core.io import append_jsonl, atomic_open, materialise, read_jsonl, repair_jsonl, write_jsonl
+from ex2.core.names import ModelNameError, parse_llm_name, parse_vlm_name
 
 
 def test_atomic_open_leaves_nothing_on_failure(tmp_path):

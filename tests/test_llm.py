@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ex2 import llm
+from ex2.llm import models as llm
 
 pytestmark = pytest.mark.slow
 

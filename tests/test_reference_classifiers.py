@@ -24,8 +24,8 @@ import pytest
 import scipy.io
 import torch
 
-from ex2 import zeroshot
-from ex2.classify import ClassifyConfig, evaluate, summarise
+from ex2.classify import zeroshot
+from ex2.classify.stage import ClassifyConfig, evaluate, summarise
 from ex2.cli import main
 from ex2.data import DATASETS, flowers102_classnames
 

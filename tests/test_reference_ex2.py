@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from ex2.cli import main
+from ex2.core.io import read_jsonl
 from ex2.data import load_classnames, load_templates
-from ex2.generate import clean_description, plan_jobs
-from ex2.io import read_jsonl
-from ex2.llm import format_prompt
+from ex2.generate.stage import clean_description, plan_jobs
+from ex2.llm.models import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def in_ex2_clone(ex2_files, tmp_path, monkeypatch) -> Path:
 
 
 def test_the_ex2_pets_config_is_ex2s_setup_and_budget(in_ex2_clone, ex2_files):
-    from ex2.train import parse_args, training_budget
+    from ex2.train.stage import parse_args, training_budget
 
     config, args = parse_args(["--config", str(REPO / "configs" / "train_ex2_pets.yaml")])
     assert load_templates(config.templates) == json.loads((ex2_files / "mult_template_v1.json").read_text())
@@ -104,7 +104,7 @@ def test_the_ex2_pets_config_is_ex2s_setup_and_budget(in_ex2_clone, ex2_files):
 
 
 def test_ex2_files_missing_say_where_to_get_them(tmp_path, monkeypatch):
-    from ex2.train import parse_args
+    from ex2.train.stage import parse_args
 
     monkeypatch.chdir(tmp_path)
     config, _ = parse_args(["--config", str(REPO / "configs" / "train_ex2_pets.yaml")])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ex2.cli import main
-from ex2.report import collect, headline, side_by_side
-from ex2.report_html import bar_label
+from ex2.report.html import bar_label
+from ex2.report.stage import collect, headline, side_by_side
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -48,7 +48,7 @@ def _inspection(folder: Path) -> None:
                for c, t, a, d, cat, attr in DESCRIPTIONS]
     (folder / "categories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "summary.json").write_text(json.dumps({
-        "schema": "ex2.inspect.summary/v1", "source": "elsewhere/categories.jsonl",  # found beside the summary
+        "schema": "ex2.inspect.stage.summary/v1", "source": "elsewhere/categories.jsonl",  # found beside the summary
         "judge": {"backend": "rules", "model": None},
         "n_descriptions": 20, "n_unparsed": 0, "informative_share": 0.8, "category_shares": shares,
         "attribute_shares": within,
@@ -156,7 +156,7 @@ def test_demo_ends_with_the_numbers_that_matter(runs):
 
 
 def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
-    from ex2.report import relative_paths
+    from ex2.report.stage import relative_paths
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "d.jsonl").write_text("")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ex2.report_stats import distinct_n, hacking_signs, is_degenerate, is_header, is_name_only, smooth, words
+from ex2.report.stats import distinct_n, hacking_signs, is_degenerate, is_header, is_name_only, smooth, words
 
 
 def test_headers_are_texts_opening_with_a_line_ending_in_a_colon():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ex2.reward import (
+from ex2.reward.base import (
     REWARDS,
     ContrastiveReward,
     ContrastiveSoftmaxReward,
@@ -173,7 +173,7 @@ def test_class_means_from_one_embedding_pass(open_clip_dir, tmp_path, tmp_cache)
     import numpy as np
     from PIL import Image
 
-    from ex2.reward import class_mean_embeddings
+    from ex2.reward.base import class_mean_embeddings
     from ex2.vlm import embed_images, load_vlm
 
     rng = np.random.default_rng(0)

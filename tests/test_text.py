@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ex2.text import clean_description, clean_name, mask_concept, normalise_name
+from ex2.core.text import clean_description, clean_name, mask_concept, normalise_name
 
 # --- descriptions -------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ RAW = "\nHere's a possible poem about a temple:\n\nStone steps, incense.<|im_end
 
 
 def test_raw_text_drops_special_tokens_only():
-    from ex2.text import raw_text, scored_text
+    from ex2.core.text import raw_text, scored_text
 
     assert raw_text(RAW) == "\nHere's a possible poem about a temple:\n\nStone steps, incense."
     assert raw_text("<s> a cat</s>", ["<extra>"]) == " a cat"
@@ -94,8 +94,8 @@ def generated(tmp_path):
 
 
 def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
-    from ex2.classify import ClassifyConfig, load_descriptions
-    from ex2.inspect import InspectConfig, load_inputs
+    from ex2.classify.stage import ClassifyConfig, load_descriptions
+    from ex2.inspect.stage import InspectConfig, load_inputs
 
     path = generated(tmp_path)
     whole = "Here's a possible poem about a temple:\n\nStone steps, incense."
@@ -117,8 +117,8 @@ def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
 
 
 def test_by_default_stages_read_what_the_reward_scored_or_what_was_judged(tmp_path):
-    from ex2.classify import ClassifyConfig, load_descriptions
-    from ex2.inspect import InspectConfig, load_inputs
+    from ex2.classify.stage import ClassifyConfig, load_descriptions
+    from ex2.inspect.stage import InspectConfig, load_inputs
 
     path = generated(tmp_path)
     whole = "Here's a possible poem about a temple:\n\nStone steps, incense."

@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from ex2.cli import main
-from ex2.config import ConfigError
-from ex2.io import read_jsonl
-from ex2.train import (
+from ex2.core.config import ConfigError
+from ex2.core.io import read_jsonl
+from ex2.train.stage import (
     TrainConfig,
     build_trainer,
     lora_config,
@@ -48,11 +48,11 @@ def train_argv(llm: Path, vlm: Path, output: Path, *extra: str) -> list[str]:
 
 def reference_samples(llm: Path, adapter: Path | None, queries: list[str], max_new_tokens: int,
                       text: str = "raw") -> list[str]:
-    """What ``ex2.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``), as
+    """What ``ex2.llm.samplers`` draws for these queries (chat format, query ``i`` seeded with ``i``), as
     the reward scores it (``text``: EX2's raw completion, or its first paragraph)."""
-    from ex2.llm import format_prompt
-    from ex2.samplers import SamplingSettings, TransformersSampler, encode_prompts
-    from ex2.text import scored_text
+    from ex2.core.text import scored_text
+    from ex2.llm.models import format_prompt
+    from ex2.llm.samplers import SamplingSettings, TransformersSampler, encode_prompts
 
     sampler = TransformersSampler(str(llm), adapter, SamplingSettings(max_new_tokens=max_new_tokens), device="cpu")
     prompts = [format_prompt(sampler.tokenizer, query, "chat") for query in queries]
@@ -170,8 +170,8 @@ def test_the_global_batch_must_hold_whole_groups(capsys):
 
 def test_lora_training_moves_the_adapter_and_freezes_the_base(tiny_llm, tiny_clip, tmp_path, tmp_cache):
     from ex2.data import load_dataset
-    from ex2.llm import load_tokenizer
-    from ex2.reward import build_reward
+    from ex2.llm.models import load_tokenizer
+    from ex2.reward.base import build_reward
     from ex2.vlm import load_vlm
 
     config = TrainConfig(llm=str(tiny_llm), vlm=str(tiny_clip), images_per_class=2)
@@ -307,7 +307,7 @@ def test_output_under_a_file_is_refused_before_anything_loads(tmp_path):
     blocker.write_text("x")
     config = TrainConfig(llm=str(tmp_path / "no-such-llm"))
     with pytest.raises(ValueError, match="is a file"):
-        from ex2.train import run
+        from ex2.train.stage import run
 
         run(config, trainer_config(config, output_dir=str(blocker / "run")))
     assert not (blocker.parent / "run").exists()
@@ -335,7 +335,7 @@ def test_unknown_report_to_is_a_one_line_error_before_anything_loads(tmp_path, c
 def test_wandb_and_trackio_stay_offline_unless_the_user_chose(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from ex2.train import reporting_environment
+    from ex2.train.stage import reporting_environment
 
     for name in ("WANDB_MODE", "WANDB_DIR", "TRACKIO_DIR"):
         monkeypatch.delenv(name, raising=False)

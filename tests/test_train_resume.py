@@ -11,8 +11,8 @@ import torch
 from test_train import train_argv
 
 from ex2.cli import main
-from ex2.io import read_jsonl
-from ex2.train import checkpoint_problem, resume_checkpoint
+from ex2.core.io import read_jsonl
+from ex2.train.stage import checkpoint_problem, resume_checkpoint
 
 
 def write_checkpoint(folder: Path, step: int) -> Path:

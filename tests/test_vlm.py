@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_ARCH
 
-from ex2.names import ModelNameError
+from ex2.core.names import ModelNameError
 from ex2.vlm import VLM, ImageEmbeddings, embed_images, embed_texts, load_vlm
 from ex2.vlm.cache import EmbeddingCache
 
@@ -82,7 +82,7 @@ def test_open_clip_accepts_every_argument_we_pass(open_clip_dir):
 
     import open_clip
 
-    from ex2.names import parse_vlm_name
+    from ex2.core.names import parse_vlm_name
     from ex2.vlm.open_clip_backend import _resolve
 
     accepted = set(inspect.signature(open_clip.create_model_and_transforms).parameters)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.core.names import split_dataset_name
 from ex2.data.benchmarks import (
     EUROSAT_CLASSNAMES,
     imagenet_classnames,
@@ -40,7 +41,6 @@ from ex2.data.generic import load_csv, load_hf_disk, load_imagefolder
 from ex2.data.images import ImageError, load_image, to_rgb
 from ex2.data.samples import SAMPLE_CONCEPTS, load_samples
 from ex2.data.templates import TEMPLATE_SETS, TemplateError, load_templates
-from ex2.names import split_dataset_name
 
 __all__ = [
     "DATASETS",

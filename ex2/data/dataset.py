@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ex2.text import clean_name  # noqa: F401  (the loaders' class-name clean-up)
+from ex2.core.text import clean_name  # noqa: F401  (the loaders' class-name clean-up)
 
 Loader = Callable[[Path | None, str], "ImageDataset"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import PIL.Image
 
+from ex2.core.io import cache_dir, materialise
 from ex2.data.dataset import DatasetError, ImageDataset, build_dataset, check_utf8, clean_name, splits
-from ex2.io import cache_dir, materialise
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_NAMES = ("train", "val", "validation", "trainval", "test")

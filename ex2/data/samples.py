@@ -20,8 +20,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageEnhance
 
+from ex2.core.io import cache_dir, materialise
 from ex2.data.dataset import DatasetError, ImageDataset, build_dataset, splits
-from ex2.io import cache_dir, materialise
 
 VERSION = "samples-v1"  # bump when concepts, views or augmentation change
 VIEWS_PER_CONCEPT = 10

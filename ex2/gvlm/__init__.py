@@ -8,8 +8,8 @@
                                      [" cat", " dog"])           # [N, C], prompt run once per image
     features = vlm.features(images, prompt, layer=-1, pool="last")
 
-``ex2 classify --vlm gen:… --method open|closed|likelihood`` (:mod:`ex2.gvlm.classify`),
-``ex2 probe --vlm gen:…`` and the ``gen-likelihood`` reward (:mod:`ex2.gvlm.reward`) build on it.
+``ex2 classify --vlm gen:… --method open|closed|likelihood`` (:mod:`ex2.classify.generative`),
+``ex2 probe --vlm gen:…`` and the ``gen-likelihood`` reward (:mod:`ex2.reward.gvlm`) build on it.
 """
 
 from __future__ import annotations

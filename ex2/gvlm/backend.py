@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
-from ex2.devices import resolve_device, resolve_dtype
-from ex2.names import VLMSpec, parse_gvlm_name
+from ex2.core.devices import resolve_device, resolve_dtype
+from ex2.core.names import VLMSpec, parse_gvlm_name
 from ex2.vlm.offline import DOWNLOAD_HINT, hub_offline
 
 FALLBACK_PROMPT = "USER: {image}{question}\nASSISTANT:"  # LLaVA-1.5's format, for processors without a template

@@ -32,7 +32,7 @@ def build_tiny_llava(folder: str | Path, hidden: int = 32, layers: int = 2, imag
         LlavaProcessor,
     )
 
-    from ex2.llm import resolve_llm
+    from ex2.llm.models import resolve_llm
 
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))

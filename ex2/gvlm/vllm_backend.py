@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import PIL.Image
 
-from ex2.names import parse_gvlm_name
+from ex2.core.names import parse_gvlm_name
 from ex2.vlm.offline import hub_offline
 
 
 def import_vllm():
     """The vllm module, or an error (a ValueError too, so the CLI prints it) naming the extra."""
-    from ex2.samplers import MissingExtraError
+    from ex2.llm.samplers import MissingExtraError
 
     try:
         import vllm

@@ -6,14 +6,14 @@
     texts = embed_texts(vlm, ["a photo of a cat."])   # cached on disk by (model, exact text)
     logits = vlm.logit_scale * images.embeddings @ texts.T
 
-Names follow :mod:`ex2.names`. Nothing is downloaded unless ``EX2_ALLOW_DOWNLOAD=1``.
+Names follow :mod:`ex2.core.names`. Nothing is downloaded unless ``EX2_ALLOW_DOWNLOAD=1``.
 """
 
 from __future__ import annotations
 
-from ex2.devices import resolve_device, resolve_dtype
-from ex2.names import VLMSpec, parse_vlm_name
-from ex2.registry import LazyRegistry
+from ex2.core.devices import resolve_device, resolve_dtype
+from ex2.core.names import VLMSpec, parse_vlm_name
+from ex2.core.registry import LazyRegistry
 from ex2.vlm.base import VLM
 from ex2.vlm.cache import ImageEmbeddings, embed_images, embed_texts
 
@@ -27,9 +27,9 @@ BACKENDS = LazyRegistry("VLM backend", {
 
 
 def load_vlm(name: str, device: str | None = None, precision: str = "auto") -> VLM:
-    """Load a VLM by name (see :mod:`ex2.names`) on ``device`` (default: CUDA if available).
+    """Load a VLM by name (see :mod:`ex2.core.names`) on ``device`` (default: CUDA if available).
 
-    ``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto`` (see :mod:`ex2.devices`).
+    ``precision`` is ``fp32``, ``fp16``, ``bf16`` or ``auto`` (see :mod:`ex2.core.devices`).
     """
     spec = parse_vlm_name(name)
     torch_device = resolve_device(device)

@@ -28,7 +28,7 @@ import torch
 import torch.utils.data
 from tqdm.auto import tqdm
 
-from ex2.io import atomic_open, cache_dir, write_json
+from ex2.core.io import atomic_open, cache_dir, write_json
 from ex2.vlm.base import VLM
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ex2.io import atomic_open, cache_dir
-from ex2.names import VLMSpec
+from ex2.core.io import atomic_open, cache_dir
+from ex2.core.names import VLMSpec
 from ex2.vlm.base import VLM
 from ex2.vlm.offline import fingerprint, hub_offline
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ex2.devices import resolve_device, resolve_dtype
+from ex2.core.devices import resolve_device, resolve_dtype
 from ex2.vlm.base import lru_rows
 from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, hub_offline
 from ex2.vlm.transformers_backend import _identity, _pooled
@@ -137,7 +137,7 @@ class OwlDetector:
 
 def load_detector(name: str = DEFAULT_DETECTOR, device: str | None = None, precision: str = "auto") -> OwlDetector:
     """Load an OWLv2 detector by hub id (from the local cache unless ``EX2_ALLOW_DOWNLOAD=1``) or
-    local folder, on ``device`` in ``precision`` (:mod:`ex2.devices`)."""
+    local folder, on ``device`` in ``precision`` (:mod:`ex2.core.devices`)."""
     from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection
 
     source = name.removeprefix("local-dir:")

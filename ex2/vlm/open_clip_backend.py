@@ -12,7 +12,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ex2.names import CHECKPOINT_SUFFIXES, ModelNameError, VLMSpec
+from ex2.core.names import CHECKPOINT_SUFFIXES, ModelNameError, VLMSpec
 from ex2.vlm.base import VLM
 from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, fingerprint, hub_offline
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ex2.names import VLMSpec
+from ex2.core.names import VLMSpec
 from ex2.vlm.base import VLM
 from ex2.vlm.offline import DOWNLOAD_HINT, downloads_allowed, fingerprint, hub_offline
 

@@ -1,0 +1,1 @@
+"""ex2 classify: zero-shot classification with class names, descriptions (DCLIP, CuPL, WaffleCLIP, EX2), CoDer (coder) or a generative VLM (generative); the classifiers' pure arithmetic is in zeroshot."""

@@ -1,0 +1,427 @@
+"""Classification with a generative VLM, after Zhang et al. (NeurIPS 2024), three ways:
+
+``open``
+    Ask what is in the photo (``--question``, their "What type of object is in this photo?").
+    **Matching rule:** a class is *named* by an answer when one of its names (the class name and
+    its synonyms from ``--classnames``) occurs in the answer as whole words, ignoring case, with
+    its words joined by spaces, hyphens or underscores and an optional plural ``s``/``es``
+    (:func:`ex2.core.text.concept_pattern`); a match lying inside a longer match of another class
+    does not count ("cat" inside "tabby cat"). The answer is correct when it names the true
+    class (their rule is the substring test ``label in answer``; whole words keep "cat" out of
+    "category").
+``closed``
+    The same question followed by the choices, as in their code: ``… Choose one from "a, b, c".``
+    ``--n-choices all`` lists every class in dataset order; ``N`` lists the true class and N-1
+    others, shuffled, drawn from a generator seeded with ``--seed`` (the same choices on every
+    run). Correct when the true class is the only listed choice the answer names.
+``likelihood``
+    Each class name scored as the continuation of a fixed answer (``--answer-prefix``) after the
+    question: the mean (``--length-norm mean``) or sum of its tokens' log-probabilities, the
+    prompt and image run once per image (:meth:`GenerativeVLM.score_continuations`). With
+    ``--calibrate`` the scores become ``log softmax(scores) - log prior``, the prior being the mean
+    softmax over images held out from evaluation: ``--calibration-split`` or, without it, a
+    ``--calibration-fraction`` of each class's images of the evaluated split (seeded), which are
+    then left out of the metrics. Test images never estimate the prior.
+
+Metrics use CLIP's keys: ``acc1``, ``acc5`` (None for open and closed: one answer has no
+top five) and ``mean_per_class_recall``, from :func:`ex2.classify.zeroshot.classification_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ex2.classify import zeroshot
+from ex2.core.text import concept_pattern
+
+GVLM_METHODS = ("open", "closed", "likelihood")
+DEFAULT_QUESTION = "What type of object is in this photo?"
+
+
+# --- class names and synonyms --------------------------------------------------------------------
+
+
+def read_synonyms(path: str | Path, classnames: Sequence[str]) -> list[list[str]]:
+    """Names per class: the class name, then its synonyms from ``path`` — a JSON object
+    ``{class: [synonym, ...]}`` or a text file with one class a line, ``class, synonym, ...``.
+    Classes the file leaves out keep their name alone; a class the dataset lacks is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class-name file {path} does not exist (expected JSON or one class a line)")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); expected {{class: [synonym, ...]}}") from err
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise ValueError(f"{path}: expected a JSON object mapping each class to a list of synonyms")
+        entries = {str(k): [str(s) for s in v] for k, v in data.items()}
+    else:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        parts = [[p.strip() for p in line.split(",") if p.strip()] for line in lines if not line.startswith("#")]
+        entries = {p[0]: p[1:] for p in parts if p}
+    index = {zeroshot.normalise_name(c): i for i, c in enumerate(classnames)}
+    names = [[c] for c in classnames]
+    unknown = [k for k in entries if zeroshot.normalise_name(k) not in index]
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} class(es) not in the dataset: {', '.join(unknown[:10])}")
+    for key, synonyms in entries.items():
+        own = names[index[zeroshot.normalise_name(key)]]
+        own += [s for s in synonyms if s not in own]
+    return names
+
+
+def _spans(answer: str, names: Sequence[str]) -> list[tuple[int, int]]:
+    spans = []
+    for name in names:
+        pattern = concept_pattern(name)
+        if pattern is not None:
+            spans += [m.span() for m in pattern.finditer(answer)]
+    return spans
+
+
+def named_classes(answer: str, names: Sequence[Sequence[str]], among: Sequence[int] | None = None) -> list[int]:
+    """The classes (of ``among``, default all) an answer names, in order of first mention, by
+    the module's matching rule."""
+    candidates = range(len(names)) if among is None else among
+    spans = {c: _spans(answer, names[c]) for c in candidates}
+    spans = {c: s for c, s in spans.items() if s}
+
+    def inside_other(c: int, span: tuple[int, int]) -> bool:
+        return any(
+            o != c and a <= span[0] and span[1] <= b and (b - a) > (span[1] - span[0])
+            for o, others in spans.items() for a, b in others
+        )
+
+    kept = {c: [s for s in found if not inside_other(c, s)] for c, found in spans.items()}
+    return sorted((c for c, found in kept.items() if found), key=lambda c: min(s[0] for s in kept[c]))
+
+
+def open_correct(answer: str, label: int, names: Sequence[Sequence[str]]) -> bool:
+    """An open answer is correct when it names the true class."""
+    return label in named_classes(answer, names)
+
+
+def closed_correct(answer: str, label: int, choices: Sequence[int], names: Sequence[Sequence[str]]) -> bool:
+    """A closed answer is correct when the true class is the only listed choice it names."""
+    return named_classes(answer, names, among=choices) == [label]
+
+
+# --- closed questions ------------------------------------------------------------------------------
+
+
+def parse_n_choices(value: str | int, n_classes: int | None = None) -> int | None:
+    """``all`` -> None; else a count of at least 2 (and at most ``n_classes`` when known)."""
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError as err:
+        raise ValueError(f"--n-choices must be 'all' or a whole number, not {value!r}") from err
+    if n < 2:
+        raise ValueError(f"--n-choices must be at least 2 (or 'all'), got {n}")
+    if n_classes is not None and n > n_classes:
+        raise ValueError(f"--n-choices {n} exceeds the dataset's {n_classes} classes; use 'all' or fewer")
+    return n
+
+
+def draw_choices(labels: Sequence[int], n_classes: int, n_choices: int | None, seed: int) -> list[list[int]]:
+    """Choices per image: every class in order (``n_choices`` None), or the true class and
+    ``n_choices - 1`` others, shuffled, from one generator seeded with ``seed``."""
+    if n_choices is None:
+        return [list(range(n_classes)) for _ in labels]
+    rng = random.Random(seed)
+    out = []
+    for label in labels:
+        others = rng.sample([c for c in range(n_classes) if c != label], n_choices - 1)
+        choice = [label, *others]
+        rng.shuffle(choice)
+        out.append(choice)
+    return out
+
+
+def closed_question(question: str, choice_names: Sequence[str]) -> str:
+    """Zhang et al.'s closed prompt: the question, then ``Choose one from "a, b, c".``"""
+    return f'{question} Choose one from "{", ".join(choice_names)}".'
+
+
+# --- likelihood ------------------------------------------------------------------------------------
+
+
+def class_prior(held_out_scores: torch.Tensor) -> torch.Tensor:
+    """``[C]`` the mean softmax over held-out images' class scores."""
+    if len(held_out_scores) == 0:
+        raise ValueError("calibration needs at least one held-out image")
+    return torch.softmax(held_out_scores.float(), dim=1).mean(0)
+
+
+def calibrate(scores: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``log softmax(scores) - log prior``: scores with the model's class prior divided out."""
+    return torch.log_softmax(scores.float(), dim=1) - prior.clamp_min(1e-12).log()
+
+
+def onehot_logits(predictions: Sequence[int], n_classes: int) -> torch.Tensor:
+    """``[N, C + 1]`` logits with one 1 per row; column C is "no class named"."""
+    logits = torch.zeros(len(predictions), n_classes + 1)
+    logits[torch.arange(len(predictions)), torch.tensor(list(predictions), dtype=torch.long)] = 1.0
+    return logits
+
+
+def answer_metrics(correct: Sequence[bool], labels: Sequence[int], predictions: Sequence[int],
+                   n_classes: int) -> dict:
+    """Metrics of open or closed answers: the prediction is the true class when correct, else
+    the first other class named (or "none"), never the true class when wrong."""
+    predicted = [y if ok else (p if p != y else n_classes) for ok, y, p in zip(correct, labels, predictions, strict=True)]
+    metrics = zeroshot.classification_metrics(onehot_logits(predicted, n_classes), torch.tensor(list(labels)))
+    metrics["acc5"] = None
+    return metrics
+
+
+def first_other(answer_classes: Sequence[int], label: int, n_classes: int) -> int:
+    """The first named class that is not the label, else the "none" column."""
+    return next((c for c in answer_classes if c != label), n_classes)
+
+
+_WS = re.compile(r"\s+")
+
+
+def one_line(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+# --- the stage: `ex2 classify --vlm gen:…` ----------------------------------------------------------
+
+
+def check_config(config) -> None:
+    """Errors for a ClassifyConfig pairing a generative VLM with a dual-encoder method or back."""
+    from ex2.core.names import is_gvlm_name
+
+    generative = is_gvlm_name(config.vlm)
+    if generative and config.method not in GVLM_METHODS:
+        raise ValueError(f"--vlm {config.vlm} is a generative VLM; use --method {', '.join(GVLM_METHODS)}")
+    if not generative and config.method in GVLM_METHODS:
+        raise ValueError(f"--method {config.method} needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
+    parse_n_choices(config.n_choices)
+    if config.length_norm not in ("mean", "sum"):
+        raise ValueError(f"--length-norm must be mean or sum, not {config.length_norm!r}")
+    if not 0 < config.calibration_fraction < 1:
+        raise ValueError(f"--calibration-fraction must be between 0 and 1, got {config.calibration_fraction}")
+    if config.gen_backend == "vllm" and config.method == "likelihood":
+        raise ValueError("--gen-backend vllm answers open and closed questions; likelihood runs on transformers")
+    if config.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+
+
+def image_batches(items, batch_size: int, skipped: list, strict: bool = False, progress: bool = True,
+                  desc: str = "images"):
+    """Batches of ``(index, image, label, path)`` of the readable ``(path, label)`` items, read a batch
+    at a time (never the whole dataset in memory); unreadable files go to ``skipped`` with their
+    reason (raised when ``strict``)."""
+    from tqdm.auto import tqdm
+
+    from ex2.data import load_image
+
+    batch = []
+    for index, (path, label) in enumerate(tqdm(items, desc=desc, unit="img", disable=not progress)):
+        try:
+            image = load_image(path, strict=strict)
+        except FileNotFoundError as err:
+            if strict:
+                raise
+            image, reason = None, str(err)
+        else:
+            reason = "unreadable image"
+        if image is None:
+            skipped.append((Path(path), reason))
+            continue
+        batch.append((index, image, int(label), Path(path)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def evaluation_parts(config, dataset):
+    """``(evaluated, held_out)``: the images to score, and those estimating the class prior
+    (None without ``--calibrate``); never the same images."""
+    if config.method != "likelihood" or not config.calibrate:
+        return dataset, None
+    if config.calibration_split:
+        from ex2.data import load_dataset
+
+        if config.calibration_split == dataset.split:
+            raise ValueError(f"--calibration-split {config.calibration_split} is the evaluated split; "
+                             "name another split, or leave it out to hold out --calibration-fraction")
+        held = load_dataset(config.dataset, config.data_root, config.calibration_split)
+        if held.classnames != dataset.classnames:
+            raise ValueError(f"split {held.split} has other classes than split {dataset.split}")
+        return dataset, held
+    from ex2.probe.stage import split_per_class
+
+    held, rest = split_per_class(dataset, config.calibration_fraction, config.seed, "calibration")
+    return rest, held
+
+
+def likelihood_logits(vlm, items, classnames: Sequence[str], config, skipped: list, desc: str = "scoring"):
+    """``(logits [N, C], labels, paths)``: each class name scored as the answer prefix's continuation."""
+    from ex2.gvlm.backend import join_continuation
+
+    prompt = vlm.prompt(config.question, answer_prefix=config.answer_prefix)
+    continuations = [join_continuation(prompt, name) for name in classnames]
+    rows, labels, paths = [], [], []
+    for batch in image_batches(items, config.batch_size, skipped, config.strict, config.progress, desc):
+        rows.append(vlm.score_continuations([b[1] for b in batch], prompt, continuations, config.length_norm,
+                                            config.batch_size))
+        labels += [b[2] for b in batch]
+        paths += [b[3] for b in batch]
+    return (torch.cat(rows) if rows else torch.empty(0, len(classnames))), labels, paths
+
+
+def answerer(config, vlm):
+    """``answer(images, questions) -> answers``: greedy, through transformers or vLLM (loaded once)."""
+    if config.gen_backend == "vllm":
+        from ex2.gvlm.vllm_backend import VLLMAnswerer
+
+        return VLLMAnswerer(config.vlm, config.max_new_tokens)
+
+    def answer(images, questions):
+        prompts = [vlm.prompt(q) for q in questions]
+        return vlm.generate(images, prompts, config.max_new_tokens, config.batch_size)
+
+    return answer
+
+
+def collect_answers(answer, items, questions: list[str], config, skipped: list):
+    """``(indexes, labels, paths, answers)`` of the readable items, asked ``questions[index]``."""
+    indexes, labels, paths, answers = [], [], [], []
+    chunk = config.batch_size if config.gen_backend == "transformers" else max(256, config.batch_size)
+    for batch in image_batches(items, chunk, skipped, config.strict, config.progress, "answering"):
+        answers += answer([b[1] for b in batch], [questions[b[0]] for b in batch])
+        indexes += [b[0] for b in batch]
+        labels += [b[2] for b in batch]
+        paths += [b[3] for b in batch]
+    return indexes, labels, paths, answers
+
+
+def answer_records(config, labels, paths, answers, questions, choices, names) -> tuple[list[dict], list[bool], list[int]]:
+    """One record per image (question, answer, named classes, correctness); correctness and the
+    class counted as predicted."""
+    records, correct, predicted = [], [], []
+    n_classes = len(names)
+    for i, (label, path, answer) in enumerate(zip(labels, paths, answers, strict=True)):
+        among = choices[i] if choices else None
+        named = named_classes(answer, names, among=among)
+        ok = closed_correct(answer, label, among, names) if choices else open_correct(answer, label, names)
+        correct.append(ok)
+        predicted.append(label if ok else first_other(named, label, n_classes))
+        record = {"path": str(path), "label": names[label][0], "question": questions[i], "answer": answer,
+                  "named": [names[c][0] for c in named], "correct": ok}
+        if among is not None:
+            record["choices"] = [names[c][0] for c in among]
+        records.append(record)
+    return records, correct, predicted
+
+
+def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
+    """Open or closed answers: answers.jsonl, predictions.csv and the metrics."""
+    from ex2.classify.stage import _write_csv
+    from ex2.core.io import write_jsonl
+
+    choices = None
+    if config.method == "closed":
+        n_choices = parse_n_choices(config.n_choices, len(names))
+        choices = draw_choices([label for _, label in items], len(names), n_choices, config.seed)
+        questions = [closed_question(config.question, [names[c][0] for c in ch]) for ch in choices]
+    else:
+        questions = [config.question] * len(items)
+    indexes, labels, paths, answers = collect_answers(answerer(config, vlm), items, questions, config, skipped)
+    if choices is not None:
+        choices = [choices[i] for i in indexes]
+    records, correct, predicted = answer_records(config, labels, paths, answers, [questions[i] for i in indexes],
+                                                 choices, names)
+    write_jsonl(out / "answers.jsonl", records)
+    _write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
+               [[r["path"], r["label"], names[p][0] if p < len(names) else "", int(r["correct"]), one_line(r["answer"])]
+                for r, p in zip(records, predicted, strict=True)])
+    metrics = answer_metrics(correct, labels, predicted, len(names)) if labels else {}
+    metrics.update(question=config.question, gen_backend=config.gen_backend, max_new_tokens=config.max_new_tokens,
+                   n_images=len(labels))
+    if choices is not None:
+        metrics.update(n_choices=config.n_choices, choice_seed=config.seed)
+    return metrics
+
+
+def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list) -> dict:
+    """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
+    from ex2.classify.stage import Evaluation, write_tables
+
+    logits, labels, paths = likelihood_logits(vlm, items, classnames, config, skipped)
+    info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
+                  "question": config.question, "calibrated": held is not None, "n_images": len(labels)}
+    if not labels:
+        return info
+    if held is not None:
+        held_skipped: list = []
+        held_logits, _, _ = likelihood_logits(vlm, held.items, classnames, config, held_skipped, "calibrating")
+        prior = class_prior(held_logits)
+        logits = calibrate(logits, prior)
+        info.update(calibration_split=held.split, n_calibration_images=len(held_logits),
+                    class_prior=dict(zip(classnames, prior.tolist(), strict=True)))
+    label_tensor = torch.tensor(labels, dtype=torch.long)
+    metrics = zeroshot.classification_metrics(logits, label_tensor)
+    result = Evaluation([[c] for c in classnames], torch.empty(0), torch.empty(0), logits, metrics)
+    write_tables(out, list(classnames), result, label_tensor, paths)
+    return {**metrics, **info}
+
+
+def run(config, vlm=None, dataset=None) -> Path:
+    """``ex2 classify`` for a generative VLM; writes the run folder and returns it."""
+    from ex2.core.config import save_config
+    from ex2.core.io import write_json
+    from ex2.data import load_dataset
+
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
+    names = read_synonyms(config.classnames, dataset.classnames) if config.classnames else [[c] for c in dataset.classnames]
+    if config.method == "closed":
+        parse_n_choices(config.n_choices, len(names))
+    evaluated, held = evaluation_parts(config, dataset)  # bad input fails before the model loads
+    if config.gen_backend == "vllm":
+        from ex2.gvlm.vllm_backend import import_vllm
+
+        import_vllm()
+    elif vlm is None:
+        from ex2.gvlm.backend import load_gvlm
+
+        vlm = load_gvlm(config.vlm, config.device, config.precision)
+    skipped: list = []
+    if config.method == "likelihood":
+        scores = run_likelihood(config, vlm, evaluated.items, dataset.classnames, held, out, skipped)
+    else:
+        scores = run_answers(config, vlm, evaluated.items, names, out, skipped)
+    if not scores["n_images"]:
+        raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
+    if skipped:
+        from ex2.classify.stage import _write_csv
+
+        _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in skipped])
+    metrics = {"dataset": config.dataset, "split": evaluated.split, "vlm": config.vlm,
+               "vlm_identity": getattr(vlm, "identity", config.vlm), "method": config.method,
+               "descriptions": None, "categories": None, **scores,
+               "n_classes": len(dataset.classnames), "n_skipped_images": len(skipped)}
+    if config.classnames:
+        metrics["classnames"] = str(config.classnames)
+    write_json(out / "metrics.json", metrics)
+    acc5 = "" if metrics["acc5"] is None else f", top-5 {metrics['acc5']:.1%}"
+    print(f"{config.method} on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}{acc5} "
+          f"({metrics['n_images']} images) -> {out / 'metrics.json'}")
+    return out

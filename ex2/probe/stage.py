@@ -1,0 +1,230 @@
+"""Linear probes on a VLM's image features: ``ex2 probe``.
+
+    ex2 probe --dataset samples --vlm conse --output runs/probe/conse
+    ex2 probe --dataset pets --data-root DIR --vlm ViT-B-32:openai --train-split trainval --test-split test
+    ex2 probe --dataset cub --data-root DIR --vlm gen:llava-hf/llava-1.5-7b-hf --pool last --layer -1
+
+Features come from any ex2 VLM: a dual encoder's image tower (:func:`ex2.vlm.embed_images`, with
+its disk cache) or a generative VLM's hidden states (:meth:`ex2.gvlm.GenerativeVLM.features`,
+the prompt ``--question`` about the image; ``--layer`` and ``--pool last|mean``), as in Zhang et
+al.'s probes. A multinomial logistic regression (scikit-learn, on standardised features) is
+fitted on the train images for every ``--c`` in the grid; the ``C`` with the best validation
+accuracy is refitted on train + validation and reported on the test images.
+
+Splits: ``--train-split``/``--val-split``/``--test-split`` name dataset splits; a missing one is
+carved out of the split before it, per class and seeded (``--val-fraction``, ``--test-fraction``),
+so a dataset with one split (``samples``) gives three disjoint parts. The run folder holds
+``metrics.json`` (``acc1``, ``acc5``, ``mean_per_class_recall`` on test, the validation curve),
+``predictions.csv`` and the resolved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ex2.core.config import option, save_config
+from ex2.core.io import atomic_open, write_json
+
+DEFAULT_CS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on a VLM's image features: fit on train, choose C on validation, report on test."""
+
+    dataset: str = option("samples", "dataset name (see `ex2 ls`)")
+    data_root: str | None = option(None, "folder holding the dataset (not needed for samples)")
+    train_split: str | None = option(None, "split to fit on; default: the dataset's evaluation split, "
+                                     "carved into train/val/test")
+    val_split: str | None = option(None, "split to choose C on; default: --val-fraction of the train split")
+    test_split: str | None = option(None, "split to report on; default: --test-fraction of the train split")
+    val_fraction: float = option(0.25, "share of each class's train images held out for validation "
+                                 "when --val-split is not given")
+    test_fraction: float = option(0.25, "share of each class's train images held out for test "
+                                  "when --test-split is not given")
+    vlm: str = option("conse", "VLM whose image features are probed: a dual encoder or gen:… (see `ex2 ls`)")
+    device: str | None = option(None, "torch device; default: CUDA when available")
+    precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
+    question: str = option("What type of object is in this photo?", "gen: the prompt about the image")
+    layer: int = option(-1, "gen: hidden-state index (0 = embeddings, -1 = last layer)")
+    pool: str = option("last", "gen: last (the prompt's last token) or mean (over its tokens)")
+    c: list[float] = option(DEFAULT_CS, "inverse regularisation strengths to try (chosen on validation)")
+    max_iter: int = option(1000, "iterations of the logistic-regression solver")
+    seed: int = option(0, "seed of the train/val/test carving and the solver")
+    batch_size: int = option(32, "images per forward pass")
+    cache: bool = option(True, "reuse and fill the on-disk image-embedding cache (dual encoders)")
+    progress: bool = option(True, "show progress bars")
+    output: str = option("runs/probe", "run folder to write")
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        if not self.c or any(value <= 0 for value in self.c):
+            raise ValueError(f"--c needs positive values, got {self.c}")
+        if self.pool not in ("last", "mean"):
+            raise ValueError(f"--pool must be last or mean, not {self.pool!r}")
+        for name in ("max_iter", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+
+def split_per_class(dataset, fraction: float, seed: int, part: str = "held out"):
+    """``(held, rest)``: ``fraction`` of each class's images (at least one, leaving at least one),
+    drawn with a generator seeded per class, as two datasets over the same classes."""
+    held, rest = [], []
+    for class_id, name in enumerate(dataset.classnames):
+        paths = dataset.paths_of(class_id)
+        if len(paths) < 2:
+            raise ValueError(f"{dataset.name} ({dataset.split}): class {name!r} has {len(paths)} image(s); "
+                             f"at least two are needed to hold some out as {part}")
+        shuffled = random.Random(f"{seed}:{class_id}").sample(paths, len(paths))
+        count = min(len(paths) - 1, max(1, round(fraction * len(paths))))
+        held += [(p, class_id) for p in sorted(shuffled[:count])]
+        rest += [(p, class_id) for p in sorted(shuffled[count:])]
+    return (replace(dataset, split=f"{dataset.split}[{part}]", items=held),
+            replace(dataset, split=f"{dataset.split}[rest]", items=rest))
+
+
+def probe_splits(config: ProbeConfig):
+    """``(train, val, test)`` datasets per the config (see the module docstring)."""
+    from ex2.data import load_dataset
+
+    train = load_dataset(config.dataset, config.data_root, config.train_split)
+    if config.test_split:
+        test = load_dataset(config.dataset, config.data_root, config.test_split)
+    else:
+        test, train = split_per_class(train, config.test_fraction, config.seed, "test")
+    if config.val_split:
+        val = load_dataset(config.dataset, config.data_root, config.val_split)
+    else:
+        val, train = split_per_class(train, config.val_fraction / (1 - (0 if config.test_split else config.test_fraction)),
+                                     config.seed + 1, "val")
+    overlap = {p for p, _ in train.items} & ({p for p, _ in val.items} | {p for p, _ in test.items})
+    if overlap or {p for p, _ in val.items} & {p for p, _ in test.items}:
+        raise ValueError("the train, validation and test images overlap; name three different splits")
+    return train, val, test
+
+
+# --- features ------------------------------------------------------------------------------------
+
+
+def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+    """``(features [N, D], labels [N], paths)`` of the dataset's readable images."""
+    from ex2.gvlm import GenerativeVLM
+
+    if isinstance(model, GenerativeVLM):
+        from ex2.classify.generative import image_batches
+
+        prompt, rows, labels, paths = model.prompt(config.question), [], [], []
+        for batch in image_batches(dataset.items, config.batch_size, [], progress=config.progress, desc="features"):
+            rows.append(model.features([b[1] for b in batch], prompt, config.layer, config.pool, config.batch_size))
+            labels += [b[2] for b in batch]
+            paths += [b[3] for b in batch]
+        features = torch.cat(rows) if rows else torch.empty(0, 0)
+        return features, torch.tensor(labels, dtype=torch.long), paths
+    from ex2.vlm import embed_images
+
+    label_of = dict(dataset.items)
+    embedded = embed_images(model, [p for p, _ in dataset.items], cache=config.cache,
+                            batch_size=config.batch_size, progress=config.progress)
+    labels = torch.tensor([label_of[p] for p in embedded.paths], dtype=torch.long)
+    return embedded.embeddings.float(), labels, list(embedded.paths)
+
+
+# --- the probe -----------------------------------------------------------------------------------
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, c: float, max_iter: int = 1000, seed: int = 0):
+    """A standardised multinomial logistic regression with inverse regularisation ``c``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+    return probe.fit(features.numpy(), labels.numpy())
+
+
+def probe_logits(probe, features: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``[N, C]`` decision scores over all dataset classes (classes unseen in training get -inf)."""
+    classes = probe[-1].classes_
+    scores = probe.decision_function(features.numpy())
+    scores = scores[:, None] if scores.ndim == 1 else scores
+    if len(classes) == 2:  # binary: one column, the score of classes[1]
+        scores = torch.tensor(scores).float() * torch.tensor([[-0.5, 0.5]])
+    out = torch.full((len(features), n_classes), float("-inf"))
+    out[:, torch.as_tensor(classes, dtype=torch.long)] = torch.as_tensor(scores).float()
+    return out
+
+
+def choose_c(train, val, cs: list[float], n_classes: int, max_iter: int, seed: int) -> tuple[float, dict]:
+    """The C with the best validation accuracy (the smallest among ties), and every C's accuracy."""
+    from ex2.classify.zeroshot import topk_accuracy
+
+    curve = {}
+    for c in cs:
+        probe = fit_probe(*train, c, max_iter, seed)
+        curve[c] = topk_accuracy(probe_logits(probe, val[0], n_classes), val[1], 1)
+    best = max(sorted(cs), key=lambda c: curve[c])
+    return best, curve
+
+
+def run(config: ProbeConfig, model=None) -> Path:
+    """Fit, choose and report a linear probe; write the run folder and return it."""
+    from ex2.classify.zeroshot import classification_metrics
+
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+    train, val, test = probe_splits(config)  # bad splits fail before any model loads
+    model = model or _load_model(config)
+    n_classes = len(train.classnames)
+    parts = {}
+    for name, dataset in (("train", train), ("val", val), ("test", test)):
+        parts[name] = image_features(model, dataset, config)
+        if len(parts[name][1]) == 0:
+            raise ValueError(f"{dataset.name} ({dataset.split}): no readable images for the {name} part")
+    best, curve = choose_c(parts["train"][:2], parts["val"][:2], config.c, n_classes, config.max_iter, config.seed)
+    features = torch.cat([parts["train"][0], parts["val"][0]])
+    labels = torch.cat([parts["train"][1], parts["val"][1]])
+    probe = fit_probe(features, labels, best, config.max_iter, config.seed)
+    logits = probe_logits(probe, parts["test"][0], n_classes)
+    metrics = {
+        "dataset": config.dataset, "split": test.split, "vlm": config.vlm, "vlm_identity": model.identity,
+        "method": "linear_probe", **classification_metrics(logits, parts["test"][1]),
+        "n_images": len(parts["test"][1]), "n_classes": n_classes,
+        "n_train": len(parts["train"][1]), "n_val": len(parts["val"][1]), "feature_dim": int(features.shape[1]),
+        "c": best, "val_acc1": {str(c): acc for c, acc in curve.items()},
+    }
+    from ex2.gvlm import GenerativeVLM
+
+    if isinstance(model, GenerativeVLM):
+        metrics.update(layer=config.layer, pool=config.pool, question=config.question)
+    _write_predictions(out / "predictions.csv", parts["test"][2], parts["test"][1], logits, train.classnames)
+    write_json(out / "metrics.json", metrics)
+    print(f"linear probe on {config.dataset} with {config.vlm} (C={best}): top-1 {metrics['acc1']:.1%} "
+          f"({metrics['n_images']} test images) -> {out / 'metrics.json'}")
+    return out
+
+
+def _load_model(config: ProbeConfig):
+    from ex2.vlm import load_vlm
+
+    return load_vlm(config.vlm, config.device, config.precision)
+
+
+def _write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, logits: torch.Tensor,
+                       classnames: list[str]) -> None:
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "prediction", "correct"])
+        for p, y, k in zip(paths, labels.tolist(), logits.argmax(1).tolist(), strict=True):
+            writer.writerow([str(p), classnames[y], classnames[k], int(y == k)])

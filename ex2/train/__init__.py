@@ -1,0 +1,1 @@
+"""ex2 train: GRPO + LoRA against a VLM reward (stage), its held-out evaluation (evaluation) and trainer callbacks (callbacks)."""
