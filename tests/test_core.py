@@ -8,6 +8,7 @@ import typing
 import pytest
 import torch
 
+from ex2.core import devices
 from ex2.core.devices import dtype_name, resolve_device, resolve_dtype
 from ex2.core.registry import LazyRegistry, load_object, split_reference
 
@@ -57,6 +58,21 @@ def test_vllm_dtype_resolves_auto_like_every_other_stage(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, bf16=bf16, **kwargs: bf16)
         assert vllm_engine_kwargs("/models/base", None)["dtype"] == name
     assert vllm_engine_kwargs("/models/base", None, dtype="fp32")["dtype"] == "float32"
+    assert "enforce_eager" not in vllm_engine_kwargs("/models/base", None)  # CUDA keeps its graphs
+
+
+def test_vllm_on_a_cpu_takes_the_cpu_dtype_an_eager_engine_and_a_small_kv_cache(monkeypatch):
+    from ex2.llm.samplers import VLLM_CPU_KV_CACHE_BYTES, vllm_engine_kwargs
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    for native, fast in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(devices, "native_bf16", lambda *args, native=native: native)
+        assert vllm_engine_kwargs("/m", None, dtype="fast", device="cpu")["dtype"] == fast
+        assert vllm_engine_kwargs("/m", None, dtype="auto", device="cpu")["dtype"] == "float32"  # never fp16
+    engine = vllm_engine_kwargs("/m", None, device="cpu")
+    assert engine["enforce_eager"] is True and engine["kv_cache_memory_bytes"] == VLLM_CPU_KV_CACHE_BYTES
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # vLLM's own setting wins
+    assert "kv_cache_memory_bytes" not in vllm_engine_kwargs("/m", None, device="cpu")
 
 
 def test_lazy_registry_imports_only_the_chosen_entry():

@@ -106,11 +106,12 @@ def test_lora_targets_per_architecture():
     assert (custom.r, custom.lora_alpha, sorted(custom.target_modules)) == (8, 16, ["q_proj", "v_proj"])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_quantization_needs_cuda():
-    assert quantization_config("none") is None
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        quantization_config("8bit")
+def test_quantization_computes_in_the_run_precision():
+    pytest.importorskip("bitsandbytes")
+    assert quantization_config(TrainConfig()) is None
+    four = quantization_config(TrainConfig(quantization="4bit", precision="bf16"))
+    assert four.load_in_4bit and four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config(TrainConfig(quantization="8bit")).load_in_8bit
 
 
 def test_config_errors_say_how_to_fix():

@@ -160,7 +160,7 @@ class ClassifyConfig:
     calibration_fraction: float = option(0.2, "likelihood: share of each class's images held out for the prior")
     max_new_tokens: int = option(64, "open/closed: answer length limit in tokens")
     gen_backend: Literal["transformers", "vllm"] = option(
-        "transformers", "open/closed: generate with transformers or vLLM (GPU, pip install 'ex2[vllm]')"
+        "transformers", "open/closed: generate with transformers or vLLM (CUDA or vLLM's CPU build, README: vLLM)"
     )
 
     def __post_init__(self) -> None:

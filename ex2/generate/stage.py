@@ -85,8 +85,8 @@ class GenerateConfig:
     llm: str = llm_option()
     adapter: str | None = option(None, "PEFT LoRA adapter folder, or an `ex2 train` run folder (its adapter/, "
                                        "else its latest checkpoint-N); none: the base model alone")
-    sampler: Literal["transformers", "vllm"] = option("transformers", "transformers (CPU/GPU) or vllm "
-                                                      "(GPU, pip install 'ex2[vllm]')")
+    sampler: Literal["transformers", "vllm"] = option("transformers", "transformers or vllm (CUDA: pip "
+                                                      "install 'ex2[vllm]'; CPU: vLLM's CPU build, README: vLLM)")
     output: str = option("runs/generate/descriptions.jsonl", "output JSONL file, one description a line")
     samples_per_template: int = option(1, "descriptions sampled per (concept, template)")
     max_new_tokens: int = option(32, "most tokens generated per description")

@@ -1,4 +1,4 @@
-"""Open and closed answers through vLLM (GPU, ``pip install 'ex2[vllm]'``), imported only when chosen."""
+"""Open and closed answers through vLLM (CUDA or its CPU build; README: vLLM), imported only when chosen."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ from ex2.vlm.offline import hub_offline
 
 
 def import_vllm():
-    """The vllm module, or an error (a ValueError too, so the CLI prints it) naming the extra."""
-    from ex2.llm.samplers import MissingExtraError
+    """The vllm module, or an error (a ValueError too, so the CLI prints it) naming how to install it."""
+    from ex2.llm.samplers import import_vllm as import_or_explain
 
-    try:
-        import vllm
-    except ImportError as err:
-        raise MissingExtraError(
-            "--gen-backend vllm needs vllm and a CUDA GPU: pip install 'ex2[vllm]' (or use --gen-backend transformers)"
-        ) from err
-    return vllm
+    return import_or_explain("--gen-backend vllm", "--gen-backend transformers")
 
 
 class VLLMAnswerer:
@@ -31,10 +25,12 @@ class VLLMAnswerer:
         self.vllm = import_vllm()
         from transformers import AutoProcessor
 
+        from ex2.llm.samplers import vllm_device_kwargs
+
         model = parse_gvlm_name(name).model
         with hub_offline():
             self.processor = AutoProcessor.from_pretrained(model)
-            self.llm = self.vllm.LLM(model=model, limit_mm_per_prompt={"image": 1})
+            self.llm = self.vllm.LLM(model=model, limit_mm_per_prompt={"image": 1}, **vllm_device_kwargs())
         self.sampling = self.vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
 
     def __call__(self, images: Sequence[PIL.Image.Image], questions: Sequence[str]) -> list[str]:

@@ -71,7 +71,7 @@ class KnowledgeConfig:
     kinds: list[str] = option(list(KINDS), f"knowledge to gather: {', '.join(KINDS)} (comma-separated too)")
     llm: str = option("smollm2", f"base LLM: {LLM_FORMS}")
     adapter: str | None = option(None, "PEFT LoRA adapter folder or `ex2 train` run folder; none: the base LLM")
-    sampler: Literal["transformers", "vllm"] = option("transformers", "transformers or vllm (GPU)")
+    sampler: Literal["transformers", "vllm"] = option("transformers", "transformers or vllm (CUDA or vLLM's CPU build)")
     vlm: str = option("conse", "VLM whose text space picks pairs, filters analogues and picks synsets")
     pairs: str = option("nearest:3", "one-vs-one pairs: nearest:K = each class's K nearest classes by "
                                      "the VLM's class-name embeddings (both orders asked)")

@@ -124,6 +124,37 @@ def load_llm(name: str, device: str | None = None, dtype: str = "auto"):
     return model.to(target).eval(), load_tokenizer(name)
 
 
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def import_bitsandbytes():
+    """The bitsandbytes module, or an error naming the extra that installs it."""
+    try:
+        import bitsandbytes
+    except ImportError as err:
+        raise ValueError("4-bit and 8-bit quantization need bitsandbytes (CPU or GPU): "
+                         "pip install 'ex2[quant]'") from err
+    return bitsandbytes
+
+
+def quantization_config(mode: str, compute_dtype: torch.dtype = torch.float32):
+    """A bitsandbytes config for QLoRA: ``8bit`` (LLM.int8) or ``4bit`` (NF4 with double quantization,
+    the QLoRA paper's); None for ``none``. bitsandbytes runs on CUDA and, from 0.49, on the CPU;
+    ``compute_dtype`` is the dtype 4-bit layers compute in: the run's own precision
+    (:func:`ex2.core.devices.resolve_dtype`: bf16 or fp16 on CUDA, fp32 on a CPU without native bf16)."""
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {mode!r}")
+    if mode == "none":
+        return None
+    import_bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 def uses_chat_template(tokenizer) -> bool:
     """Instruct models answer through their chat template; base models take EX2's raw format."""
     return bool(getattr(tokenizer, "chat_template", None))

@@ -6,7 +6,7 @@ Two backends share one interface, ``sampler.generate(prompt_ids, seeds) -> list[
                   (optionally merged in memory). Each prompt draws its random numbers from its own
                   seed, so a completion does not depend on which batch it landed in.
 ``vllm``          the base model with ``enable_lora=True`` and the adapter as a ``LoRARequest``;
-                  needs ``pip install 'ex2[vllm]'`` and a GPU.
+                  on a GPU ``pip install 'ex2[vllm]'``, on a CPU vLLM's CPU build (README, "vLLM").
 
 Backends are registered as "module:Class" strings and imported only when chosen::
 
@@ -17,6 +17,7 @@ Backends are registered as "module:Class" strings and imported only when chosen:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from transformers import LogitsProcessor
 
-from ex2.core.devices import dtype_name, resolve_dtype
+from ex2.core.devices import dtype_name, resolve_device, resolve_dtype
 from ex2.core.registry import LazyRegistry
 
 # sampler name -> "module:Class"
@@ -238,15 +239,16 @@ class TransformersSampler:
 # --- vllm -----------------------------------------------------------------------------------
 
 
-def import_vllm():
-    """The vllm module, or an error naming the extra that installs it."""
+VLLM_INSTALL = ("pip install 'ex2[vllm]' on a CUDA machine; on a CPU, vLLM's CPU build in its own venv "
+                "(make vllm-venv, README: vLLM)")
+
+
+def import_vllm(what: str = "the vllm sampler", instead: str = "--sampler transformers"):
+    """The vllm module, or an error naming how to install it (and what to use instead)."""
     try:
         import vllm
     except ImportError as err:
-        raise MissingExtraError(
-            "the vllm sampler needs vllm and a CUDA GPU: pip install 'ex2[vllm]' "
-            "(or use --sampler transformers)"
-        ) from err
+        raise MissingExtraError(f"{what} needs vLLM: {VLLM_INSTALL} (or use {instead})") from err
     return vllm
 
 
@@ -258,12 +260,28 @@ def vllm_max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} exceeds the largest rank vllm serves ({VLLM_LORA_RANKS[-1]})")
 
 
-def vllm_engine_kwargs(model_path: str, adapter: Path | None, seed: int = 0,
-                       dtype: str = "auto") -> dict[str, Any]:
-    """Arguments for ``vllm.LLM``: the base model, with LoRA enabled when an adapter is given.
-    ``dtype`` resolves as on any CUDA device (:func:`ex2.core.devices.resolve_dtype`)."""
+VLLM_CPU_KV_CACHE_BYTES = 1 << 30  # KV cache on a CPU: 1 GiB holds ~46k tokens of SmolLM2, ~8k of a 7B
+
+
+def vllm_device_kwargs(dtype: str = "auto", device: str | None = None) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments for the device: ``dtype`` resolved on it as everywhere
+    (:func:`ex2.core.devices.resolve_dtype`: on a CPU fp32, or bf16 with ``fast`` where native); on a CPU
+    an eager engine (no torch.compile: a start costs seconds, not minutes) and a fixed KV cache instead
+    of 92% of the machine's memory (``VLLM_CPU_KVCACHE_SPACE``, in GiB, overrides it)."""
+    target = resolve_device(device)
+    kwargs: dict[str, Any] = {"dtype": dtype_name(resolve_dtype(dtype, target))}
+    if target.type == "cpu":
+        kwargs["enforce_eager"] = True
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kwargs["kv_cache_memory_bytes"] = VLLM_CPU_KV_CACHE_BYTES
+    return kwargs
+
+
+def vllm_engine_kwargs(model_path: str, adapter: Path | None, seed: int = 0, dtype: str = "auto",
+                       device: str | None = None) -> dict[str, Any]:
+    """Arguments for ``vllm.LLM``: the base model, with LoRA enabled when an adapter is given."""
     kwargs: dict[str, Any] = {"model": model_path, "seed": seed, "max_model_len": 2048,
-                              "dtype": dtype_name(resolve_dtype(dtype, "cuda"))}
+                              **vllm_device_kwargs(dtype, device)}
     if adapter is not None:
         kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(adapter_rank(adapter)), max_loras=1)
     return kwargs
@@ -310,7 +328,7 @@ class VLLMSampler:
         self.tokenizer = load_tokenizer(llm)
         self.eos_ids = eos_token_ids(self.tokenizer)
         adapter = Path(adapter) if adapter is not None else None
-        self.engine = vllm.LLM(**vllm_engine_kwargs(resolve_llm(llm), adapter, seed, dtype))
+        self.engine = vllm.LLM(**vllm_engine_kwargs(resolve_llm(llm), adapter, seed, dtype, device))
         lora = vllm_lora_args(adapter)
         self.lora_request = LoRARequest(*lora) if lora else None
         self.sampling_params = vllm.SamplingParams

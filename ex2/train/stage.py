@@ -47,7 +47,7 @@ each (16,000 on 32,000 completions)    with the rows above, 1000 generations of 
 ``top_p=1.0``, sampling                ``--temperature 1``
 LoRA r=16, α=32, dropout 0.05          ``--lora-r 16 --lora-alpha 32 --lora-dropout 0.05`` (EX2 used
                                        peft's default targets, q_proj/v_proj; ours add k/o_proj)
-``load_in_8bit=True``                  ``--quantization 8bit`` (bitsandbytes, CUDA only)
+``load_in_8bit=True``                  ``--quantization 8bit`` (bitsandbytes, CPU or CUDA)
 ``num_images_for_reward=256``          ``--images-per-class 256``
 ``save_freq=20`` (batches)             ``--save-steps 320`` (updates)
 ``use_score_scaling/norm=False``       ``--scale-rewards group`` (GRPO's per-group std; ``none``
@@ -144,7 +144,8 @@ class TrainConfig:
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
     lora_target_modules: list[str] | None = option(None, "LoRA target modules (default: per architecture)")
-    quantization: Literal["none", "4bit", "8bit"] = option("none", "QLoRA base weights (CUDA + ex2[quant])")
+    quantization: Literal["none", "4bit", "8bit"] = option("none", "QLoRA: base weights in 4 or 8 bits "
+                                                                     "(bitsandbytes, CPU or CUDA: pip install 'ex2[quant]')")
     precision: Literal["auto", "fast", "fp32", "bf16", "fp16"] = option(
         "auto", "weights and trl's bf16/fp16 defaults (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU; "
         "fast: bf16 also on CPUs that compute it natively)")
@@ -337,24 +338,12 @@ def lora_config(model_type: str, r: int = 16, alpha: int = 32, dropout: float = 
                       target_modules=targets)
 
 
-def quantization_config(mode: str):
-    """A bitsandbytes config for 4-bit/8-bit QLoRA; CUDA and the ``quant`` extra are required."""
-    if mode == "none":
-        return None
-    import torch
+def quantization_config(config: TrainConfig):
+    """bitsandbytes' config for ``--quantization`` (CPU or CUDA), computing in the run's precision."""
+    from ex2.core.devices import resolve_dtype
+    from ex2.llm.models import quantization_config as bnb_config
 
-    if not torch.cuda.is_available():
-        raise ValueError(f"--quantization {mode} needs a CUDA GPU (bitsandbytes); use --quantization none on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise ValueError(f"--quantization {mode} needs bitsandbytes: pip install 'ex2[quant]'") from err
-    from transformers import BitsAndBytesConfig
-
-    if mode == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return bnb_config(config.quantization, resolve_dtype(config.precision))
 
 
 def check_vllm(args) -> None:
@@ -473,7 +462,7 @@ def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, call
         from trl import GRPOTrainer as Trainer
     trainer = Trainer(
         model=model_path, reward_funcs=reward, args=args, train_dataset=train_data,
-        processing_class=tokenizer, callbacks=callbacks, quantization_config=quantization_config(config.quantization),
+        processing_class=tokenizer, callbacks=callbacks, quantization_config=quantization_config(config),
         peft_config=lora_config(model_type, config.lora_r, config.lora_alpha, config.lora_dropout,
                                 config.lora_target_modules),
     )
@@ -502,7 +491,7 @@ def _run(config: TrainConfig, args) -> Path:
 
     check_output_path(args.output_dir, "folder")
     check_vllm(args)
-    quantization_config(config.quantization)  # fail before loading anything
+    quantization_config(config)  # fail before loading anything
     reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
     dataset = load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     train_templates, heldout = split_templates(load_templates(config.templates), config.heldout_templates,
