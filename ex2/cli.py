@@ -37,6 +37,7 @@ def _usage() -> str:
     lines = ["usage: ex2 <command> [options]   (ex2 <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<9} {summary}" for name, (_, summary) in STAGES.items()]
     lines.append(f"  {'ls':<9} list the VLMs, LLMs, datasets and template sets ex2 knows")
+    lines.append(f"  {'env':<9} versions, and the engines usable here (CUDA, bf16, bitsandbytes, vLLM, ...)")
     return "\n".join(lines)
 
 
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "ls":
         print(list_known())
+        return 0
+    if command == "env":
+        from ex2.env import report
+
+        print(report())
         return 0
     if command not in STAGES:
         print(f"ex2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)

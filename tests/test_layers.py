@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inspect", ("ex2.inspect",)),
     ("classify", ("ex2.classify", "ex2.probe", "ex2.annotate", "ex2.finetune")),
     ("report", ("ex2.report",)),
-    ("app", ("ex2.demo", "ex2.cli")),
+    ("app", ("ex2.demo", "ex2.cli", "ex2.env")),
 ]
 
 

@@ -347,9 +347,20 @@ def quantization_config(config: TrainConfig):
 
 
 def check_vllm(args) -> None:
+    """``--use-vllm`` (trl's in-training generation) needs vLLM and, for now, CUDA: on vLLM's CPU build trl
+    1.16 builds the engine, then fails at its first weight sync (the CPU backend repacks linear weights,
+    which lose the ``weight_loader`` trl loads through), and trl accepts vLLM 0.22-0.31 only."""
     import importlib.util
 
-    if args.use_vllm and importlib.util.find_spec("vllm") is None:
+    import torch
+
+    if not args.use_vllm:
+        return
+    if not torch.cuda.is_available():
+        raise ValueError("--use-vllm needs a CUDA GPU: on vLLM's CPU build trl's weight sync fails (the CPU backend "
+                         "repacks linear weights); train without --use-vllm (trl generates with transformers) "
+                         "and sample afterwards with ex2 generate --sampler vllm")
+    if importlib.util.find_spec("vllm") is None:
         raise ValueError("--use-vllm needs vLLM: pip install 'ex2[vllm]'")
 
 

@@ -1,0 +1,145 @@
+"""vLLM for real, on its CPU build: ``ex2 generate --sampler vllm`` on the embedded SmolLM2, with and without
+a LoRA adapter, resumed after a kill, seeded, in EX2's legacy JSON; and ``--gen-backend vllm`` on a tiny
+random LLaVA. They run in the vLLM venv (``make test-vllm``) and skip elsewhere.
+
+Each ``ex2`` run is a subprocess in its own session, so the engine's worker processes end with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ex2.core.io import read_jsonl
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CACHE = Path(os.environ.get("EX2_TEST_CACHE", Path.home() / ".cache" / "ex2-test"))
+CONCEPTS = 2  # samples' first two classes x describe25: 50 descriptions, 5 batches of 10
+
+
+def ex2_env() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": str(REPO), "EX2_CACHE": str(SHARED_CACHE), "HF_HUB_OFFLINE": "1"}
+
+
+def run_ex2(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``ex2 ARGV`` in a session of its own; whatever it leaves running (vLLM's engine) is killed after."""
+    proc = subprocess.Popen([sys.executable, "-m", "ex2.cli", *argv], cwd=REPO, env=ex2_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_session(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def generate_argv(output: Path, *extra: str) -> list[str]:
+    return ["generate", "--llm", "smollm2", "--dataset", "samples", "--limit-concepts", str(CONCEPTS),
+            "--sampler", "vllm", "--max-new-tokens", "8", "--batch-size", "10", "--seed", "3",
+            "--output", str(output), *extra]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """One complete vLLM run of the base model, with EX2's legacy JSON beside it."""
+    out = tmp_path_factory.mktemp("vllm-base") / "base.jsonl"
+    proc = run_ex2(*generate_argv(out, "--legacy-json", str(out.with_suffix(".json"))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_adapter(tmp_path_factory) -> Path:
+    """A LoRA adapter (rank 8, random non-zero B) on SmolLM2's attention, saved as PEFT saves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ex2.llm.models import resolve_llm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EX2_CACHE", str(SHARED_CACHE))
+        model = AutoModelForCausalLM.from_pretrained(resolve_llm("smollm2"))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(model, lora).save_pretrained(folder)
+    return folder
+
+
+def test_vllm_generates_every_description_and_ex2s_legacy_json(base_run):
+    records = read_jsonl(base_run)
+    assert len(records) == CONCEPTS * 25 and {r["adapter"] for r in records} == {None}
+    assert sum(bool(r["description"]) for r in records) > len(records) // 2  # SmolLM2 writes text
+    legacy = json.loads(base_run.with_suffix(".json").read_text())
+    assert [len(per_class) for per_class in legacy] == [25] * CONCEPTS  # EX2's list per class, raw texts
+    assert [raw for per_class in legacy for raw in per_class] == [r["raw"] for r in records]
+
+
+def test_same_seed_same_file_after_a_kill_and_a_resume(base_run, tmp_path):
+    out = tmp_path / "killed.jsonl"
+    script = (  # the run kills itself while sampling its third batch, as a crash would
+        "import os, signal\n"
+        "from ex2.cli import main\n"
+        "from ex2.llm.samplers import VLLMSampler\n"
+        "real, calls = VLLMSampler.generate, []\n"
+        "def killer(self, ids, seeds):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(self, ids, seeds)\n"
+        "VLLMSampler.generate = killer\n"
+        f"main({generate_argv(out)!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=ex2_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    from ex2.core.io import partial_path
+
+    assert not out.exists() and len(read_jsonl(partial_path(out))) == 1 + 2 * 10  # settings + 2 batches
+    resumed = run_ex2(*generate_argv(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_jsonl(out) == read_jsonl(base_run)  # same seed, same file, however it was reached
+
+
+def test_vllm_serves_the_adapter_per_request(base_run, smollm2_adapter, tmp_path):
+    out = tmp_path / "lora.jsonl"
+    proc = run_ex2(*generate_argv(out, "--adapter", str(smollm2_adapter)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records, base = read_jsonl(out), read_jsonl(base_run)
+    assert {r["adapter"] for r in records} == {str(smollm2_adapter)}
+    assert [r["seed"] for r in records] == [r["seed"] for r in base]
+    assert [r["raw"] for r in records] != [r["raw"] for r in base]  # the LoRA request changed the model
+
+
+def test_gen_backend_vllm_answers_with_a_tiny_llava(tmp_path):
+    from ex2.gvlm.testing import build_tiny_llava
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EX2_CACHE", str(SHARED_CACHE))
+        model = build_tiny_llava(tmp_path / "llava", hidden=64)  # head size 32: vLLM's CPU attention has it
+    out = tmp_path / "open"
+    proc = run_ex2("classify", "--vlm", f"gen:local-dir:{model}", "--method", "open", "--gen-backend", "vllm",
+                   "--dataset", "samples", "--max-new-tokens", "4", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = read_jsonl(out / "answers.jsonl")
+    assert answers and all(isinstance(a["answer"], str) for a in answers)
+    assert (out / "metrics.json").is_file()
