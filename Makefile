@@ -72,9 +72,10 @@ test: develop system-deps $(if $(filter 1,$(VLLM_TESTS)),vllm-develop)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 	$(if $(filter 1,$(VLLM_TESTS)),$(MAKE) --no-print-directory test-vllm)
 
-# The tests marked `vllm` (they skip in the main venv), in the vLLM venv.
+# The vLLM tests (marked `vllm`; they skip in the main venv), in the vLLM venv. They live in one
+# file: other test modules import torchvision, which this venv lacks.
 test-vllm: vllm-develop
-	$(VLLM_PY) -m pytest -q -rs -m vllm $(VLLM_PYTEST_ARGS)
+	$(VLLM_PY) -m pytest -q -rs -m vllm tests/test_vllm.py $(VLLM_PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check ex2 tests benchmarks analysis
