@@ -2,7 +2,8 @@
 a LoRA adapter, resumed after a kill, seeded, in EX2's legacy JSON; and ``--gen-backend vllm`` on a tiny
 random LLaVA. They run in the vLLM venv (``make test-vllm``) and skip elsewhere.
 
-Each ``ex2`` run is a subprocess in its own session, so the engine's worker processes end with it."""
+Each ``ex2`` run is a subprocess in its own session, killed whole after it exits: vLLM's engine
+processes outlive a parent killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ex2.core.io import read_jsonl
+from ex2.generate.stage import partial_path
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -28,23 +30,26 @@ def ex2_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": str(REPO), "EX2_CACHE": str(SHARED_CACHE), "HF_HUB_OFFLINE": "1"}
 
 
-def run_ex2(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``ex2 ARGV`` in a session of its own; whatever it leaves running (vLLM's engine) is killed after."""
-    proc = subprocess.Popen([sys.executable, "-m", "ex2.cli", *argv], cwd=REPO, env=ex2_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        kill_session(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def run_python(args: list[str], log: Path, timeout: float = 600) -> tuple[int, str]:
+    """Python with ``args`` in a session of its own, its output in ``log`` (never a pipe: vLLM's engine
+    processes outlive a killed parent, holding a pipe open); the session is killed after. Returns the
+    exit code and the log's tail."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ex2_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the engine's processes, if any are left
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return code, log.read_text()[-3000:]
 
 
-def kill_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def run_ex2(*argv: str, log: Path) -> tuple[int, str]:
+    return run_python(["-m", "ex2.cli", *argv], log)
 
 
 def generate_argv(output: Path, *extra: str) -> list[str]:
@@ -57,8 +62,9 @@ def generate_argv(output: Path, *extra: str) -> list[str]:
 def base_run(tmp_path_factory) -> Path:
     """One complete vLLM run of the base model, with EX2's legacy JSON beside it."""
     out = tmp_path_factory.mktemp("vllm-base") / "base.jsonl"
-    proc = run_ex2(*generate_argv(out, "--legacy-json", str(out.with_suffix(".json"))))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, log = run_ex2(*generate_argv(out, "--legacy-json", str(out.with_suffix(".json"))),
+                        log=out.with_suffix(".log"))
+    assert code == 0, log
     return out
 
 
@@ -105,25 +111,18 @@ def test_same_seed_same_file_after_a_kill_and_a_resume(base_run, tmp_path):
         "VLLMSampler.generate = killer\n"
         f"main({generate_argv(out)!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=ex2_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=600)
-    finally:
-        kill_session(proc)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
-    from ex2.core.io import partial_path
-
+    code, log = run_python(["-c", script], tmp_path / "killed.log")
+    assert code == -signal.SIGKILL, log
     assert not out.exists() and len(read_jsonl(partial_path(out))) == 1 + 2 * 10  # settings + 2 batches
-    resumed = run_ex2(*generate_argv(out))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, log = run_ex2(*generate_argv(out), log=tmp_path / "resumed.log")
+    assert code == 0, log
     assert read_jsonl(out) == read_jsonl(base_run)  # same seed, same file, however it was reached
 
 
 def test_vllm_serves_the_adapter_per_request(base_run, smollm2_adapter, tmp_path):
     out = tmp_path / "lora.jsonl"
-    proc = run_ex2(*generate_argv(out, "--adapter", str(smollm2_adapter)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, log = run_ex2(*generate_argv(out, "--adapter", str(smollm2_adapter)), log=tmp_path / "lora.log")
+    assert code == 0, log
     records, base = read_jsonl(out), read_jsonl(base_run)
     assert {r["adapter"] for r in records} == {str(smollm2_adapter)}
     assert [r["seed"] for r in records] == [r["seed"] for r in base]
@@ -137,9 +136,23 @@ def test_gen_backend_vllm_answers_with_a_tiny_llava(tmp_path):
         patch.setenv("EX2_CACHE", str(SHARED_CACHE))
         model = build_tiny_llava(tmp_path / "llava", hidden=64)  # head size 32: vLLM's CPU attention has it
     out = tmp_path / "open"
-    proc = run_ex2("classify", "--vlm", f"gen:local-dir:{model}", "--method", "open", "--gen-backend", "vllm",
-                   "--dataset", "samples", "--max-new-tokens", "4", "--output", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, log = run_ex2("classify", "--vlm", f"gen:local-dir:{model}", "--method", "open", "--gen-backend", "vllm",
+                        "--dataset", "samples", "--max-new-tokens", "4", "--output", str(out), log=tmp_path / "open.log")
+    assert code == 0, log
     answers = read_jsonl(out / "answers.jsonl")
     assert answers and all(isinstance(a["answer"], str) for a in answers)
     assert (out / "metrics.json").is_file()
+
+
+def test_the_installed_vllm_takes_every_argument_we_pass(smollm2_adapter):
+    import dataclasses
+    import inspect
+
+    import vllm
+
+    from ex2.llm.samplers import SamplingSettings, vllm_engine_kwargs, vllm_sampling_kwargs
+
+    engine = {f.name for f in dataclasses.fields(vllm.EngineArgs)} | set(inspect.signature(vllm.LLM).parameters)
+    for device in ("cpu", "cuda"):
+        assert set(vllm_engine_kwargs("/m", smollm2_adapter, seed=3, device=device)) <= engine
+    assert set(vllm_sampling_kwargs(SamplingSettings(), 0, [2])) <= set(inspect.signature(vllm.SamplingParams).parameters)
