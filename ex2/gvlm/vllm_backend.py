@@ -11,10 +11,19 @@ from ex2.vlm.offline import hub_offline
 
 
 def import_vllm():
-    """The vllm module, or an error (a ValueError too, so the CLI prints it) naming how to install it."""
+    """The vllm module, or an error (a ValueError too, so the CLI prints it) naming how to install it.
+    vLLM reads a multimodal model's processor through transformers, which imports torchvision for it;
+    the venv of vLLM's CPU build has none (PyPI's torchvision is a CUDA build that fails beside it)."""
+    import importlib.util
+
+    from ex2.llm.samplers import MissingExtraError
     from ex2.llm.samplers import import_vllm as import_or_explain
 
-    return import_or_explain("--gen-backend vllm", "--gen-backend transformers")
+    vllm = import_or_explain("--gen-backend vllm", "--gen-backend transformers")
+    if importlib.util.find_spec("torchvision") is None:
+        raise MissingExtraError("--gen-backend vllm needs torchvision beside vLLM (its multimodal processors "
+                                "import it), which vLLM's CPU venv lacks; use --gen-backend transformers")
+    return vllm
 
 
 class VLLMAnswerer:
