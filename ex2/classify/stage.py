@@ -151,7 +151,17 @@ class ClassifyConfig:
         "or one class a line, 'class, synonym, ...'"
     )
     n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
-    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    choice_order: Literal["shuffled", "fixed"] = option(
+        "shuffled", "closed: shuffled per image, drawn as VLMClassifier's main.py (its seed: 1234), or fixed: "
+        "every class in dataset order (its label-order ablation)")
+    answer_match: Literal["substring", "words"] = option(
+        "substring", "open/closed: substring (VLMClassifier's eval.ipynb: a true class name inside the answer, any "
+        "case) or words (ours: whole words, and a closed answer naming another choice too is wrong)")
+    prompt_format: Literal["auto", "chat", "vlmclassifier"] = option(
+        "auto", "open/closed/likelihood: vlmclassifier (LLaVA-1.5's 'USER: <image>\\n{question}\\nASSISTANT:' as "
+        "VLMClassifier's main.py), chat (ours: the processor's chat template), auto (vlmclassifier for llava models)")
+    answer_prefix: str = option("The photo features a", "likelihood: the answer's start, continued by each class name "
+                                "(VLMClassifier's inference_analysis/main.py; ex2 used 'This is a photo of a')")
     length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
     calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
     calibration_split: str | None = option(
