@@ -75,6 +75,21 @@ def chat_prompt(processor, question: str, image: bool = True, answer_prefix: str
     return text + (join_continuation(text, answer_prefix) if answer_prefix else "")
 
 
+def continuation_ids(tokenizer, prompt: str, text: str) -> list[int]:
+    """The ids of ``text`` where it follows ``prompt``: the ids of ``prompt + text`` past those of
+    ``prompt``; ``text`` tokenised alone where the tokenizer merges across the seam or no prompt is
+    given. (Alone, " kite" is '▁', '▁kite' to a Llama tokenizer with transformers 4.x's normaliser.)"""
+    alone = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if prompt:
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        joint = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+        if len(joint) > len(head) and list(joint[: len(head)]) == list(head):
+            return list(joint[len(head):])
+    if not alone:
+        raise ValueError(f"continuation {text!r} has no tokens")
+    return alone
+
+
 def format_prompt(processor, question: str, image: bool = True, answer_prefix: str = "",
                   prompt_format: str = "chat") -> str:
     """``question`` in the prompt format ``chat`` (:func:`chat_prompt`) or ``vlmclassifier``
@@ -171,17 +186,10 @@ class GenerativeVLM:
         return list(ids)
 
     def continuation_ids(self, prompt: str, text: str) -> list[int]:
-        """The ids of ``text`` where it follows ``prompt``: the ids of ``prompt + text`` past those of
-        ``prompt`` (``text`` alone where the tokenizer merges across the seam or no prompt is known)."""
+        """The ids of ``text`` where it follows ``prompt`` (:func:`continuation_ids`), cached."""
         key = (prompt, text)
         if key not in self._ids:
-            ids = self.token_ids(text)
-            if prompt:
-                head = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                joint = self.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
-                if len(joint) > len(head) and joint[: len(head)] == head:
-                    ids = list(joint[len(head):])
-            self._ids[key] = ids
+            self._ids[key] = continuation_ids(self.tokenizer, prompt, text)
         return self._ids[key]
 
     @torch.inference_mode()
