@@ -160,6 +160,8 @@ def fake_clone(root: Path, classes: list[str]) -> Path:
     (root / "datasets" / "class_name").mkdir(parents=True)
     (root / "datasets" / "class_name" / "DTD.txt").write_text("\n".join(classes))
     write_knowledge(root / "expert_knowledge", "DTD", classes)
+    (root / "configs").mkdir()
+    (root / "configs" / "dtd.yaml").write_text("init_beta: 3.0\ninit_alpha: 1.5\ndataset: 'DTD'\nshots: 1\n")
     return root
 
 
@@ -180,6 +182,9 @@ def test_classify_with_a_coder_clone(folder, open_clip_dir, tmp_cache, tmp_path)
                  "--output", str(tmp_path / "few")]) == 0
     few = json.loads((tmp_path / "few" / "metrics.json").read_text())
     assert few["kinds"] == ["attributes", "analogous"] and "synonyms" not in few["texts_per_kind"]
+    published = few["few_shot"]["as_published"]
+    assert (published["init_alpha"], published["init_beta"]) == (1.5, 3.0) and "test set" in published["chosen_on"]
+    assert published["acc1_max_with_init"] == max(published["acc1_init"], few["acc1"])
     with pytest.raises(SystemExit):  # a config error, before anything loads
         main([*base, "--coder-star", "--ovo-gap", "0.2", "--output", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()

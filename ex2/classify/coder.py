@@ -373,6 +373,7 @@ class CoderInputs:
     provenance: dict
     gap: float
     from_coder_files: bool
+    init_alpha_beta: tuple[float, float] | None = None  # few-shot: CoDer's config values, for its own report
 
 
 def coder_inputs(config, classnames: list[str]) -> CoderInputs:
@@ -391,20 +392,22 @@ def coder_inputs(config, classnames: list[str]) -> CoderInputs:
         gap = cf.read_thresholds(clone / "utils.py").get(name) if config.coder_star else config.ovo_gap
         if gap is None:
             raise ValueError(f"{clone / 'utils.py'} has no re-ranking gap for {name}; pass --ovo-gap instead")
+        init = cf.read_init_alpha_beta(clone / "configs", name) if config.shots else None
     else:
         from ex2.data import load_templates
 
         templates, text_names, gap = ours(load_templates(config.templates)), list(classnames), config.ovo_gap
+        init = None
     source = Path(config.knowledge).expanduser() if config.knowledge else clone / "expert_knowledge"
     if source.is_dir():
         kinds = tuple(config.kinds) + (("ovo",) if gap > 0 else ())
         knowledge = cf.read_knowledge(source, name, text_names, kinds)
         provenance = {"path": str(source.resolve()), "source": f"CoDer's released knowledge ({name})"}
-        return CoderInputs(templates, text_names, knowledge, provenance, gap, True)
+        return CoderInputs(templates, text_names, knowledge, provenance, gap, True, init)
     from ex2.knowledge.stage import load_knowledge
 
     knowledge, provenance = load_knowledge(source)
-    return CoderInputs(templates, text_names, _rekey(knowledge, classnames, text_names), provenance, gap, False)
+    return CoderInputs(templates, text_names, _rekey(knowledge, classnames, text_names), provenance, gap, False, init)
 
 
 def _rekey(knowledge: dict, names: list[str], new_names: list[str]) -> dict:
@@ -441,7 +444,8 @@ def run_classify(config, out: Path, dataset, vlm, inputs: CoderInputs | None = N
                                                                           strict=True))}
     text_embeddings = encode(texts.texts)
     if config.shots:
-        features, labels, paths, few = _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode)
+        features, labels, paths, few = _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode,
+                                                 inputs.init_alpha_beta)
         logits = few.pop("logits")
         info["few_shot"] = few
     else:
@@ -483,9 +487,10 @@ class _Images:
     skipped: list
 
 
-def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
+def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode, init=None):
     """Tip-Adapter over neighbor vectors; returns the test features, labels, paths and a summary
-    (with the test logits under "logits")."""
+    (with the test logits under "logits"). ``init`` (α, β of CoDer's config) adds the number its
+    script prints: the better test accuracy of those and the searched α, β, labelled as chosen on test."""
     from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.data import load_dataset, load_templates
@@ -521,7 +526,18 @@ def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
     zero_shot = 100 * test_x @ weights
     logits = tip_adapter_logits(zero_shot, query(test_x), keys, key_labels, n_classes, alpha, beta)
     same_images = zeroshot.topk_accuracy(zero_shot, labels[test_idx], 1)
+    published = None
+    if init is not None:
+        searched = zeroshot.topk_accuracy(logits, labels[test_idx], 1)
+        at_init = zeroshot.topk_accuracy(tip_adapter_logits(zero_shot, query(test_x), keys, key_labels, n_classes,
+                                                            *init), labels[test_idx], 1)
+        published = {"init_alpha": init[0], "init_beta": init[1], "acc1_init": at_init,
+                     "acc1_max_with_init": max(searched, at_init),
+                     "chosen_on": "the test set: classify_few_shot.py prints the better of its config's and the "
+                                  "searched alpha, beta"}
     summary = {"clip_acc1_same_images": same_images, "shots": config.shots, "val_shots": val_shots,
                "augment_views": config.augment_views, "support_split": config.support_split or dataset.split, "alpha": alpha, "beta": beta,
                "val_acc1": val_acc, "n_support": len(support), "n_val": len(val), "logits": logits}
+    if published is not None:
+        summary["as_published"] = published
     return test_x, labels[test_idx], [images.paths[i] for i in test_idx], summary

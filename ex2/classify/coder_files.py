@@ -168,6 +168,23 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
     raise CoderFileError(f"{path}: no get_thres with a {{dataset: gap}} table; expected CoDer's utils.py")
 
 
+def read_init_alpha_beta(folder: str | Path, dataset: str) -> tuple[float, float] | None:
+    """``(init_alpha, init_beta)`` of the config in ``configs/*.yaml`` whose ``dataset`` is ``dataset``
+    (CoDer's few-shot starting values), or None without one."""
+    import yaml
+
+    for path in sorted(Path(folder).glob("*.yaml")):
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise CoderFileError(f"{path}: not valid YAML ({err})") from err
+        if isinstance(config, dict) and config.get("dataset") == dataset:
+            if not all(isinstance(config.get(k), int | float) for k in ("init_alpha", "init_beta")):
+                raise CoderFileError(f"{path}: init_alpha and init_beta should be numbers")
+            return float(config["init_alpha"]), float(config["init_beta"])
+    return None
+
+
 # --- class names and knowledge ---------------------------------------------------------------------
 
 
