@@ -20,10 +20,18 @@ searched on a validation split carved from the labelled support pool (:func:`sea
     ex2 classify --method coder --knowledge runs/knowledge.jsonl --ovo-gap 0.1 --output runs/coder_ovo
     ex2 classify --method coder --knowledge runs/knowledge.jsonl --shots 4 --output runs/coder_4shot
 
-Departures from the published code, on purpose: re-ranking applies to every image whose gap is
-small (the published loop also required the true label among the top five); the few-shot result
-is the one with α and β from the validation split (the published script kept the better of that
-and the initial values, measured on the test set).
+With ``--coder-dir CLONE`` (a clone of YCaigogogo/CODER) the texts are CoDer's own: its
+``template.py`` per dataset (``--coder-dataset``, default mapped from ``--dataset``), its class lists
+by position, its released ``expert_knowledge`` files, and ``--coder-star`` re-ranks below its
+per-dataset gap (:mod:`ex2.classify.coder_files` reads them all as data). Without it the texts are
+ex2's (:func:`ours`).
+
+Departures from the published code, on purpose, each with theirs by name: re-ranking applies to
+every image whose gap is small (the published loop also required the true label among the top
+five: ``--ovo-rows gap-and-label-in-top5``); the few-shot result is the one with α and β from the
+validation split (the published script kept the better of that and its config's values, measured
+on the test set: reported beside as ``few_shot.as_published``); synonym texts hold the synonym
+(the released code's call leaves it None: ``--coder-synonyms as-run``).
 """
 
 from __future__ import annotations
