@@ -61,6 +61,8 @@ class ProbeConfig:
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
     question: str = option("What type of object is in this photo?", "gen: the prompt about the image")
+    prompt_format: str = option("auto", "gen: vlmclassifier (LLaVA-1.5's prompt as VLMClassifier's extract_feature.py), "
+                                "chat (the chat template) or auto (vlmclassifier for llava models)")
     layer: int = option(-1, "gen: hidden-state index (0 = embeddings, -1 = last layer)")
     pool: str = option("last", "gen: last (the prompt's last token) or mean (over its tokens)")
     solver: Literal["logreg", "adam"] = option(
@@ -83,6 +85,10 @@ class ProbeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
         if not self.c or any(value <= 0 for value in self.c):
             raise ValueError(f"--c needs positive values, got {self.c}")
+        from ex2.gvlm.backend import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, not {self.prompt_format!r}")
         if self.pool not in ("last", "mean"):
             raise ValueError(f"--pool must be last or mean, not {self.pool!r}")
         if self.solver not in ("logreg", "adam"):
@@ -144,7 +150,7 @@ def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, t
     if isinstance(model, GenerativeVLM):
         from ex2.classify.generative import image_batches
 
-        prompt, rows, labels, paths = model.prompt(config.question), [], [], []
+        prompt, rows, labels, paths = model.prompt(config.question, prompt_format=config.prompt_format), [], [], []
         for batch in image_batches(dataset.items, config.batch_size, [], progress=config.progress, desc="features"):
             rows.append(model.features([b[1] for b in batch], prompt, config.layer, config.pool, config.batch_size))
             labels += [b[2] for b in batch]
@@ -276,7 +282,7 @@ def run(config: ProbeConfig, model=None) -> Path:
     from ex2.gvlm import GenerativeVLM
 
     if isinstance(model, GenerativeVLM):
-        metrics.update(layer=config.layer, pool=config.pool, question=config.question)
+        metrics.update(layer=config.layer, pool=config.pool, question=config.question, prompt_format=config.prompt_format)
     _write_predictions(out / "predictions.csv", parts["test"][2], parts["test"][1], logits, train.classnames)
     write_json(out / "metrics.json", metrics)
     chosen = f"C={metrics['c']}" if config.solver == "logreg" else f"adam, {config.epochs} epochs"
