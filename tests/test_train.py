@@ -171,7 +171,7 @@ def test_the_global_batch_must_hold_whole_groups(capsys):
 def test_lora_training_moves_the_adapter_and_freezes_the_base(tiny_llm, tiny_clip, tmp_path, tmp_cache):
     from ex2.data import load_dataset
     from ex2.llm.models import load_tokenizer
-    from ex2.reward.base import build_reward
+    from ex2.reward.registry import build_reward
     from ex2.vlm import load_vlm
 
     config = TrainConfig(llm=str(tiny_llm), vlm=str(tiny_clip), images_per_class=2)

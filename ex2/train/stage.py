@@ -1,7 +1,7 @@
 """``ex2 train``: RL-align a LoRA adapter on an LLM so its descriptions score high under a VLM reward.
 
 The policy is trained with trl's ``GRPOTrainer`` (or ``RLOOTrainer``) against a reward from
-:mod:`ex2.reward.base`; prompts are concepts × query templates, and some templates can be held out to
+:mod:`ex2.reward` (by name, :mod:`ex2.reward.registry`); prompts are concepts × query templates, and some templates can be held out to
 measure the reward before and after training. On the embedded default, on a laptop CPU::
 
     ex2 train --dataset samples --vlm conse --llm smollm2 --reward ex2 --max-steps 20 --output runs/demo
@@ -89,7 +89,9 @@ from ex2.core.config import (
 from ex2.core.io import atomic_write_text, check_output_path
 from ex2.core.names import split_dataset_name
 from ex2.core.text import SCORED_TEXTS
-from ex2.reward.base import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS, check_empty_reward
+from ex2.reward.base import check_empty_reward
+from ex2.reward.planted import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT
+from ex2.reward.registry import REWARD_NAMES, build_reward, reward_help
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -125,7 +127,7 @@ class TrainConfig:
     classnames: str | None = classnames_option()
     vlm: str = vlm_option()
     llm: str = llm_option()
-    reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
+    reward: Literal[REWARD_NAMES] = option("ex2", reward_help())
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
     planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
@@ -495,7 +497,6 @@ def run(config: TrainConfig, args=None) -> Path:
 def _run(config: TrainConfig, args) -> Path:
     from ex2.data import load_dataset, load_templates
     from ex2.llm.models import load_tokenizer, resolve_prompt_format
-    from ex2.reward.base import build_reward
     from ex2.train.callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
     from ex2.train.evaluation import evaluate_heldout
     from ex2.vlm import load_vlm
