@@ -48,7 +48,7 @@ _API: dict[str, str] = {
     "load_descriptions": "ex2.classify.stage:load_descriptions",
     "ReportConfig": "ex2.report.stage:ReportConfig",
     "run_report": "ex2.report.stage:run",
-    "collect_runs": "ex2.report.stage:collect",
+    "collect_runs": "ex2.report.runs:collect",
     "read_jsonl": "ex2.core.io:read_jsonl",
 }
 __all__ = ["__version__", *_API]

@@ -251,7 +251,8 @@ def headline_lines(out: Path) -> list[str]:
     informative share, read back from the demo's run outputs."""
     import warnings
 
-    from ex2.report.stage import collect, headline
+    from ex2.report.runs import collect
+    from ex2.report.tables import headline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

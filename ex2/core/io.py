@@ -8,6 +8,7 @@ one run at a time (:func:`output_lock`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -283,3 +284,12 @@ def resume_partial(path: str | Path, settings: dict, what: str = "partial", requ
     if not records:
         write_jsonl(path, [{PARTIAL_SETTINGS: settings}])
     return records
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV file, written atomically: ``header``, then one line per row (values as :mod:`csv` writes them)."""
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
