@@ -261,18 +261,25 @@ def repair_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
 PARTIAL_SETTINGS = "ex2_partial_settings"
 
 
-def resume_partial(path: str | Path, settings: dict, what: str = "partial", required: Iterable[str] = ()) -> list[dict]:
-    """The records an interrupted run appended to ``path`` after its settings line, so appending can
-    go on after them. A torn last line is dropped; a file holding records of a run with other
-    ``settings`` is a ValueError saying what changed; with no records the file is (re)started with
-    ``settings`` as its first line. ``what`` names the file in errors."""
+def partial_path(output: str | Path) -> Path:
+    """``OUTPUT.partial``: where a resumable stage appends finished work before ``output`` is written."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def resume_partial(path: str | Path, settings: dict, what: str = "partial", required: Iterable[str] = (),
+                   header: str = PARTIAL_SETTINGS) -> list[dict]:
+    """The records an interrupted run appended to ``path`` after its settings line (``{header:
+    settings}``), so appending can go on after them. A torn last line is dropped; a file holding
+    records of a run with other ``settings`` is a ValueError saying what changed; with no records
+    the file is (re)started with ``settings`` as its first line. ``what`` names the file in errors."""
     path = Path(path)
     records: list[dict] = []
     if path.is_file():
         rows = repair_jsonl(path)
-        if not rows or PARTIAL_SETTINGS not in rows[0]:
+        if not rows or header not in rows[0]:
             raise ValueError(f"{path}: expected a {what} file starting with its settings; delete it to start over")
-        records, saved = rows[1:], rows[0][PARTIAL_SETTINGS]
+        records, saved = rows[1:], rows[0][header]
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
         if records and changed:
             raise ValueError(f"{path}: left by an interrupted run with other settings ({'; '.join(changed)}); "
@@ -282,7 +289,7 @@ def resume_partial(path: str | Path, settings: dict, what: str = "partial", requ
             if missing:
                 raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
     if not records:
-        write_jsonl(path, [{PARTIAL_SETTINGS: settings}])
+        write_jsonl(path, [{header: settings}])
     return records
 
 
