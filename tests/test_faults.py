@@ -395,7 +395,7 @@ def run_killed(argv: list[str], patch: str) -> subprocess.CompletedProcess:
 
 
 def test_killed_mid_batch_and_resumed_is_byte_identical(tiny_llm, gen_inputs, tmp_path, tmp_cache, monkeypatch):
-    from ex2.generate.stage import partial_path
+    from ex2.core.io import partial_path
     from ex2.llm.samplers import TransformersSampler
 
     reference = tmp_path / "reference.jsonl"

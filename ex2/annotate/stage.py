@@ -35,6 +35,7 @@ from ex2.core.io import (
     append_jsonl,
     check_output_path,
     output_lock,
+    partial_path,
     read_jsonl,
     remove_stale_temps,
     resume_partial,
@@ -96,10 +97,6 @@ class AnnotateConfig:
         if self.captioner and not self.captioner.startswith("gen:"):
             raise ValueError(f"--captioner takes a generative VLM name gen:ORG/NAME or gen:local-dir:PATH, "
                              f"got {self.captioner!r}")
-
-
-def partial_path(output: Path) -> Path:
-    return output.with_name(output.name + ".partial")
 
 
 def config_path(output: Path) -> Path:
