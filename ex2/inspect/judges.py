@@ -514,7 +514,7 @@ class HFJudge(ChatJudge):
 
     def __init__(self, model: str = "smollm2", max_retries: int = 3, max_tokens: int = 128,
                  device: str | None = None):
-        from ex2.llm.models import load_llm
+        from ex2.llm.models import load_llm  # torch and transformers: only for a local judge, not a server's
 
         super().__init__(model, max_retries)
         self.llm, self.tokenizer = load_llm(model, device=device)

@@ -86,12 +86,19 @@ from ex2.core.config import (
     split_option,
     vlm_option,
 )
+from ex2.core.devices import accelerate_state_released, dtype_name, resolve_dtype
 from ex2.core.io import atomic_write_text, check_output_path
 from ex2.core.names import split_dataset_name
 from ex2.core.text import SCORED_TEXTS
+from ex2.data import load_dataset, load_templates
+from ex2.llm.models import load_tokenizer, query_prompt, resolve_llm, resolve_prompt_format
+from ex2.llm.samplers import SamplingSettings
 from ex2.reward.base import check_empty_reward
 from ex2.reward.planted import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT
 from ex2.reward.registry import REWARD_NAMES, build_reward, reward_help
+from ex2.train.callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
+from ex2.train.evaluation import evaluate_heldout
+from ex2.vlm import load_vlm
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -189,8 +196,6 @@ def trainer_defaults(config: TrainConfig) -> dict[str, Any]:
     """EX2's trl settings for ``config.algorithm`` (fields the class lacks dropped), with the device's:
     CPU-only without CUDA, mixed precision and model weights per ``config.precision``."""
     import torch
-
-    from ex2.core.devices import dtype_name, resolve_dtype
 
     dtype = resolve_dtype(config.precision)
     device = {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == torch.bfloat16,
@@ -309,8 +314,6 @@ def split_templates(templates: list[str], heldout: int, seed: int = 0) -> tuple[
 def prompt_records(concepts: list[str], templates: list[str], prompt_format: str) -> list[dict[str, Any]]:
     """One record per (concept, template): a trl ``prompt`` (EX2's base text or chat messages, which
     trl renders with the chat template) plus the columns the reward reads."""
-    from ex2.llm.models import query_prompt
-
     records = []
     for concept_id, concept in enumerate(concepts):
         for template in templates:
@@ -465,8 +468,6 @@ def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, call
     from transformers import AutoConfig
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from ex2.llm.models import resolve_llm
-
     model_path = resolve_llm(config.llm)
     model_type = AutoConfig.from_pretrained(model_path).model_type
     if config.algorithm == "rloo":
@@ -488,19 +489,11 @@ def run(config: TrainConfig, args=None) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder.
 
     ``args`` is trl's config (:func:`trainer_config`; EX2's defaults when omitted)."""
-    from ex2.core.devices import accelerate_state_released
-
     with accelerate_state_released():
         return _run(config, trainer_config(config) if args is None else args)
 
 
 def _run(config: TrainConfig, args) -> Path:
-    from ex2.data import load_dataset, load_templates
-    from ex2.llm.models import load_tokenizer, resolve_prompt_format
-    from ex2.train.callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
-    from ex2.train.evaluation import evaluate_heldout
-    from ex2.vlm import load_vlm
-
     check_output_path(args.output_dir, "folder")
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
@@ -545,7 +538,5 @@ def _run(config: TrainConfig, args) -> Path:
 
 def sampling_settings(args):
     """The sampler settings of training (trl's completion length, temperature, top-p, top-k)."""
-    from ex2.llm.samplers import SamplingSettings
-
     return SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k or 0)
