@@ -347,3 +347,12 @@ def test_wandb_and_trackio_stay_offline_unless_the_user_chose(tmp_path, monkeypa
     monkeypatch.delenv("WANDB_MODE")
     assert reporting_environment(SimpleNamespace(report_to=["wandb"]), tmp_path) == {"WANDB_MODE": "offline"}
     assert reporting_environment(SimpleNamespace(report_to=[]), tmp_path) == {}
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_a_budget_of_no_updates_is_refused_before_anything(tiny_llm, tiny_clip, tmp_path, capsys, steps):
+    run = tmp_path / "run"
+    assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", steps)) == 1
+    err = capsys.readouterr().err
+    assert f"--max-steps {steps} makes no optimizer update" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()

@@ -65,6 +65,7 @@ import argparse
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import typing
 from dataclasses import dataclass
@@ -224,6 +225,13 @@ def training_budget(args) -> dict[str, int]:
     generations = -(-micro_batches // every)
     return {"updates": args.max_steps, "generations": generations,
             "completions": generations * args.generation_batch_size}
+
+
+def check_budget(args) -> None:
+    """Refuse a run that would make no optimizer update (trl would still take a step and save)."""
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max-steps {args.max_steps} makes no optimizer update: give 1 or more "
+                         "(or -1 to train --num-train-epochs epochs)")
 
 
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
@@ -441,8 +449,9 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
+        shutil.rmtree(checkpoint, ignore_errors=True)  # half-written by a kill: never a checkpoint to keep
         print(f"skipping {checkpoint}: {problem} (written when a run was stopped?); "
-              "falling back to the checkpoint before it")
+              "removed it, falling back to the checkpoint before it")
     print(f"no complete checkpoint in {run_dir}; training starts from step 0")
     return None
 
@@ -501,6 +510,7 @@ def _run(config: TrainConfig, args) -> Path:
     from ex2.vlm import load_vlm
 
     check_output_path(args.output_dir, "folder")
+    check_budget(args)
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
     reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
