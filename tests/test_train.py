@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,6 +322,24 @@ def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_llm, ti
     assert main(argv) == 0
     events = list(run.rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = train_argv(tiny_llm, tiny_clip, run, "--max-steps", "3", "--save-steps", "2", "--eval-samples", "0",
+                      "--report-to", "tensorboard", "--logging-steps", "1")
+    assert main(argv) == 0
+    # as if killed after step 3 was logged but before its checkpoint was written
+    shutil.rmtree(run / "checkpoint-3", ignore_errors=True)
+    shutil.rmtree(run / "adapter")
+    assert main([*argv, "--resume"]) == 0
+    assert len(list((run / "runs").glob("events.out.tfevents.*"))) >= 2  # both runs wrote into one folder
+    events = EventAccumulator(str(run / "runs")).Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3]
 
 
 def test_unknown_report_to_is_a_one_line_error_before_anything_loads(tmp_path, capsys):

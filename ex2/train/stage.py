@@ -380,8 +380,8 @@ REPORT_BACKENDS: dict[str, str | None] = {"none": None, "tensorboard": "tensorbo
 def reporting_environment(args, run_dir: Path) -> dict[str, str]:
     """Check ``--report-to`` and set the trackers' offline settings the user has not set: wandb offline
     (``WANDB_MODE``) with its files in the run folder, trackio's local database under ``RUN/trackio``.
-    TensorBoard writes to ``RUN/runs/`` (transformers' ``logging_dir`` under ``output_dir``).
-    Returns the variables it set."""
+    TensorBoard writes to ``RUN/runs/`` (one folder for a run and its resumptions, so that a resumed
+    run's events can hide those a killed run logged past its checkpoint). Returns the variables it set."""
     import importlib.util
 
     chosen = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
@@ -467,6 +467,19 @@ def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
     return run_dir, (resume_checkpoint(run_dir) if found and config.resume else None)
 
 
+def place_tensorboard(trainer, run_dir: Path, resumed_step: int) -> None:
+    """TensorBoard writes a run and its resumptions to ``RUN/runs``; a resumed writer hides the steps after
+    ``resumed_step`` that a killed run logged (TensorBoard's ``purge_step``), so each step is shown once."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback._SummaryWriter is not None:
+            callback.logging_dir = str(run_dir / "runs")
+            if resumed_step:
+                callback.tb_writer = callback._SummaryWriter(log_dir=callback.logging_dir,
+                                                             purge_step=resumed_step + 1)
+
+
 def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, callbacks: list):
     """The trl trainer, with LoRA applied and our callbacks in place of the default progress output."""
     from transformers import AutoConfig
@@ -536,6 +549,8 @@ def _run(config: TrainConfig, args) -> Path:
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
     trainer = build_trainer(config, args, reward, prompt_dataset(dataset.classnames, train_templates,
                                                                  prompt_format), tokenizer, callbacks)
+    if int(os.environ.get("RANK", "0")) == 0:
+        place_tensorboard(trainer, run_dir, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     with stop.installed(signal.SIGTERM):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.received:
