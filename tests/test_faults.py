@@ -307,12 +307,21 @@ def test_generate_output_problems_are_found_before_loading(tmp_path, capsys):
         (generate_argv(note / "d.jsonl"), f"--output {note / 'd.jsonl'}: {note} is a file, so nothing can be"),
         (generate_argv(locked / "sub" / "d.jsonl"), f"no permission to write in {locked}"),
         (generate_argv(tmp_path / "d.jsonl", "--legacy-json", str(folder)), f"--legacy-json {folder} is a folder"),
+        (generate_argv(tmp_path / "d.jsonl", "--legacy-json", str(tmp_path / "." / "d.jsonl")),
+         "is the same file as --output"),
     ]
     for argv, message in cases:
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and UNCACHED not in err
     assert not list(folder.iterdir()) and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_nan_temperature_is_refused_up_front(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(generate_argv(tmp_path / "d.jsonl", "--temperature", "nan"))
+    assert exit_info.value.code == 2 and "--temperature must be >= 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_inspect_and_report_outputs_are_checked_first(tmp_path, three, capsys):
