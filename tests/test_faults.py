@@ -442,3 +442,29 @@ def test_a_temp_file_left_by_a_kill_is_removed_by_the_next_run(tiny_llm, gen_inp
     assert len(left) == 1 and not out.exists()
     assert main(gen_argv(tiny_llm, gen_inputs, out)) == 0
     assert not list(tmp_path.glob(".d.jsonl.*.tmp")) and len(read_jsonl(out)) == 12
+
+
+def _latin1(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("reader, name, text", [
+    ("classnames", "names.txt", "cat\ncaf\u00e9\n"),
+    ("synonyms", "synonyms.txt", "cat, kitty\ndog, caf\u00e9\n"),
+    ("judge", "judge.yaml", "system: caf\u00e9\n"),
+    ("templates", "templates.txt", "a photo of a {} caf\u00e9.\n"),
+])
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, reader, name, text):
+    from ex2.classify.generative import read_synonyms
+    from ex2.data import load_templates
+    from ex2.data.classnames import load_classnames
+    from ex2.inspect.judges import load_judge_prompt
+
+    path = _latin1(tmp_path / name, text)
+    read = {"classnames": lambda: load_classnames(path, 2), "synonyms": lambda: read_synonyms(path, ["cat", "dog"]),
+            "judge": lambda: load_judge_prompt(path), "templates": lambda: load_templates(str(path))}[reader]
+    with pytest.raises(ValueError) as err:
+        read()
+    message = str(err.value)
+    assert message.startswith(f"{path}: line ") and "is not UTF-8 (byte 0xe9)" in message and "codec" not in message
