@@ -468,3 +468,44 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, reader, name, 
         read()
     message = str(err.value)
     assert message.startswith(f"{path}: line ") and "is not UTF-8 (byte 0xe9)" in message and "codec" not in message
+
+
+QUIET_WORKER = """
+import multiprocessing.queues, threading
+from ex2.data.images import quiet_worker
+quiet_worker(0)
+
+def fail(err):
+    raise err
+
+for err in (ConnectionResetError("parent gone"), BrokenPipeError("parent gone"), ValueError("a real bug")):
+    thread = threading.Thread(target=fail, args=(err,))
+    thread.start()
+    thread.join()
+try:
+    raise BrokenPipeError("feeding a dead parent")
+except BrokenPipeError as err:
+    multiprocessing.queues.Queue._on_queue_feeder_error(err, None)
+"""
+
+
+def test_a_loader_worker_of_a_gone_parent_exits_without_a_traceback():
+    result = subprocess.run([sys.executable, "-c", QUIET_WORKER], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "a real bug" in result.stderr  # other errors still print
+    assert "parent gone" not in result.stderr and "feeding a dead parent" not in result.stderr
+
+
+def test_the_image_loader_workers_are_quiet_workers(tmp_path):
+    import torch
+
+    from ex2.data.images import quiet_worker
+    from ex2.vlm import cache
+
+    class Stub:
+        preprocess = None
+        device = torch.device("cpu")
+
+    loader = cache._image_batches(Stub(), [tmp_path / "a.png"], 1, 1)
+    assert loader._worker_init_fn is quiet_worker
+    del loader
