@@ -41,6 +41,7 @@ from ex2.core.io import (
     resume_partial,
     write_jsonl,
 )
+from ex2.data.images import quiet_worker
 from ex2.vlm.detector import DEFAULT_DETECTOR
 
 # the fields whose change makes an interrupted run's records stale
@@ -199,7 +200,7 @@ def annotate_missing(config: AnnotateConfig, items, todo: list[int], queries, cl
     chosen = [items[i] for i in todo]
     images = _Images([path for path, _ in chosen], detector.processor.image_processor)
     loader = torch.utils.data.DataLoader(images, batch_size=config.batch_size, num_workers=config.num_workers,
-                                         collate_fn=_collate)
+                                         collate_fn=_collate, worker_init_fn=quiet_worker)
     with tqdm(total=len(items), initial=len(items) - len(todo), unit="img", desc="annotate") as bar:
         for batch in loader:
             for record in annotate_batch(batch, chosen, queries, classnames, detector, captioner, config):

@@ -155,6 +155,19 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_text(path: str | Path, expected: str = "UTF-8 text") -> str:
+    """The text of a file the user gave; bytes that are not UTF-8 raise a ValueError naming the file,
+    where the byte is, and what was ``expected``."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 (byte {data[err.start]:#04x}); expected {expected} "
+                         "(re-save the file as UTF-8)") from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temp file beside ``path``; rename it over ``path`` only if the block succeeds."""

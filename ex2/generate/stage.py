@@ -47,6 +47,7 @@ from ex2.core.config import (
     option,
     save_config,
 )
+from ex2.core.errors import OutputError
 from ex2.core.io import (
     append_jsonl,
     check_output_path,
@@ -119,9 +120,9 @@ class GenerateConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.limit_concepts is not None and self.limit_concepts < 1:
             raise ConfigError(f"--limit-concepts must be at least 1 (or left out), not {self.limit_concepts}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             raise ConfigError(f"--temperature must be >= 0 (0 is greedy), not {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # NaN too
             raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0 (0 turns top-k off), not {self.top_k}")
@@ -305,9 +306,13 @@ def load_concepts(config: GenerateConfig, expected: int | None = None) -> list[s
 
 def check_outputs(config: GenerateConfig) -> Path:
     """The output path, checked (with ``--legacy-json``) before anything is read or loaded."""
+    output = check_output_path(config.output)
     if config.legacy_json:
-        check_output_path(config.legacy_json, flag="--legacy-json")
-    return check_output_path(config.output)
+        legacy = check_output_path(config.legacy_json, flag="--legacy-json")
+        if legacy.resolve() in (output.resolve(), config_path(output).resolve()):
+            raise OutputError(f"--legacy-json {config.legacy_json} is the same file as --output (or its config): "
+                              "EX2's JSON would overwrite the JSONL records; give it another name")
+    return output
 
 
 def config_path(output: Path) -> Path:

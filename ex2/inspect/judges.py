@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ex2.core.errors import ServiceError
+from ex2.core.io import read_text
 from ex2.core.taxonomy import ATTRIBUTES, NON_VISUAL_ATTRIBUTES, UNPARSED, VISUAL_ATTRIBUTES
 
 PROMPT_VERSION = "ex2-judge-v1"
@@ -308,7 +309,7 @@ def load_judge_prompt(path: str | Path) -> JudgePrompt:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such judge prompt file (YAML or JSON; see configs/judge_ex2_question.yaml)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "a judge prompt file (YAML or JSON)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

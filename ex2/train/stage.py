@@ -65,6 +65,7 @@ import argparse
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import typing
 from dataclasses import dataclass
@@ -233,6 +234,13 @@ def training_budget(args) -> dict[str, int]:
             "completions": generations * args.generation_batch_size}
 
 
+def check_budget(args) -> None:
+    """Refuse a run that would make no optimizer update (trl would still take a step and save)."""
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max-steps {args.max_steps} makes no optimizer update: give 1 or more "
+                         "(or -1 to train --num-train-epochs epochs)")
+
+
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
     """``RUN/config.yaml``: ex2's settings and trl's that were set; ``ex2 train --config`` reruns it."""
     path = run_dir / "config.yaml"
@@ -377,8 +385,8 @@ REPORT_BACKENDS: dict[str, str | None] = {"none": None, "tensorboard": "tensorbo
 def reporting_environment(args, run_dir: Path) -> dict[str, str]:
     """Check ``--report-to`` and set the trackers' offline settings the user has not set: wandb offline
     (``WANDB_MODE``) with its files in the run folder, trackio's local database under ``RUN/trackio``.
-    TensorBoard writes to ``RUN/runs/`` (transformers' ``logging_dir`` under ``output_dir``).
-    Returns the variables it set."""
+    TensorBoard writes to ``RUN/runs/`` (one folder for a run and its resumptions, so that a resumed
+    run's events can hide those a killed run logged past its checkpoint). Returns the variables it set."""
     import importlib.util
 
     chosen = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
@@ -446,8 +454,9 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
+        shutil.rmtree(checkpoint, ignore_errors=True)  # half-written by a kill: never a checkpoint to keep
         print(f"skipping {checkpoint}: {problem} (written when a run was stopped?); "
-              "falling back to the checkpoint before it")
+              "removed it, falling back to the checkpoint before it")
     print(f"no complete checkpoint in {run_dir}; training starts from step 0")
     return None
 
@@ -461,6 +470,19 @@ def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
                          "or choose a new --output")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, (resume_checkpoint(run_dir) if found and config.resume else None)
+
+
+def place_tensorboard(trainer, run_dir: Path, resumed_step: int) -> None:
+    """TensorBoard writes a run and its resumptions to ``RUN/runs``; a resumed writer hides the steps after
+    ``resumed_step`` that a killed run logged (TensorBoard's ``purge_step``), so each step is shown once."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback._SummaryWriter is not None:
+            callback.logging_dir = str(run_dir / "runs")
+            if resumed_step:
+                callback.tb_writer = callback._SummaryWriter(log_dir=callback.logging_dir,
+                                                             purge_step=resumed_step + 1)
 
 
 def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, callbacks: list):
@@ -495,6 +517,7 @@ def run(config: TrainConfig, args=None) -> Path:
 
 def _run(config: TrainConfig, args) -> Path:
     check_output_path(args.output_dir, "folder")
+    check_budget(args)
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
     reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
@@ -520,6 +543,8 @@ def _run(config: TrainConfig, args) -> Path:
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
     trainer = build_trainer(config, args, reward, prompt_dataset(dataset.classnames, train_templates,
                                                                  prompt_format), tokenizer, callbacks)
+    if int(os.environ.get("RANK", "0")) == 0:
+        place_tensorboard(trainer, run_dir, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     with stop.installed(signal.SIGTERM):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.received:
