@@ -412,7 +412,7 @@ def coder_inputs(config, classnames: list[str]) -> CoderInputs:
         knowledge = cf.read_knowledge(source, name, text_names, kinds)
         provenance = {"path": str(source.resolve()), "source": f"CoDer's released knowledge ({name})"}
         return CoderInputs(templates, text_names, knowledge, provenance, gap, True, init)
-    from ex2.knowledge.stage import load_knowledge
+    from ex2.knowledge.records import load_knowledge
 
     knowledge, provenance = load_knowledge(source)
     return CoderInputs(templates, text_names, _rekey(knowledge, classnames, text_names), provenance, gap, False, init)

@@ -29,6 +29,8 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from ex2.core.io import read_text
+
 # ex2 dataset name -> CoDer's name for it (its configs, template.py branches, class_name/*.txt)
 CODER_DATASETS = {
     "pets": "oxford-pet", "dtd": "DTD", "food101": "food-101", "eurosat": "eurosat", "imagenet": "ImageNet",
@@ -85,7 +87,7 @@ def read_templates(path: str | Path, dataset: str, task_type: str = "zero-shot")
     if not path.is_file():
         raise FileNotFoundError(f"CoDer templates {path} do not exist (expected CODER/template.py of a CoDer clone)")
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(read_text(path, "CoDer's template.py"), filename=str(path))
     except SyntaxError as err:
         raise CoderFileError(f"{path}: not Python ({err}); expected CoDer's template.py") from err
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
@@ -157,7 +159,7 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CoDer utils {path} does not exist (expected utils.py of a CoDer clone)")
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = ast.parse(read_text(path, "CoDer's utils.py"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "get_thres":
             for inner in ast.walk(node):
@@ -175,7 +177,7 @@ def read_init_alpha_beta(folder: str | Path, dataset: str) -> tuple[float, float
 
     for path in sorted(Path(folder).glob("*.yaml")):
         try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            config = yaml.safe_load(read_text(path, "a CoDer config in YAML"))
         except yaml.YAMLError as err:
             raise CoderFileError(f"{path}: not valid YAML ({err})") from err
         if isinstance(config, dict) and config.get("dataset") == dataset:
@@ -197,7 +199,7 @@ def read_class_names(folder: str | Path, dataset: str, task_type: str = "zero-sh
         path = folder / f"{stem}1.txt"
     if not path.is_file():
         raise FileNotFoundError(f"CoDer class list {path} does not exist (expected datasets/class_name/{stem}.txt)")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line.strip() for line in read_text(path, "one class name a line").splitlines()]
 
 
 class DataOnlyUnpickler(pickle.Unpickler):
@@ -267,7 +269,7 @@ def read_knowledge(folder: str | Path, dataset: str, classnames: list[str],
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, "JSON"))
     except json.JSONDecodeError as err:
         raise CoderFileError(f"{path}: not valid JSON ({err})") from err
 

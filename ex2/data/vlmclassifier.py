@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ex2.core.io import read_text
 from ex2.data.dataset import DatasetError, ImageDataset, check_utf8
 
 
@@ -40,7 +41,7 @@ def classes_file(path: Path) -> Path:
 
 def read_classes(path: Path) -> list[str]:
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
+        classes = json.loads(read_text(path, "a JSON list of class names"))
     except json.JSONDecodeError as err:
         raise DatasetError(f"vlmclassifier: {path} is not valid JSON ({err}); expected a list of class names") from err
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
@@ -50,7 +51,7 @@ def read_classes(path: Path) -> list[str]:
 
 def read_records(path: Path) -> list[dict]:
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "JSON lines").splitlines(), 1):
         if not line.strip():
             continue
         try:
