@@ -12,7 +12,7 @@ STAMP := $(EX2_VENV)/.ex2-installed
 OUTPUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv develop system-deps demo test lint clean
+.PHONY: venv develop system-deps demo test lint clean gpu-pack gpu-check
 
 venv: $(STAMP)
 
@@ -47,6 +47,16 @@ test: develop system-deps
 
 lint: $(STAMP)
 	$(PY) -m ruff check ex2 tests benchmarks analysis
+
+# What a bare GPU machine lacks, in .gpu-pack/ (< 64 MiB); prints the line that installs it there.
+gpu-pack: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/pack_gpu.sh
+
+# On a GPU machine, after that line: every GPU figure in one JSON (<= 8 minutes on one H100).
+GPU_PYTHON ?= python3
+GPU_CHECK_OUTPUT ?= runs/gpu_check.json
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT)
 
 clean:
 	rm -rf runs .pytest_cache
