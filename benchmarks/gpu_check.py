@@ -70,6 +70,8 @@ PLAN: dict[str, tuple[str, ...]] = {
 # seconds each part may run on a GPU (a part gets less when the total --budget runs short)
 BUDGETS = {"grpo": 150, "classify": 90, "finetune": 100, "gvlm": 150, "cuda_tests": 150}
 TINY_BUDGET = 300  # per part on a CPU
+# the items' large model folders (15 GB each at 7B), removed once the item is done
+MODEL_FOLDERS = {"grpo": "mistral-7b-config", "gvlm": "llava-1.5-7b-config"}
 
 
 @dataclass
@@ -219,14 +221,22 @@ def default_dtype(dtype):
         torch.set_default_dtype(before)
 
 
-def random_model(model_class, config, ctx: Context):
-    """``model_class(config)`` with random weights, built on the device in the run's precision (seconds for 7B)."""
+def save_random_model(model_class, config, folder: Path, ctx: Context) -> None:
+    """Save ``model_class(config)`` with random weights, built on the device in the run's precision
+    (seconds for 7B), and free it before anything is measured."""
+    import gc
+
     import torch
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if ctx.cuda else torch.float32
     with torch.device(ctx.device), default_dtype(dtype):
-        return model_class(config).eval()
+        model = model_class(config)
+    model.save_pretrained(folder)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def mistral_folder(ctx: Context) -> tuple[Path, float]:
@@ -235,7 +245,7 @@ def mistral_folder(ctx: Context) -> tuple[Path, float]:
 
     from ex2.core.io import materialise
 
-    folder = Path(ctx.work) / "mistral-7b-config"
+    folder = Path(ctx.work) / MODEL_FOLDERS["grpo"]
     start = time.perf_counter()
 
     def build(tmp: Path) -> None:
@@ -243,7 +253,7 @@ def mistral_folder(ctx: Context) -> tuple[Path, float]:
         values = MISTRAL_TINY if ctx.tiny else MISTRAL_7B
         config = MistralConfig(**values, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id)
-        random_model(MistralForCausalLM, config, ctx).save_pretrained(tmp)
+        save_random_model(MistralForCausalLM, config, tmp, ctx)
         tokenizer.save_pretrained(tmp)
 
     materialise(folder, build)
@@ -541,7 +551,7 @@ def llava_folder(ctx: Context) -> tuple[Path, float]:
     from ex2.core.io import materialise
     from ex2.gvlm.testing import LLAVA_TEMPLATE
 
-    folder = Path(ctx.work) / "llava-1.5-7b-config"
+    folder = Path(ctx.work) / MODEL_FOLDERS["gvlm"]
     start = time.perf_counter()
 
     def build(tmp: Path) -> None:
@@ -553,7 +563,7 @@ def llava_folder(ctx: Context) -> tuple[Path, float]:
         config = LlavaConfig(vision_config=vision, text_config=text, projector_hidden_act="gelu",
                              image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                              vision_feature_layer=-2, vision_feature_select_strategy="default")
-        random_model(LlavaForConditionalGeneration, config, ctx).save_pretrained(tmp)
+        save_random_model(LlavaForConditionalGeneration, config, tmp, ctx)
         side = vision_values["image_size"]
         processor = LlavaProcessor(
             image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
@@ -724,7 +734,7 @@ def environment() -> dict:
 def work_folder(cuda: bool) -> str:
     """Where models are written: RAM (/dev/shm) on a GPU machine with room for a 7B model, else a temp folder."""
     shm = Path("/dev/shm")
-    if cuda and shm.is_dir() and shutil.disk_usage(shm).free > 48 * GIB:
+    if cuda and shm.is_dir() and shutil.disk_usage(shm).free > 32 * GIB:
         return tempfile.mkdtemp(prefix="ex2-gpu-check-", dir=shm)
     return tempfile.mkdtemp(prefix="ex2-gpu-check-")
 
@@ -774,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.output, report)
             entry.update(compare(item, entry["parts"]))
             write_json(args.output, report)
+            if item in MODEL_FOLDERS:
+                shutil.rmtree(Path(ctx.work) / MODEL_FOLDERS[item], ignore_errors=True)
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)
     failed = [f"{i} {p}" for i, e in report["items"].items() for p, r in e["parts"].items()

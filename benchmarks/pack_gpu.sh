@@ -89,6 +89,7 @@ fi
 rm -rf "$OUT"
 mkdir -p "$(dirname "$OUT")"
 mv "$tmp/pack" "$OUT"
-rel=$(realpath --relative-to="$REPO" "$OUT" 2>/dev/null || echo "$OUT")
+rel=$(realpath --relative-to="$REPO" "$OUT")
+case "$rel" in ../*) rel=$(realpath "$OUT") ;; esac  # outside the checkout: its absolute path
 echo "$OUT: $(ls "$OUT"/*.whl | wc -l) wheels, $((size / 1024)) KiB. On the GPU machine, from the repository root:"
 echo "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ex2-site $rel/*.whl && cp -r $rel/test-cache /tmp/ex2-test-cache && export PYTHONPATH=/tmp/ex2-site EX2_TEST_CACHE=/tmp/ex2-test-cache"
