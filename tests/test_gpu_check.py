@@ -70,6 +70,13 @@ def test_tiny_check_writes_every_item_with_figures(shared_cache, tmp_path):
     assert len(rows) == 7 and all(row.count("|") == 8 for row in rows)
 
 
+def test_readme_table_has_the_checks_rows():
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    for row in gpu_check.table_rows({"items": {}, "device": ""}):
+        item, measured, against = row.split(" | ")[:3]
+        assert f"{item} | {measured} | {against} |" in readme, row
+
+
 def test_a_part_over_its_budget_is_recorded_and_the_others_still_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu_check, "TINY_BUDGET", 0.5)  # no part can even import torch in time
     output = tmp_path / "check.json"
