@@ -133,10 +133,15 @@ def synchronize() -> None:
 
 
 def reset_peak() -> None:
+    """Start counting peak GPU memory afresh, after freeing what is no longer referenced."""
+    import gc
+
     import torch
 
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -224,8 +229,6 @@ def default_dtype(dtype):
 def save_random_model(model_class, config, folder: Path, ctx: Context) -> None:
     """Save ``model_class(config)`` with random weights, built on the device in the run's precision
     (seconds for 7B), and free it before anything is measured."""
-    import gc
-
     import torch
 
     torch.manual_seed(0)
@@ -234,9 +237,7 @@ def save_random_model(model_class, config, folder: Path, ctx: Context) -> None:
         model = model_class(config)
     model.save_pretrained(folder)
     del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    reset_peak()
 
 
 def mistral_folder(ctx: Context) -> tuple[Path, float]:
@@ -274,9 +275,11 @@ def open_clip_folder(ctx: Context, arch: str) -> str:
         import torch
 
         torch.manual_seed(0)
-        model = open_clip.CLIP(**cfg)
+        with torch.device(ctx.device):  # random init on the GPU: seconds, not a minute, for ViT-L
+            model = open_clip.CLIP(**cfg)
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "open_clip_model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  tmp / "open_clip_model.safetensors")
 
     materialise(folder, build)
     return f"local-dir:{folder}"
@@ -672,27 +675,34 @@ def child(args) -> None:
 
 
 def run_part(item: str, part: str, ctx: Context, timeout: float) -> dict:
-    """``item``'s ``part`` in a fresh process under ``timeout`` seconds; its record, or why there is none."""
-    handle, record = tempfile.mkstemp(dir=ctx.work, suffix=".json")
-    os.close(handle)
-    os.unlink(record)
-    command = [sys.executable, __file__, "--child", item, "--part", part, "--record", record,
+    """``item``'s ``part`` in a fresh process group under ``timeout`` seconds (the whole group is killed
+    then: loader workers and test runs too); its record, or why there is none."""
+    import signal
+
+    work = Path(tempfile.mkdtemp(prefix=f"{item}-{part}-", dir=ctx.work))
+    record, log = work / "record.json", work / "output.log"
+    command = [sys.executable, __file__, "--child", item, "--part", part, "--record", str(record),
                "--context", json.dumps(asdict(ctx))]
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        tail = (done.stdout[-1500:] + done.stderr[-2500:]).strip()
-        code = done.returncode
-    except subprocess.TimeoutExpired as err:
-        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        result = {"status": "timeout", "error": f"stopped after its budget of {timeout:.0f} s", "output_tail": out[-2000:]}
-        return {**result, "seconds": time.perf_counter() - start}
-    if Path(record).is_file():
-        result = json.loads(Path(record).read_text())
-        if result["status"] != "ok":
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what the part left running
+        process.wait()
+    tail = log.read_text(errors="replace")[-3000:].strip()
+    if code is None:
+        result = {"status": "timeout", "error": f"stopped after its budget of {timeout:.0f} s", "output_tail": tail}
+    elif record.is_file():
+        result = json.loads(record.read_text())
+        if result["status"] == "failed":
             result["output_tail"] = tail
     else:
         result = {"status": "failed", "error": f"the process ended with exit code {code} and no record", "output_tail": tail}
+    shutil.rmtree(work, ignore_errors=True)
     return {**result, "seconds": time.perf_counter() - start}
 
 
