@@ -12,7 +12,7 @@ STAMP := $(EX2_VENV)/.ex2-installed
 OUTPUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv develop system-deps demo test lint clean gpu-pack gpu-check
+.PHONY: venv develop system-deps demo test lint clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,8 @@ test: develop system-deps
 
 lint: $(STAMP)
 	$(PY) -m ruff check ex2 tests benchmarks analysis
+
+.PHONY: gpu-pack gpu-check
 
 # What a bare GPU machine lacks, in .gpu-pack/ (< 64 MiB); prints the line that installs it there.
 gpu-pack: $(STAMP)
