@@ -783,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA GPU here: the full check needs one; --tiny runs the self-test on the CPU")
     ctx = Context(tiny=args.tiny, device="cuda" if cuda else "cpu", work=work_folder(cuda))
     items = args.only or list(PLAN)
+    print(f"{NOTE}; parts in {ctx.work}, results in {args.output}", flush=True)
     start = time.perf_counter()
     report = {"note": NOTE, "tiny": args.tiny, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **environment(), "items": {}}
