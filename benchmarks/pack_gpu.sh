@@ -17,7 +17,7 @@
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
-BNB_VERSION=${BNB_VERSION:-0.50.2}       # the newest bitsandbytes with a CUDA 13.0 build
+BNB_VERSION=${BNB_VERSION:-0.50.2}       # a bitsandbytes wheel with a CUDA 13.0 build
 CUDA_LIB=libbitsandbytes_cuda130.so      # the GPU machine's torch is built for CUDA 13.0
 LIMIT=$((64 * 1024 * 1024))
 REPO=$(cd "$(dirname "$0")/.." && pwd)
