@@ -196,3 +196,19 @@ def test_a_nan_temperature_is_refused_before_anything(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["knowledge", "--dataset", "samples", "--temperature", "nan", "--output", str(tmp_path / "k.jsonl")])
     assert "--temperature" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("records, message", [
+    ([], "no knowledge records"),
+    ([{"concept": 3, "kind": "attributes", "text": "furry"}], "record 1 has concept 3; expected a non-empty string"),
+    ([{"concept": "cat", "kind": "attributes", "text": ["furry", "small"]}], "record 1 has text ['furry', 'small']"),
+    ([{"concept": "cat", "kind": "ovo", "text": "furry"}], "ovo record 1 lacks other_concept"),
+    ([{"concept": "zebra", "kind": "attributes", "text": "striped"}], "none of its concepts is a class of the dataset"),
+])
+def test_knowledge_that_cannot_be_coders_is_refused_naming_the_file(tmp_path, records, message):
+    from ex2.core.io import write_jsonl
+
+    path = write_jsonl(tmp_path / "k.jsonl", records)
+    with pytest.raises(ValueError) as err:
+        load_knowledge(path, ["cat", "dog"])
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
