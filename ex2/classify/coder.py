@@ -414,7 +414,7 @@ def coder_inputs(config, classnames: list[str]) -> CoderInputs:
         return CoderInputs(templates, text_names, knowledge, provenance, gap, True, init)
     from ex2.knowledge.records import load_knowledge
 
-    knowledge, provenance = load_knowledge(source)
+    knowledge, provenance = load_knowledge(source, classnames)
     return CoderInputs(templates, text_names, _rekey(knowledge, classnames, text_names), provenance, gap, False, init)
 
 
