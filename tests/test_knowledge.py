@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from ex2.cli import main
-from ex2.core.io import read_jsonl
-from ex2.knowledge.stage import (
-    answer_text,
-    answers_path,
-    load_knowledge,
-    nearest_pairs,
-    parse_items,
-    partial_path,
-)
+from ex2.core.io import partial_path, read_jsonl
+from ex2.knowledge.answers import answer_text, parse_items
+from ex2.knowledge.pairs import nearest_pairs
+from ex2.knowledge.records import load_knowledge
+from ex2.knowledge.stage import answers_path
 
 CONCEPTS = ["red apple", "green leaf", "blue sky"]
 
@@ -99,20 +95,19 @@ def _knowledge(tiny_llm, open_clip_dir, out: Path, *extra: str) -> int:
 
 def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny_llm, open_clip_dir, tmp_path, tmp_cache,
                                                                        monkeypatch):
-    import ex2.llm.samplers
-    import ex2.vlm
+    import ex2.knowledge.stage
     from ex2.llm.models import load_tokenizer
 
-    monkeypatch.setattr(ex2.vlm, "load_vlm", lambda *a, **k: WordsVLM())
+    monkeypatch.setattr(ex2.knowledge.stage, "load_vlm", lambda *a, **k: WordsVLM())
     tokenizer = load_tokenizer(str(tiny_llm))
     killed = FakeSampler(tokenizer, fail_after=2)
-    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: killed)
+    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: killed)
     out = tmp_path / "knowledge.jsonl"
     with pytest.raises(RuntimeError):
         _knowledge(tiny_llm, open_clip_dir, out)
     assert len(read_jsonl(partial_path(out))) == 1 + 2 and not out.exists()
     fresh = FakeSampler(tokenizer)
-    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: fresh)
+    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: fresh)
     assert _knowledge(tiny_llm, open_clip_dir, out) == 0
     assert len(killed.asked) == 2 and not any(p in killed.asked for p in fresh.asked)
     records = read_jsonl(out)
@@ -154,7 +149,7 @@ def test_from_json_asks_nothing_and_checks_its_input(tmp_path, tmp_cache, capsys
 
 
 def test_wordnet_synonyms_offline(tmp_cache):
-    from ex2.knowledge.stage import wordnet, wordnet_synonyms
+    from ex2.knowledge.wordnet import wordnet, wordnet_synonyms
 
     try:
         reader = wordnet()
@@ -172,3 +167,48 @@ def test_wordnet_synonyms_offline(tmp_cache):
         torch.tensor([[1.0, 0.0] if ("rocket" in t and "photo" in t) or "salad" in t else [0.0, 1.0]
                       for t in ts]), dim=-1))
     assert "arugula" in flipped  # the plant sense, chosen by its gloss
+
+
+def test_a_second_knowledge_run_into_one_output_is_refused(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
+         f"with output_lock({str(out)!r}, 'ex2 knowledge'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["knowledge", "--dataset", "samples", "--llm", "ex2-test-org/not-cached-llm", "--output", str(out)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by pid {holder.pid}" in err and "ex2 knowledge" in err
+        assert not out.exists() and not partial_path(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_nan_temperature_is_refused_before_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["knowledge", "--dataset", "samples", "--temperature", "nan", "--output", str(tmp_path / "k.jsonl")])
+    assert "--temperature" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("records, message", [
+    ([], "no knowledge records"),
+    ([{"concept": 3, "kind": "attributes", "text": "furry"}], "record 1 has concept 3; expected a non-empty string"),
+    ([{"concept": "cat", "kind": "attributes", "text": ["furry", "small"]}], "record 1 has text ['furry', 'small']"),
+    ([{"concept": "cat", "kind": "ovo", "text": "furry"}], "ovo record 1 lacks other_concept"),
+    ([{"concept": "zebra", "kind": "attributes", "text": "striped"}], "none of its concepts is a class of the dataset"),
+])
+def test_knowledge_that_cannot_be_coders_is_refused_naming_the_file(tmp_path, records, message):
+    from ex2.core.io import write_jsonl
+
+    path = write_jsonl(tmp_path / "k.jsonl", records)
+    with pytest.raises(ValueError) as err:
+        load_knowledge(path, ["cat", "dog"])
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)

@@ -134,9 +134,22 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
-    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`")
-    kinds: list[str] = option(["attributes", "analogous", "synonyms"],
-                              "coder: knowledge kinds in the class texts (attributes, analogous, synonyms)")
+    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`, or CoDer's released "
+                                   "expert_knowledge folder (default with --coder-dir: CLONE/expert_knowledge)")
+    kinds: list[str] | None = option(None, "coder: knowledge kinds in the class texts (attributes, analogous, "
+                                     "synonyms); default CoDer's: all three zero-shot, attributes,analogous few-shot")
+    coder_dir: str | None = option(None, "coder: a clone of YCaigogogo/CODER: its templates (CODER/template.py, read "
+                                   "as data), class lists, re-ranking gaps and expert_knowledge; default ex2's texts")
+    coder_dataset: str | None = option(None, "coder: CoDer's name for the dataset (e.g. oxford-pet, DTD, food-101); "
+                                       "default mapped from --dataset")
+    coder_star: bool = option(False, "coder: CODER*: re-rank with one-vs-one texts below CoDer's per-dataset gap "
+                                     "(utils.py); needs --coder-dir")
+    coder_synonyms: Literal["filled", "as-run"] = option(
+        "filled", "coder: synonym texts with the synonym (filled), or as CoDer's released code makes them (as-run: "
+        "its call leaves the field None, 'a photo of None')")
+    ovo_rows: Literal["gap", "gap-and-label-in-top5"] = option(
+        "gap", "coder: rows re-ranked: every small gap (ours), or also only where the true class is in the top five "
+        "(CoDer's loop; reads the test labels)")
     ovo_gap: float = option(0.0, "coder: re-rank with one-vs-one texts where the top-2 softmax gap is below this")
     ovo_top: int = option(5, "coder: classes re-ranked by one-vs-one texts")
     shots: int = option(0, "coder: labelled images per class for Tip-Adapter over neighbor vectors (0: zero-shot)")
@@ -151,7 +164,17 @@ class ClassifyConfig:
         "or one class a line, 'class, synonym, ...'"
     )
     n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
-    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    choice_order: Literal["shuffled", "fixed"] = option(
+        "shuffled", "closed: shuffled per image, drawn as VLMClassifier's main.py (its seed: 1234), or fixed: "
+        "every class in dataset order (its label-order ablation)")
+    answer_match: Literal["substring", "words"] = option(
+        "substring", "open/closed: substring (VLMClassifier's eval.ipynb: a true class name inside the answer, any "
+        "case) or words (ours: whole words, and a closed answer naming another choice too is wrong)")
+    prompt_format: Literal["auto", "chat", "vlmclassifier"] = option(
+        "auto", "open/closed/likelihood: vlmclassifier (LLaVA-1.5's 'USER: <image>\\n{question}\\nASSISTANT:' as "
+        "VLMClassifier's main.py), chat (ours: the processor's chat template), auto (vlmclassifier for llava models)")
+    answer_prefix: str = option("The photo features a", "likelihood: the answer's start, continued by each class name "
+                                "(VLMClassifier's inference_analysis/main.py; ex2 used 'This is a photo of a')")
     length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
     calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
     calibration_split: str | None = option(
@@ -727,9 +750,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     out = check_output_path(config.output, "folder")
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     if config.method == "coder":
-        from ex2.classify.coder import run_classify
+        from ex2.classify.coder import coder_inputs, run_classify
 
-        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision))
+        inputs = coder_inputs(config, dataset.classnames)  # bad inputs fail before any model loads
+        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision), inputs)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:
         print(line, flush=True)

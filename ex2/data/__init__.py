@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.core.io import read_text
 from ex2.core.names import split_dataset_name
 from ex2.data.benchmarks import (
     EUROSAT_CLASSNAMES,
@@ -41,6 +42,7 @@ from ex2.data.generic import load_csv, load_hf_disk, load_imagefolder
 from ex2.data.images import ImageError, load_image, to_rgb
 from ex2.data.samples import SAMPLE_CONCEPTS, load_samples
 from ex2.data.templates import TEMPLATE_SETS, TemplateError, load_templates
+from ex2.data.vlmclassifier import load_vlmclassifier
 
 __all__ = [
     "DATASETS",
@@ -78,6 +80,7 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
     "imagefolder": load_imagefolder,
     "csv": load_csv,
     "hf_disk": load_hf_disk,
+    "vlmclassifier": load_vlmclassifier,
 }
 
 # datasets whose class names are known without a copy of the data
@@ -108,7 +111,7 @@ def load_dataset(name: str, root: str | Path | None = None, split: str | None = 
 
 
 def _read_concepts(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_text(path, "one concept a line").splitlines())
     concepts = [line for line in lines if line and not line.startswith("#")]
     if not concepts:
         raise ValueError(f"{path}: no concepts found; expected one concept name a line")
