@@ -18,18 +18,10 @@ from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
 from ex2.finetune.data import read_grounding, synthetic_grounding
 from ex2.finetune.grain import hungarian_match, match_cost
-from ex2.finetune.stage import (
-    FinetuneConfig,
-    FinetuneModel,
-    add_lora,
-    evaluate_regions,
-    first_columns,
-    merge_lora,
-    multi_positive_nce,
-    run,
-    share_gradient,
-    text_ids,
-)
+from ex2.finetune.evaluation import evaluate_regions
+from ex2.finetune.losses import first_columns, multi_positive_nce, share_gradient, text_ids
+from ex2.finetune.model import FinetuneModel, add_lora, merge_lora
+from ex2.finetune.stage import FinetuneConfig, run
 from ex2.finetune.towers import OpenClipTowers
 
 

@@ -14,7 +14,8 @@ from ex2.cli import main
 from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names, load_dataset
 from ex2.finetune.data import read_grounding, shard_record, synthetic_grounding
-from ex2.finetune.stage import FinetuneConfig, evaluate_regions
+from ex2.finetune.evaluation import evaluate_regions
+from ex2.finetune.stage import FinetuneConfig
 
 wds = pytest.importorskip("webdataset")
 
