@@ -17,8 +17,8 @@ from ex2.cli import main
 from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
 from ex2.finetune.data import read_grounding, synthetic_grounding
-from ex2.finetune.grain import hungarian_match, match_cost
 from ex2.finetune.evaluation import evaluate_regions
+from ex2.finetune.grain import hungarian_match, match_cost
 from ex2.finetune.losses import first_columns, multi_positive_nce, share_gradient, text_ids
 from ex2.finetune.model import FinetuneModel, add_lora, merge_lora
 from ex2.finetune.stage import FinetuneConfig, run
@@ -323,9 +323,11 @@ def _grain_config(open_clip_dir, annotations, out, steps, **extra) -> FinetuneCo
                           **options)
 
 
-def test_grain_objective_runs_and_loss_decreases(open_clip_dir, tmp_path):
+@pytest.mark.parametrize("ours", [False, True], ids=["grain", "ex2"])
+def test_grain_objective_runs_and_loss_decreases(ours, open_clip_dir, tmp_path):
     annotations = synthetic_grounding(tmp_path / "set", n=8, size=32)
-    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4)
+    extra = {"decoder": "ex2", "duplicates": "merged", "box_l1_weight": 1.25, "box_giou_weight": 2.0} if ours else {}
+    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4, **extra)
     run(out)
     log = read_jsonl(tmp_path / "grain" / "log.jsonl")
     assert {"box_l1", "box_giou", "region_text", "caption", "region_acc"} <= set(log[0])

@@ -29,6 +29,15 @@ def load_grain_run(run_dir: str | Path, device: str = "cpu") -> FinetuneModel:
 
 
 @torch.no_grad()
+def image_features(model: FinetuneModel, pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` normalised image features as GRAIN classifies with them: the decoder's global
+    query (``--decoder grain``), else the VLM's pooled embedding; compare with ``model.texts``."""
+    pooled, tokens = model.images(pixels, model.decoder_tokens)
+    _, _, image = model.decoder(tokens)
+    return pooled if image is None else F.normalize(image.float(), dim=-1)
+
+
+@torch.no_grad()
 def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str = "cpu",
                      captions: str | Path | None = None) -> dict[str, float]:
     """Held-out grounding numbers of a ``grain`` run: each annotated region is matched to a query

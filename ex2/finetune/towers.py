@@ -132,10 +132,13 @@ class OpenClipTowers(Towers):
 
     def random_init(self, model):
         import open_clip
+        from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
 
         cfg = dict(model_config(self.name))
         custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
-        return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg).train()
+        fresh = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg).train()
+        set_model_preprocess_cfg(fresh, get_model_preprocess_cfg(model))  # what save_config_for_hf writes
+        return fresh
 
     def shape(self, model):
         size = model.visual.image_size
