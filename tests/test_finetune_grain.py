@@ -188,7 +188,7 @@ def test_grain_files_keep_the_five_best_boxes_clipped(tmp_path):
     assert read_annotations(bboxes, captions) == records
 
 
-def test_grain_files_errors_name_the_file(tmp_path):
+def test_grain_files_errors_name_the_file(open_clip_dir, tmp_path, capsys):
     bboxes, captions = _grain_files(tmp_path, {"a.png": [{"description": "x", "bbox": [1, 2, 3], "score": 1}]},
                                     [["a.png", "c"]])
     with pytest.raises(ValueError, match=r"bboxes.json image 'a.png'.*bbox"):
@@ -198,6 +198,12 @@ def test_grain_files_errors_name_the_file(tmp_path):
         read_grain_files(bboxes, captions)
     with pytest.raises(ValueError, match="--captions"):
         read_annotations(bboxes)
+    bad, captions = _grain_files(tmp_path / "bad", {"a.png": [{"description": "x", "bbox": [], "score": 1}]},
+                                 [["a.png", "c"]])
+    out = tmp_path / "run"
+    assert main(["finetune", "--objective", "grain", "--vlm", str(open_clip_dir), "--annotations", str(bad),
+                 "--captions", str(captions), "--output", str(out), "--device", "cpu"]) == 1
+    assert "bbox" in capsys.readouterr().err and not out.exists()  # checked before the run folder is made
     with pytest.raises(ValueError, match="--captions"):
         FinetuneConfig(output=str(tmp_path / "o"), objective="grain", annotations=str(bboxes))
     jsonl = synthetic_grounding(tmp_path / "set", n=1, size=16)

@@ -234,21 +234,28 @@ def _epochs(data: EpochData, loader, accelerator, micro: int):
         epoch, offset = epoch + 1, 0
 
 
-def _stream(config: FinetuneConfig, towers: Towers, size: int, accelerator, step: int):
-    """(the batcher, the stream of (epoch, batch) from optimiser step ``step`` on)."""
-    classnames = texts = None
-    collate = collate_grain if config.objective == "grain" else None
+def _examples(config: FinetuneConfig, towers: Towers, size: int) -> tuple:
+    """(examples, class names, descriptions per class) of an ex2 dataset or annotations file, read
+    and checked before the run folder exists; (None, class names, descriptions) for ``--shards``,
+    whose stream starts at the resumed step (:func:`_stream`)."""
     if config.shards:
+        if config.objective == "grain":
+            return None, None, None
         from ex2.data import concept_names
 
-        if config.objective == "desc":
-            classnames = concept_names(config.dataset, config.data_root)
-            texts = class_texts(config, classnames)
+        classnames = concept_names(config.dataset, config.data_root)
+        return None, classnames, class_texts(config, classnames)
+    if config.objective == "desc":
+        return desc_data(config, towers.preprocess)
+    return grain_data(config, towers.preprocess, size), None, None
+
+
+def _stream(config: FinetuneConfig, towers: Towers, size: int, accelerator, step: int, examples: tuple):
+    """(the batcher, the stream of (epoch, batch) from optimiser step ``step`` on)."""
+    data, classnames, texts = examples
+    collate = collate_grain if config.objective == "grain" else None
+    if config.shards:
         data = shard_data(config, towers.preprocess, size, classnames, step)
-    elif config.objective == "desc":
-        data, classnames, texts = desc_data(config, towers.preprocess)
-    else:
-        data = grain_data(config, towers.preprocess, size)
     loader = _loader(config, data, collate)
     batcher = Batcher(config, towers, accelerator.device, classnames, texts)
     if config.shards:  # each process reads its own shards: accelerate must not split the stream
@@ -267,6 +274,7 @@ def train(config: FinetuneConfig) -> dict:
     set_seed(config.seed)
     model = build_model(config)
     towers, size = model.towers, model.towers.shape(model.clip)["image_size"]
+    examples = _examples(config, towers, size)
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -280,7 +288,7 @@ def train(config: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     log = output / "log.jsonl"
     step = resume_step(accelerator, config, output, log)
-    batcher, stream = _stream(config, towers, size, accelerator, step)
+    batcher, stream = _stream(config, towers, size, accelerator, step, examples)
     micro = step * config.gradient_accumulation_steps
     sums: dict[str, float] = {}
     count, last = 0, {}
