@@ -54,7 +54,7 @@ import torch
 
 from ex2.core.config import data_root_option, dataset_option, option, save_config, vlm_option
 from ex2.core.devices import accelerate_state_released
-from ex2.core.io import append_jsonl, write_json
+from ex2.core.io import append_jsonl, check_output_path, write_json
 from ex2.finetune.batches import (
     Batcher,
     EpochData,
@@ -358,6 +358,7 @@ def _finish(accelerator, model, config: FinetuneConfig, output: Path, identity: 
 
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune, save the model and return the run folder."""
+    check_output_path(config.output, "folder")
     if not config.resume and checkpoints(Path(config.output)):
         raise ValueError(
             f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "
