@@ -179,7 +179,8 @@ def answer_metrics(correct: Sequence[bool], labels: Sequence[int], predictions: 
     the first other class named (or "none"), never the true class when wrong."""
     predicted = [y if ok else (p if p != y else n_classes) for ok, y, p in zip(correct, labels, predictions, strict=True)]
     metrics = zeroshot.classification_metrics(onehot_logits(predicted, n_classes), torch.tensor(list(labels)))
-    metrics["acc5"] = None
+    metrics.update(acc5=None, acc5_low=None, acc5_high=None)  # one answer has no top five
+    metrics["interval"].pop("acc5", None)
     return metrics
 
 

@@ -122,6 +122,10 @@ class ClassifyConfig:
         CUPL_TEMPLATES, "cupl both: class-name templates (default clip_80, CLIP's 80, as CuPL), a set or a file"
     )
     seed: int = option(0, "first waffle seed")
+    seeds: int | None = option(
+        None, "run a method with randomness N times from --seed on and report mean ± std (waffle: its draws, "
+        "the same as --waffle-seeds); deterministic methods refuse N > 1"
+    )
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     drop_unreadable_classes: bool = option(
         False, "a class none of whose images can be read is left out of the scores (listed in metrics.json "
@@ -197,6 +201,7 @@ class ClassifyConfig:
             if self.waffle_prefix != WAFFLECLIP_PREFIX:
                 raise ValueError("give --waffle-concept or --waffle-prefix, not both (the concept sets the prefix)")
             self.waffle_prefix = f"A photo of a {self.waffle_concept}: a "
+        self._apply_seeds()
         for name in ("waffle_count", "waffle_seeds", "batch_size", "explain_top"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -211,6 +216,18 @@ class ClassifyConfig:
         from ex2.classify.coder import check_config
 
         check_config(self)
+
+    def _apply_seeds(self) -> None:
+        """``--seeds N``: waffle draws N text sets; a deterministic method has nothing to repeat."""
+        if self.seeds is None:
+            return
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.method == "waffle":
+            self.waffle_seeds = self.seeds
+        elif self.seeds > 1:
+            raise ValueError(f"--seeds {self.seeds}: --method {self.method} gives the same result on every run "
+                             "(no random draws); one run says all. --seeds applies to --method waffle")
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -572,6 +589,7 @@ class Evaluation:
     weights: torch.Tensor  # [D, C]
     logits: torch.Tensor  # [N_images, C]
     metrics: dict[str, float]
+    labels: torch.Tensor | None = None  # [N_images], for the interval of a mean over seeds
 
 
 def batched_encoder(vlm, progress: bool = True, cache: bool = True) -> zeroshot.Encode:
@@ -594,19 +612,27 @@ def evaluate(
     for texts, embeddings in zip(text_sets, zeroshot.encode_text_sets(encode, text_sets), strict=True):
         weights = zeroshot.pool_classifier(embeddings, zeroshot.owners_of(texts), len(texts), aggregate)
         logits = zeroshot.score(images, weights, logit_scale, logit_bias)
-        results.append(Evaluation(texts, embeddings, weights, logits, zeroshot.classification_metrics(logits, labels)))
+        results.append(Evaluation(texts, embeddings, weights, logits, zeroshot.classification_metrics(logits, labels),
+                                  labels))
     return results
 
 
 def summarise(results: list[Evaluation]) -> dict:
     """Metrics of one evaluation, or their mean over seeds with the spread (population standard
-    deviation, numpy's default ddof 0, as WaffleCLIP reports it) and per-seed values."""
+    deviation, numpy's default ddof 0, as WaffleCLIP reports it), the mean's 95 % intervals (images
+    resampled, :func:`ex2.core.intervals.classification_intervals`) and per-seed values."""
+    from ex2.core.intervals import classification_intervals, mean_std
+
     keys = ("acc1", "acc5", "mean_per_class_recall")
     if len(results) == 1:
         return dict(results[0].metrics)
-    values = torch.tensor([[r.metrics[k] for k in keys] for r in results], dtype=torch.float64)
-    out = {k: values[:, i].mean().item() for i, k in enumerate(keys)}
-    out.update({f"{k}_std": values[:, i].std(correction=0).item() for i, k in enumerate(keys)})
+    out = {}
+    for key in keys:
+        out[key], out[f"{key}_std"] = mean_std([r.metrics[key] for r in results])
+    labels = results[0].labels
+    if labels is not None:
+        hits = [[zeroshot.topk_hits(r.logits, labels, k).numpy() for r in results] for k in (1, 5)]
+        out.update(classification_intervals(hits[0], labels.numpy(), hits[1]))
     out["per_seed"] = [r.metrics for r in results]
     return out
 

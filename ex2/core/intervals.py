@@ -260,3 +260,33 @@ def stratified_recall_interval(correct: Sequence[float] | np.ndarray, labels: Se
 
 def _bootstrap_name(clusters) -> str:
     return f"{BOOTSTRAP} over clusters" if clusters is not None else f"{BOOTSTRAP} over units"
+
+
+# --- classification metrics ----------------------------------------------------------------------
+
+
+def classification_intervals(top1: np.ndarray, labels: np.ndarray, top5: np.ndarray | None = None,
+                             level: float = LEVEL, seed: int = SEED) -> dict:
+    """Interval columns of ``acc1``, ``acc5`` and ``mean_per_class_recall`` (CLIP_benchmark's keys).
+
+    ``top1``/``top5``: whether each image's label is the best class / among the five best, ``[N]``
+    for one run or ``[S, N]`` for S seeds. One run: Clopper-Pearson for the accuracies; seeds: the
+    accuracy averaged over seeds, a percentile bootstrap over images of each image's share of seeds
+    right. Mean per-class recall: a bootstrap within classes (:func:`stratified_recall_interval`)."""
+    hits1 = np.atleast_2d(np.asarray(top1, dtype=float))
+    seeds = hits1.shape[0]
+    out: dict = {"interval": {"level": level}}
+    parts = [("acc1", hits1), ("acc5", None if top5 is None else np.atleast_2d(np.asarray(top5, dtype=float)))]
+    for name, hits in parts:
+        if hits is None or hits.shape[1] == 0:
+            out |= {f"{name}_low": None, f"{name}_high": None}
+            continue
+        found = (proportion_interval(int(hits[0].sum()), hits.shape[1], level) if seeds == 1
+                 else mean_interval(hits.mean(0), level=level, seed=seed))
+        out |= {f"{name}_low": found.low, f"{name}_high": found.high}
+        out["interval"][name] = found.method
+    if hits1.shape[1]:
+        recall = stratified_recall_interval(hits1.mean(0), labels, level, seed=seed)
+        out |= {"mean_per_class_recall_low": recall.low, "mean_per_class_recall_high": recall.high}
+        out["interval"]["mean_per_class_recall"] = recall.method
+    return out
