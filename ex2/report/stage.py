@@ -10,11 +10,17 @@ Every folder given is searched recursively for run outputs, never for models:
     log.jsonl      from ``ex2 train`` (reward, KL, completion length per step, sampled completions;
                    labels from the run's config.yaml); ``eval.json`` beside it gives the held-out
                    base → trained rewards and pairs
+    predictions.csv  beside a metrics.json: which images a run got right, for paired comparisons
 
 The page (``report.html``, plots as embedded PNGs, inline script only, so it opens offline) shows
 accuracy, the descriptions base vs aligned side by side (sortable, filterable), the best and worst
 rewarded texts, held-out pairs, attribute shares per VLM and adapter, training curves and signs of
 reward hacking. ``summary.csv`` has one row per run; every other table is a CSV beside it.
+
+Every number comes with its 95 % interval where the run outputs allow one, and every base → aligned
+difference (and each category vs all, each method vs class names) is tested on the units both sides
+share (:mod:`ex2.report.compare`): ``differences.csv`` says which are findings and which lie within
+the noise; ``shares.csv`` has each share with its interval, concepts resampled.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import yaml
 from ex2.core.config import option, save_config
 from ex2.core.io import atomic_open, atomic_write_text, check_output_path, read_jsonl
 from ex2.core.taxonomy import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
+from ex2.report import compare
 from ex2.report.stats import hacking_signs
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
@@ -64,6 +71,9 @@ class Runs:
     heldout: list[dict] = field(default_factory=list)  # eval.json samples, with "run"
     rewarded: list[dict] = field(default_factory=list)  # every text with a known reward
     skipped: list[str] = field(default_factory=list)  # "file: why"
+    correct: dict[str, dict[str, bool]] = field(default_factory=dict)  # classify run -> image path -> right
+    shares: list[dict] = field(default_factory=list)  # each share of each set of descriptions, with its interval
+    comparisons: list[compare.Comparison] = field(default_factory=list)  # paired differences (ex2.report.compare)
 
 
 # --- reading run outputs -----------------------------------------------------------------------
@@ -100,8 +110,10 @@ def classify_row(run: str, metrics: dict) -> dict:
         "vlm": metrics.get("vlm"), "method": metrics["method"],
         "categories": "+".join(categories) if categories else "all",
         "descriptions_model": source.get("model"), "descriptions_adapter": source.get("adapter"),
-        "descriptions": source.get("path"), "acc1": metrics["acc1"], "acc1_std": metrics.get("acc1_std"),
-        "acc5": metrics.get("acc5"), "mean_per_class_recall": metrics.get("mean_per_class_recall"),
+        "descriptions": source.get("path"), "acc1": metrics["acc1"],
+        **{key: metrics.get(key) for key in ("acc1_low", "acc1_high", "acc1_std", "acc5", "acc5_low", "acc5_high",
+                                             "mean_per_class_recall", "mean_per_class_recall_low",
+                                             "mean_per_class_recall_high")},
         "n_images": metrics.get("n_images"), "n_classes": metrics.get("n_classes"),
         "n_skipped_images": metrics.get("n_skipped_images"),
         "classes_without_descriptions": len(metrics.get("classes_without_descriptions") or []) or None,
@@ -196,6 +208,7 @@ def _add(runs: Runs, path: Path, run: str) -> None:
         metrics = _read_json(path)
         if "acc1" in metrics and "method" in metrics:
             runs.classify.append(classify_row(run, metrics))
+            runs.correct[run] = compare.read_correct(path.parent / "predictions.csv")
     elif path.name == "summary.json":
         summary = _read_json(path)
         if isinstance(summary.get("category_shares"), dict):
@@ -232,7 +245,19 @@ def collect(folders: list[str | Path], exclude: Path | None = None) -> Runs:
                     runs.skipped.append(f"{path}: {err}")
                     warnings.warn(f"ex2 report: skipping {path}: {err}", stacklevel=2)
     _attach_rewards(runs)
+    _add_intervals(runs)
     return runs
+
+
+def _add_intervals(runs: Runs) -> None:
+    """Shares with intervals, the paired comparisons, and the interval columns of inspect and train rows."""
+    runs.shares = compare.share_rows(runs.descriptions)
+    runs.comparisons = compare.comparisons(runs.classify, runs.correct, runs.descriptions, runs.heldout)
+    for row in runs.inspect:
+        if row.get("variant") and "," not in row["variant"]:  # a run mixing variants: see shares.csv
+            row.update(compare.share_columns(runs.shares, row["run"], row["variant"]))
+    for row in runs.train:
+        row.update(compare.heldout_columns(runs.heldout, runs.comparisons, row["run"]))
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -307,25 +332,39 @@ def hacking_rows(runs: Runs) -> list[dict]:
     return rows
 
 
-def _first(rows: list[dict], key: str, **match) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None and all(r.get(k) == v for k, v in match.items())]
-    return values[0] if values else None
+def _first(rows: list[dict], key: str, **match) -> dict | None:
+    """The first row with a value for ``key`` whose other fields match."""
+    return next((r for r in rows if r.get(key) is not None and all(r.get(k) == v for k, v in match.items())), None)
 
 
-def headline(runs: Runs) -> dict[str, tuple[float | None, float | None]]:
-    """The numbers that matter, base → aligned: held-out reward, accuracy with all the descriptions,
-    informative share (the first run of each kind that has them; pairs missing both are left out)."""
+def headline(runs: Runs) -> dict[str, compare.Change]:
+    """The numbers that matter, base → aligned, with their intervals and the paired difference: held-out
+    reward, accuracy with all the descriptions, informative share (the first run of each kind that has
+    them; pairs missing both are left out)."""
     described = [r for r in runs.classify if r["method"] == "ex2" and r["categories"] == "all"]
-    numbers = {
-        "held-out reward": (_first(runs.train, "heldout_base_reward"), _first(runs.train, "heldout_trained_reward")),
+    pairs = {
+        "held-out reward": (_first(runs.train, "heldout_base_reward"), "heldout_base_reward",
+                            _first(runs.train, "heldout_trained_reward"), "heldout_trained_reward"),
         "accuracy with the descriptions": (
             _first([r for r in described if not r.get("descriptions_adapter") and r.get("descriptions_model")],
-                   "acc1"),
-            _first([r for r in described if r.get("descriptions_adapter")], "acc1")),
-        "informative share": (_first(runs.inspect, "informative_share", variant="base"),
-                              _first(runs.inspect, "informative_share", variant="aligned")),
+                   "acc1"), "acc1", _first([r for r in described if r.get("descriptions_adapter")], "acc1"), "acc1"),
+        "informative share": (_first(runs.inspect, "informative_share", variant="base"), "informative_share",
+                              _first(runs.inspect, "informative_share", variant="aligned"), "informative_share"),
     }
-    return {name: pair for name, pair in numbers.items() if pair != (None, None)}
+    changes = {}
+    for name, (base, base_key, aligned, aligned_key) in pairs.items():
+        if base is None and aligned is None:
+            continue
+        if name == "held-out reward":
+            difference = compare.find(runs.comparisons, kind="held-out reward", before=f"{(base or aligned)['run']} (base)")
+        elif name == "informative share":
+            difference = compare.find(runs.comparisons, kind="share", measure="informative")
+        else:
+            difference = compare.find(runs.comparisons, kind="accuracy", before=(base or {}).get("run"),
+                                      after=(aligned or {}).get("run"))
+        changes[name] = compare.Change(compare.row_interval(base, base_key), compare.row_interval(aligned, aligned_key),
+                                       difference)
+    return changes
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -364,7 +403,8 @@ def tables(runs: Runs) -> dict[str, list[dict]]:
     top, bottom = extremes(runs.rewarded)
     found = {"descriptions": side_by_side(runs.descriptions), "attributes": attribute_rows(runs),
              "hacking": hacking_rows(runs), "top_rewarded": top, "bottom_rewarded": bottom,
-             "heldout_pairs": runs.heldout}
+             "heldout_pairs": runs.heldout, "differences": [c.row() for c in runs.comparisons],
+             "shares": runs.shares}
     return {name: rows for name, rows in found.items() if rows}
 
 
