@@ -63,8 +63,8 @@ def test_seeds_repeat_waffle_and_report_mean_std_and_the_interval_of_the_mean(ba
     assert all(s["acc1_low"] <= s["acc1"] <= s["acc1_high"] for s in metrics["per_seed"])
 
 
-def test_seeds_are_refused_where_a_method_has_no_randomness(base_args, tmp_path, capsys):
+def test_seeds_are_refused_where_they_repeat_nothing(base_args, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a bad flag value: argparse's one-line error
         main(["classify", *base_args, "--method", "clip", "--seeds", "2", "--output", str(tmp_path / "r")])
-    assert "--seeds 2: --method clip gives the same result on every run" in capsys.readouterr().err
+    assert "--seeds 2 repeats waffle's random draws; --method clip" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

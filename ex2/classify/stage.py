@@ -123,8 +123,8 @@ class ClassifyConfig:
     )
     seed: int = option(0, "first waffle seed")
     seeds: int | None = option(
-        None, "run a method with randomness N times from --seed on and report mean ± std (waffle: its draws, "
-        "the same as --waffle-seeds); deterministic methods refuse N > 1"
+        None, "waffle: draw its random texts N times from --seed on and report mean ± std (the same as "
+        "--waffle-seeds); other methods refuse N > 1"
     )
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     drop_unreadable_classes: bool = option(
@@ -218,7 +218,7 @@ class ClassifyConfig:
         check_config(self)
 
     def _apply_seeds(self) -> None:
-        """``--seeds N``: waffle draws N text sets; a deterministic method has nothing to repeat."""
+        """``--seeds N``: waffle draws N text sets; other methods run once per ``--seed``."""
         if self.seeds is None:
             return
         if self.seeds < 1:
@@ -226,8 +226,8 @@ class ClassifyConfig:
         if self.method == "waffle":
             self.waffle_seeds = self.seeds
         elif self.seeds > 1:
-            raise ValueError(f"--seeds {self.seeds}: --method {self.method} gives the same result on every run "
-                             "(no random draws); one run says all. --seeds applies to --method waffle")
+            raise ValueError(f"--seeds {self.seeds} repeats waffle's random draws; --method {self.method} draws "
+                             "nothing at random or is not repeated by --seeds: run it once per --seed S instead")
 
 
 # --- descriptions ------------------------------------------------------------------------------
