@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ex2.core.intervals import Interval, mcnemar, mean_interval, paired_difference, share_difference
-from ex2.core.taxonomy import NON_VISUAL_ATTRIBUTES, UNPARSED, VISUAL_ATTRIBUTES
+from ex2.core.taxonomy import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
+from ex2.inspect.report import share_indicators
 
 CATEGORY_SHARES = ("informative", "spurious", "visual", "non_visual")
 FEW_UNITS = 10  # below this many clusters a percentile bootstrap understates the noise
@@ -134,22 +135,6 @@ def accuracy_comparison(what: str, before: dict, after: dict, correct: dict[str,
 
 
 # --- shares ------------------------------------------------------------------------------------
-
-
-def share_indicators(records: list[dict]) -> dict[str, tuple[list[float], list[str]]]:
-    """Per share: each description's 0/1 and its concept (informative leaves unparsed texts out;
-    an attribute counts among all descriptions, as the report's attribute table does)."""
-    out: dict[str, tuple[list[float], list[str]]] = {}
-    judged = [r for r in records if r.get("category") not in (None, UNPARSED)]
-    out["informative"] = ([float(r["category"] != "spurious") for r in judged], [str(r["concept"]) for r in judged])
-    concepts = [str(r["concept"]) for r in records]
-    for category in ("spurious", "visual", "non_visual"):
-        out[category] = ([float(r.get("category") == category) for r in records], concepts)
-    for category, names in (("visual", VISUAL_ATTRIBUTES), ("non_visual", NON_VISUAL_ATTRIBUTES)):
-        for name in names:
-            out[name] = ([float(r.get("category") == category and r.get("attribute") == name) for r in records],
-                         concepts)
-    return out
 
 
 def share_rows(descriptions: list[dict]) -> list[dict]:
