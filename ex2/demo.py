@@ -252,9 +252,9 @@ def headline_lines(out: Path) -> list[str]:
     paired difference's (a finding, or within the noise)."""
     import warnings
 
-    from ex2.report.stage import collect, headline
+    from ex2.report.stage import collect, headline, headline_text
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         numbers = headline(collect([out], exclude=(out / "report").resolve()))
-    return [f"{name}: {change.text(2 if name == 'held-out reward' else 3)}" for name, change in numbers.items()]
+    return [headline_text(name, change) for name, change in numbers.items()]

@@ -17,7 +17,7 @@ from ex2.core.plotting import pyplot
 from ex2.core.taxonomy import INFORMATIVE_ATTRIBUTES as ATTRIBUTES
 from ex2.core.taxonomy import VISUAL_ATTRIBUTES
 from ex2.report.compare import Comparison
-from ex2.report.stage import CATEGORY_COLORS, Runs, attribute_rows, cell_text
+from ex2.report.stage import CATEGORY_COLORS, Runs, attribute_rows, cell_text, headline_text
 from ex2.report.stats import smooth
 
 TEXT_COLUMNS = ("base_description", "aligned_description", "text", "base", "trained")  # kept readable
@@ -278,8 +278,7 @@ def headline_html(numbers: dict) -> str:
     """The headline numbers (:class:`ex2.report.compare.Change`), each with its intervals and verdict."""
     if not numbers:
         return ""
-    items = "".join(f"<li>{html.escape(name)}: {html.escape(change.text(2 if 'reward' in name else 3, '→'))}</li>"
-                    for name, change in numbers.items())
+    items = "".join(f"<li>{html.escape(headline_text(name, change, '→'))}</li>" for name, change in numbers.items())
     return (f'<h2 id="s-headline">Base → aligned</h2><ul class="headline">{items}</ul>'
             "<p>Brackets hold 95 % intervals; a difference is a finding when its interval excludes 0.</p>")
 
@@ -330,7 +329,8 @@ def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]
 def render_html(runs: Runs, extra: dict[str, list[dict]], title: str, numbers: dict | None = None) -> str:
     """The page: headline numbers, descriptions, attributes, classification, training, reward hacking."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    sections = [("differences", bool(runs.comparisons)), ("descriptions", any(n in extra for n in ("descriptions", "top_rewarded", "heldout_pairs"))),
+    sections = [("differences", bool(runs.comparisons)),
+                ("descriptions", any(n in extra for n in ("descriptions", "top_rewarded", "heldout_pairs"))),
                 ("attributes", bool(runs.inspect)), ("classification", bool(runs.classify)),
                 ("training", bool(runs.train)), ("hacking", "hacking" in extra)]
     parts.append("<nav>" + "".join(f'<a href="#s-{s}">{s}</a>' for s, present in sections if present) + "</nav>")

@@ -367,6 +367,11 @@ def headline(runs: Runs) -> dict[str, compare.Change]:
     return changes
 
 
+def headline_text(name: str, change: compare.Change, arrow: str = "->") -> str:
+    """One headline number as a line: rewards to two places, accuracies and shares to three."""
+    return f"{name}: {change.text(2 if name == 'held-out reward' else 3, arrow)}"
+
+
 # --- outputs -----------------------------------------------------------------------------------
 
 
