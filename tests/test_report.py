@@ -311,3 +311,14 @@ def test_accuracy_pairs_base_aligned_each_category_and_class_names():
     assert found[("clip", "aligned")] == "ex2 · aligned vs class names"
     assert not any("other-vlm" in pair for pair in found)  # nothing else saw its images' scores
     assert len(found) == 4 + 4  # each of the four described runs also vs class names
+
+
+def test_an_accuracy_difference_is_a_finding_only_when_mcnemar_agrees():
+    from ex2.report.compare import accuracy_comparison
+
+    correct = {"a": {f"img{i}": i >= 4 for i in range(80)}, "b": {f"img{i}": True for i in range(80)}}
+    few = accuracy_comparison("b vs a", {"run": "a"}, {"run": "b"}, correct)  # 4 discordant images, one way
+    assert few.difference.excludes(0) and few.p_value == pytest.approx(2 * 0.5 ** 4)
+    assert not few.finding and "exact test does not agree" in few.reading()
+    correct["a"] = {f"img{i}": i >= 12 for i in range(80)}  # 12 discordant: p = 2 / 2**12
+    assert accuracy_comparison("b vs a", {"run": "a"}, {"run": "b"}, correct).finding

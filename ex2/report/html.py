@@ -289,10 +289,10 @@ def _differences_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]:
         return []
     findings = [c for c in runs.comparisons if c.finding]
     noise = [c for c in runs.comparisons if not c.finding]
+    shown = ", ".join(f"{c.measure} ({c.what})" for c in noise[:6]) + (f" and {len(noise) - 6} more"
+                                                                        if len(noise) > 6 else "")
     words = (f"{len(findings)} of {len(runs.comparisons)} differences are findings (their 95 % interval excludes 0)"
-             + (f"; {len(noise)} are within the noise, among them "
-                + ", ".join(f"{c.measure} ({c.what})" for c in noise[:6]) + (", …" if len(noise) > 6 else "")
-                if noise else "") + ".")
+             + (f"; {len(noise)} are within the noise: {shown}" if noise else "") + ".")
     parts = ['<h2 id="s-differences">Differences and their noise</h2>',
              f"<p>Each pair of runs is compared on what both saw: the same images (accuracy; exact McNemar "
              f"p-value too), the same concepts (shares, concepts resampled) or the same prompts (held-out "
