@@ -1,1 +1,1 @@
-"""ex2 report: tables, plots and an HTML report across run folders (stage), the page (html) and the statistics (stats)."""
+"""ex2 report: tables, plots and an HTML report across run folders (stage), the page (html), the statistics (stats) and the paired differences with their intervals (compare)."""
