@@ -52,6 +52,7 @@ from ex2.core.config import (
     text_field_option,
     vlm_option,
 )
+from ex2.core.intervals import classification_intervals, mean_std
 from ex2.core.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.core.names import split_dataset_name
 from ex2.core.taxonomy import FILTER_CATEGORIES
@@ -138,9 +139,22 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
-    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`")
-    kinds: list[str] = option(["attributes", "analogous", "synonyms"],
-                              "coder: knowledge kinds in the class texts (attributes, analogous, synonyms)")
+    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`, or CoDer's released "
+                                   "expert_knowledge folder (default with --coder-dir: CLONE/expert_knowledge)")
+    kinds: list[str] | None = option(None, "coder: knowledge kinds in the class texts (attributes, analogous, "
+                                     "synonyms); default CoDer's: all three zero-shot, attributes,analogous few-shot")
+    coder_dir: str | None = option(None, "coder: a clone of YCaigogogo/CODER: its templates (CODER/template.py, read "
+                                   "as data), class lists, re-ranking gaps and expert_knowledge; default ex2's texts")
+    coder_dataset: str | None = option(None, "coder: CoDer's name for the dataset (e.g. oxford-pet, DTD, food-101); "
+                                       "default mapped from --dataset")
+    coder_star: bool = option(False, "coder: CODER*: re-rank with one-vs-one texts below CoDer's per-dataset gap "
+                                     "(utils.py); needs --coder-dir")
+    coder_synonyms: Literal["filled", "as-run"] = option(
+        "filled", "coder: synonym texts with the synonym (filled), or as CoDer's released code makes them (as-run: "
+        "its call leaves the field None, 'a photo of None')")
+    ovo_rows: Literal["gap", "gap-and-label-in-top5"] = option(
+        "gap", "coder: rows re-ranked: every small gap (ours), or also only where the true class is in the top five "
+        "(CoDer's loop; reads the test labels)")
     ovo_gap: float = option(0.0, "coder: re-rank with one-vs-one texts where the top-2 softmax gap is below this")
     ovo_top: int = option(5, "coder: classes re-ranked by one-vs-one texts")
     shots: int = option(0, "coder: labelled images per class for Tip-Adapter over neighbor vectors (0: zero-shot)")
@@ -155,7 +169,17 @@ class ClassifyConfig:
         "or one class a line, 'class, synonym, ...'"
     )
     n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
-    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    choice_order: Literal["shuffled", "fixed"] = option(
+        "shuffled", "closed: shuffled per image, drawn as VLMClassifier's main.py (its seed: 1234), or fixed: "
+        "every class in dataset order (its label-order ablation)")
+    answer_match: Literal["substring", "words"] = option(
+        "substring", "open/closed: substring (VLMClassifier's eval.ipynb: a true class name inside the answer, any "
+        "case) or words (ours: whole words, and a closed answer naming another choice too is wrong)")
+    prompt_format: Literal["auto", "chat", "vlmclassifier"] = option(
+        "auto", "open/closed/likelihood: vlmclassifier (LLaVA-1.5's 'USER: <image>\\n{question}\\nASSISTANT:' as "
+        "VLMClassifier's main.py), chat (ours: the processor's chat template), auto (vlmclassifier for llava models)")
+    answer_prefix: str = option("The photo features a", "likelihood: the answer's start, continued by each class name "
+                                "(VLMClassifier's inference_analysis/main.py; ex2 used 'This is a photo of a')")
     length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
     calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
     calibration_split: str | None = option(
@@ -621,8 +645,6 @@ def summarise(results: list[Evaluation]) -> dict:
     """Metrics of one evaluation, or their mean over seeds with the spread (population standard
     deviation, numpy's default ddof 0, as WaffleCLIP reports it), the mean's 95 % intervals (images
     resampled, :func:`ex2.core.intervals.classification_intervals`) and per-seed values."""
-    from ex2.core.intervals import classification_intervals, mean_std
-
     keys = ("acc1", "acc5", "mean_per_class_recall")
     if len(results) == 1:
         return dict(results[0].metrics)
@@ -753,9 +775,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     out = check_output_path(config.output, "folder")
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     if config.method == "coder":
-        from ex2.classify.coder import run_classify
+        from ex2.classify.coder import coder_inputs, run_classify
 
-        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision))
+        inputs = coder_inputs(config, dataset.classnames)  # bad inputs fail before any model loads
+        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision), inputs)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:
         print(line, flush=True)
