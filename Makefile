@@ -48,5 +48,17 @@ test: develop system-deps
 lint: $(STAMP)
 	$(PY) -m ruff check ex2 tests benchmarks analysis
 
+.PHONY: gpu-pack gpu-check
+
+# What a bare GPU machine lacks, in .gpu-pack/ (< 64 MiB); prints the line that installs it there.
+gpu-pack: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/pack_gpu.sh
+
+# On a GPU machine, after that line: every GPU figure in one JSON (<= 8 minutes on one H100).
+GPU_PYTHON ?= python3
+GPU_CHECK_OUTPUT ?= runs/gpu_check.json
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT)
+
 clean:
 	rm -rf runs .pytest_cache

@@ -140,11 +140,13 @@ def test_closed_answers_must_name_only_the_true_choice():
 
 
 def test_choices_are_seeded_and_hold_the_true_class():
-    labels = [0, 3, 3, 1, 4]
-    first = gc.draw_choices(labels, 5, 3, seed=7)
-    assert first == gc.draw_choices(labels, 5, 3, seed=7) != gc.draw_choices(labels, 5, 3, seed=8)
+    labels, names = [0, 3, 3, 1, 4], ["e", "d", "c", "b", "a"]
+    first = gc.draw_choices(labels, names, 3, seed=7)
+    assert first == gc.draw_choices(labels, names, 3, seed=7) != gc.draw_choices(labels, names, 3, seed=8)
     assert all(len(set(c)) == 3 and y in c for c, y in zip(first, labels, strict=True))
-    assert gc.draw_choices(labels, 5, None, 0)[0] == [0, 1, 2, 3, 4]
+    assert gc.draw_choices(labels, names, None, 0, "fixed")[0] == [0, 1, 2, 3, 4]
+    every = gc.draw_choices(labels, names, None, 0)
+    assert all(sorted(c) == [0, 1, 2, 3, 4] for c in every) and len({tuple(c) for c in every}) > 1
     assert gc.closed_question("What is it?", ["cat", "dog"]) == 'What is it? Choose one from "cat, dog".'
     assert gc.parse_n_choices("all") is None and gc.parse_n_choices("4", 8) == 4
     for bad in ("1", "many", "9"):
@@ -214,7 +216,7 @@ class ScriptedVLM:
     def __init__(self, answers):
         self.answers, self.questions = answers, []
 
-    def prompt(self, question, image=True, answer_prefix=""):
+    def prompt(self, question, image=True, answer_prefix="", prompt_format="chat"):
         self.questions.append(question)
         return question
 
@@ -231,7 +233,7 @@ def test_open_and_closed_runs_score_answers(shared_cache, tmp_path):
     # samples lists 10 views per class in class order: a cat answer for every image
     vlm = ScriptedVLM(["A kitten on a rug.", "Probably a cat or a rocket."])
     config = ClassifyConfig(vlm="gen:org/model", method="open", classnames=str(tmp_path / "names.txt"),
-                            output=str(tmp_path / "open"), progress=False)
+                            answer_match="words", output=str(tmp_path / "open"), progress=False)
     metrics = json.loads((gc.run(config, vlm, dataset) / "metrics.json").read_text())
     # every cat image is right (one answer by a synonym); the rocket images answered "cat or rocket" too
     assert metrics["acc1"] == pytest.approx(15 / 80) and metrics["acc5"] is None
@@ -239,7 +241,7 @@ def test_open_and_closed_runs_score_answers(shared_cache, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "open" / "answers.jsonl").read_text().splitlines()]
     assert records[0]["named"] == ["cat"] and records[1]["named"] == ["cat", "rocket"] and records[1]["correct"]
 
-    config = ClassifyConfig(vlm="gen:org/model", method="closed", n_choices="3", seed=3,
+    config = ClassifyConfig(vlm="gen:org/model", method="closed", n_choices="3", seed=3, answer_match="words",
                             output=str(tmp_path / "closed"), progress=False)
     vlm = ScriptedVLM(["A kitten on a rug.", "Probably a cat or a rocket."])
     metrics = json.loads((gc.run(config, vlm, dataset) / "metrics.json").read_text())

@@ -167,3 +167,48 @@ def test_wordnet_synonyms_offline(tmp_cache):
         torch.tensor([[1.0, 0.0] if ("rocket" in t and "photo" in t) or "salad" in t else [0.0, 1.0]
                       for t in ts]), dim=-1))
     assert "arugula" in flipped  # the plant sense, chosen by its gloss
+
+
+def test_a_second_knowledge_run_into_one_output_is_refused(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
+         f"with output_lock({str(out)!r}, 'ex2 knowledge'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["knowledge", "--dataset", "samples", "--llm", "ex2-test-org/not-cached-llm", "--output", str(out)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by pid {holder.pid}" in err and "ex2 knowledge" in err
+        assert not out.exists() and not partial_path(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_nan_temperature_is_refused_before_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["knowledge", "--dataset", "samples", "--temperature", "nan", "--output", str(tmp_path / "k.jsonl")])
+    assert "--temperature" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("records, message", [
+    ([], "no knowledge records"),
+    ([{"concept": 3, "kind": "attributes", "text": "furry"}], "record 1 has concept 3; expected a non-empty string"),
+    ([{"concept": "cat", "kind": "attributes", "text": ["furry", "small"]}], "record 1 has text ['furry', 'small']"),
+    ([{"concept": "cat", "kind": "ovo", "text": "furry"}], "ovo record 1 lacks other_concept"),
+    ([{"concept": "zebra", "kind": "attributes", "text": "striped"}], "none of its concepts is a class of the dataset"),
+])
+def test_knowledge_that_cannot_be_coders_is_refused_naming_the_file(tmp_path, records, message):
+    from ex2.core.io import write_jsonl
+
+    path = write_jsonl(tmp_path / "k.jsonl", records)
+    with pytest.raises(ValueError) as err:
+        load_knowledge(path, ["cat", "dog"])
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)

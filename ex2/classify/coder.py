@@ -20,10 +20,18 @@ searched on a validation split carved from the labelled support pool (:func:`sea
     ex2 classify --method coder --knowledge runs/knowledge.jsonl --ovo-gap 0.1 --output runs/coder_ovo
     ex2 classify --method coder --knowledge runs/knowledge.jsonl --shots 4 --output runs/coder_4shot
 
-Departures from the published code, on purpose: re-ranking applies to every image whose gap is
-small (the published loop also required the true label among the top five); the few-shot result
-is the one with α and β from the validation split (the published script kept the better of that
-and the initial values, measured on the test set).
+With ``--coder-dir CLONE`` (a clone of YCaigogogo/CODER) the texts are CoDer's own: its
+``template.py`` per dataset (``--coder-dataset``, default mapped from ``--dataset``), its class lists
+by position, its released ``expert_knowledge`` files, and ``--coder-star`` re-ranks below its
+per-dataset gap (:mod:`ex2.classify.coder_files` reads them all as data). Without it the texts are
+ex2's (:func:`ours`).
+
+Departures from the published code, on purpose, each with theirs by name: re-ranking applies to
+every image whose gap is small (the published loop also required the true label among the top
+five: ``--ovo-rows gap-and-label-in-top5``); the few-shot result is the one with α and β from the
+validation split (the published script kept the better of that and its config's values, measured
+on the test set: reported beside as ``few_shot.as_published``); synonym texts hold the synonym
+(the released code's call leaves it None: ``--coder-synonyms as-run``).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ex2.classify.coder_files import CoderTemplates
 
 CLASS_KINDS = ("attributes", "analogous", "synonyms")  # kinds that make class texts
 ATTRIBUTE_TEMPLATE = "{c} which has {a}"
@@ -72,19 +82,37 @@ def fill(templates: Sequence[str], name: str) -> list[str]:
     return [t.replace("{c}", "{}").format(name) for t in templates]
 
 
+def ours(name_templates: Sequence[str]) -> CoderTemplates:
+    """ex2's own CoDer texts: the given name templates (``{}`` marks the class), CoDer's generic
+    attribute and analogue templates and ex2's three one-vs-one templates."""
+    return CoderTemplates(tuple(t.replace("{}", "{c}") for t in name_templates), (ATTRIBUTE_TEMPLATE,),
+                          (ANALOGOUS_TEMPLATE,), OVO_TEMPLATES, "ex2")
+
+
+def _filled(templates: Sequence[str], **fields: str) -> list[str]:
+    return [t.format_map(fields) for t in templates]
+
+
 def coder_texts(
-    classnames: Sequence[str], knowledge: dict[str, dict[str, list[str]]], name_templates: Sequence[str],
-    kinds: Sequence[str] = CLASS_KINDS,
+    classnames: Sequence[str], knowledge: dict[str, dict[str, list[str]]],
+    templates: Sequence[str] | CoderTemplates, kinds: Sequence[str] = CLASS_KINDS, synonyms_as_run: bool = False,
+    dedupe: bool = True,
 ) -> CoderTexts:
     """The class texts of CoDer's zero-shot classifier, in class order.
 
     ``knowledge[kind][class name]`` lists the attributes, analogous classes or synonyms of each class;
-    a class without any keeps its name texts alone.
+    a class without any keeps its name texts alone. ``templates``: CoDer's for a dataset
+    (:func:`ex2.classify.coder_files.read_templates`) or name templates alone (:func:`ours`). As
+    CoDer writes them, name texts read the class name with "_" as spaces, the others as it is.
+    ``synonyms_as_run``: each synonym text as CoDer's released code makes it, whose call passes the
+    synonym where the class name goes, leaving the synonym field None ("a photo of None").
+    ``dedupe``: a repeated item counts once (ex2's knowledge); CoDer's files count every entry.
     """
     unknown = sorted(set(kinds) - set(CLASS_KINDS))
     if unknown:
         raise ValueError(f"unknown CoDer text kind(s) {', '.join(unknown)}; choose from {', '.join(CLASS_KINDS)}")
-    if not name_templates:
+    templates = templates if isinstance(templates, CoderTemplates) else ours(templates)
+    if not templates.name:
         raise ValueError("no name templates given; expected at least one, e.g. 'a photo of a {}.'")
     texts: list[str] = []
     owners: list[int] = []
@@ -99,25 +127,29 @@ def coder_texts(
 
     for c, name in enumerate(classnames):
         if "attributes" in kinds:
-            add(c, "attributes", [ATTRIBUTE_TEMPLATE.format(c=name, a=a) for a in _of(knowledge, "attributes", name)], False)
+            add(c, "attributes", [t for a in _of(knowledge, "attributes", name, dedupe)
+                                  for t in _filled(templates.attribute, c=name, a=a)], False)
         if "analogous" in kinds:
-            add(c, "analogous", [ANALOGOUS_TEMPLATE.format(c=name, a=a) for a in _of(knowledge, "analogous", name)], False)
-        add(c, "name", fill(name_templates, name), True)
+            add(c, "analogous", [t for a in _of(knowledge, "analogous", name, dedupe)
+                                 for t in _filled(templates.analogous, c=name, a=a)], False)
+        add(c, "name", _filled(templates.name, c=name.replace("_", " ")), True)
         if "synonyms" in kinds:
-            add(c, "synonyms", [t for s in _of(knowledge, "synonyms", name) for t in fill(name_templates, s)], True)
+            add(c, "synonyms", [t for s in _of(knowledge, "synonyms", name, dedupe)
+                                for t in _filled(templates.name, c="None" if synonyms_as_run else s)], True)
     return CoderTexts(texts, torch.tensor(owners, dtype=torch.long), torch.tensor(pooled, dtype=torch.bool), text_kinds)
 
 
-def _of(knowledge: dict[str, dict[str, list[str]]], kind: str, name: str) -> list[str]:
+def _of(knowledge: dict[str, dict[str, list[str]]], kind: str, name: str, dedupe: bool = True) -> list[str]:
     from ex2.core.text import normalise_name
 
     by_name = {normalise_name(k): v for k, v in knowledge.get(kind, {}).items()}
-    return list(dict.fromkeys(by_name.get(normalise_name(name), [])))
+    items = list(by_name.get(normalise_name(name), []))
+    return list(dict.fromkeys(items)) if dedupe else items
 
 
-def ovo_texts(class_a: str, class_b: str, features: Sequence[str]) -> list[str]:
+def ovo_texts(class_a: str, class_b: str, features: Sequence[str], templates: Sequence[str] = OVO_TEMPLATES) -> list[str]:
     """One-vs-one texts: each feature that sets ``class_a`` apart from ``class_b`` in every template."""
-    return [t.format(c=class_a, b=class_b, a=f) for f in features for t in OVO_TEMPLATES]
+    return [t.format(c=class_a, b=class_b, a=f) for f in features for t in templates]
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -153,18 +185,21 @@ def softmax_gap(logits: torch.Tensor) -> torch.Tensor:
 
 
 def ovo_rerank(
-    images: torch.Tensor, logits: torch.Tensor, ovo: dict[tuple[int, int], torch.Tensor], gap: float, top_k: int = 5
+    images: torch.Tensor, logits: torch.Tensor, ovo: dict[tuple[int, int], torch.Tensor], gap: float, top_k: int = 5,
+    only: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CODER*: re-pick the top class among the ``top_k`` best where the softmax gap is below ``gap``.
 
     Candidate ``c`` scores the mean over the other candidates ``o`` of mean(image · ovo[c, o]) −
     mean(image · ovo[o, c]); a pair missing either direction counts 0. The best candidate (the
     higher-ranked on ties) swaps its logit with the old top-1, so acc5 is unchanged. Returns the
-    new logits and a bool mask of the rows considered.
+    new logits and a bool mask of the rows considered; ``only`` (a bool mask) narrows those rows.
     """
     images = F.normalize(images.float(), dim=-1)
     top = logits.topk(min(top_k, logits.shape[1]), dim=1).indices
     rows = softmax_gap(logits) < gap
+    if only is not None:
+        rows &= only
     out = logits.clone()
     for i in rows.nonzero().flatten().tolist():
         candidates = top[i].tolist()
@@ -257,8 +292,14 @@ def carve_support(
 # --- ex2 classify --method coder ---------------------------------------------------------------
 
 
+FEW_SHOT_KINDS = ("attributes", "analogous")  # classify_few_shot.py: names, attributes, analogous classes
+OVO_ROWS = ("gap", "gap-and-label-in-top5")
+
+
 def check_config(config) -> None:
     """Errors for a ClassifyConfig whose CoDer options cannot work."""
+    if config.kinds is None:  # CoDer's own: exp_zero_shot.sh adds synonyms, classify_few_shot.py does not
+        config.kinds = list(FEW_SHOT_KINDS if config.shots else CLASS_KINDS)
     config.kinds = [k.strip() for item in config.kinds for k in item.split(",") if k.strip()]
     unknown = sorted(set(config.kinds) - set(CLASS_KINDS))
     if unknown:
@@ -266,10 +307,19 @@ def check_config(config) -> None:
         raise ValueError(f"unknown --kinds {', '.join(unknown)}; choose from {', '.join(CLASS_KINDS)}{extra}")
     if config.method != "coder":
         return
-    if not config.knowledge:
-        raise ValueError("--method coder needs --knowledge FILE (the knowledge.jsonl of `ex2 knowledge`)")
+    if not config.knowledge and not config.coder_dir:
+        raise ValueError("--method coder needs --knowledge FILE (the knowledge.jsonl of `ex2 knowledge`, or CoDer's "
+                         "expert_knowledge folder) or --coder-dir CLONE (reads CLONE/expert_knowledge)")
+    if config.coder_dir and not (Path(config.coder_dir).expanduser() / "CODER" / "template.py").is_file():
+        raise FileNotFoundError(f"--coder-dir {config.coder_dir}: no CODER/template.py; expected a clone of "
+                                "YCaigogogo/CODER")
     if not 0 <= config.ovo_gap <= 1:
         raise ValueError(f"--ovo-gap is a softmax-probability gap in [0, 1], not {config.ovo_gap}")
+    if config.coder_star and (not config.coder_dir or config.ovo_gap):
+        raise ValueError("--coder-star re-ranks below CoDer's per-dataset gap (its utils.py): it needs --coder-dir "
+                         "and takes no --ovo-gap")
+    if config.ovo_rows not in OVO_ROWS:
+        raise ValueError(f"--ovo-rows must be one of {', '.join(OVO_ROWS)}, not {config.ovo_rows!r}")
     for name in ("ovo_top", "augment_views"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -279,7 +329,8 @@ def check_config(config) -> None:
         raise ValueError("--explain is not available with --method coder")
 
 
-def _ovo_bank(encode: Encode, classnames: list[str], ovo: dict[tuple[str, str], list[str]]) -> dict:
+def _ovo_bank(encode: Encode, classnames: list[str], ovo: dict[tuple[str, str], list[str]],
+              templates: Sequence[str] = OVO_TEMPLATES) -> dict:
     """The embeddings of every pair's one-vs-one texts, all encoded in one call."""
     from ex2.core.text import normalise_name
 
@@ -288,7 +339,7 @@ def _ovo_bank(encode: Encode, classnames: list[str], ovo: dict[tuple[str, str], 
     for (a, b), features in ovo.items():
         ia, ib = index.get(normalise_name(a)), index.get(normalise_name(b))
         if ia is not None and ib is not None and features:
-            texts[ia, ib] = ovo_texts(classnames[ia], classnames[ib], features)
+            texts[ia, ib] = ovo_texts(classnames[ia], classnames[ib], features, templates)
     if not texts:
         return {}
     rows = encode([t for pair_texts in texts.values() for t in pair_texts])
@@ -318,36 +369,108 @@ def augmented_embeddings(vlm, paths: list[Path], views: int, seed: int) -> torch
     return F.normalize(torch.stack(out), dim=-1)
 
 
-def run_classify(config, out: Path, dataset, vlm) -> Path:
+@dataclass
+class CoderInputs:
+    """What a CoDer run reads before any model loads: its templates, the class names its texts
+    write (CoDer's list with --coder-dir, by position; else the dataset's), knowledge keyed by
+    those names, and the re-ranking gap (0: none)."""
+
+    templates: CoderTemplates
+    text_names: list[str]
+    knowledge: dict
+    provenance: dict
+    gap: float
+    from_coder_files: bool
+    init_alpha_beta: tuple[float, float] | None = None  # few-shot: CoDer's config values, for its own report
+
+
+def coder_inputs(config, classnames: list[str]) -> CoderInputs:
+    """Resolve templates, class names, knowledge and gap (see :class:`CoderInputs`)."""
+    from ex2.classify import coder_files as cf
+
+    name = config.coder_dataset or cf.coder_dataset_name(config.dataset)
+    task = "few-shot" if config.shots else "zero-shot"
+    clone = Path(config.coder_dir).expanduser() if config.coder_dir else None
+    if clone is not None:
+        templates = cf.read_templates(clone / "CODER" / "template.py", name, task)
+        text_names = cf.read_class_names(clone / "datasets" / "class_name", name, task)
+        if len(text_names) != len(classnames):
+            raise ValueError(f"CoDer lists {len(text_names)} classes for {name} and {config.dataset} has "
+                             f"{len(classnames)}; pass --coder-dataset with CoDer's name for this dataset")
+        gap = cf.read_thresholds(clone / "utils.py").get(name) if config.coder_star else config.ovo_gap
+        if gap is None:
+            raise ValueError(f"{clone / 'utils.py'} has no re-ranking gap for {name}; pass --ovo-gap instead")
+        init = cf.read_init_alpha_beta(clone / "configs", name) if config.shots else None
+    else:
+        from ex2.data import load_templates
+
+        templates, text_names, gap = ours(load_templates(config.templates)), list(classnames), config.ovo_gap
+        init = None
+    source = Path(config.knowledge).expanduser() if config.knowledge else clone / "expert_knowledge"
+    if source.is_dir():
+        kinds = tuple(config.kinds) + (("ovo",) if gap > 0 else ())
+        knowledge = cf.read_knowledge(source, name, text_names, kinds)
+        provenance = {"path": str(source.resolve()), "source": f"CoDer's released knowledge ({name})"}
+        return CoderInputs(templates, text_names, knowledge, provenance, gap, True, init)
+    from ex2.knowledge.records import load_knowledge
+
+    knowledge, provenance = load_knowledge(source, classnames)
+    return CoderInputs(templates, text_names, _rekey(knowledge, classnames, text_names), provenance, gap, False, init)
+
+
+def _rekey(knowledge: dict, names: list[str], new_names: list[str]) -> dict:
+    """Knowledge keyed by ``names`` re-keyed to the ``new_names`` at the same positions."""
+    from ex2.core.text import normalise_name
+
+    if names == new_names:
+        return knowledge
+    to = {normalise_name(a): b for a, b in zip(names, new_names, strict=True)}
+
+    def key(k):
+        return tuple(to.get(normalise_name(p), p) for p in k) if isinstance(k, tuple) else to.get(normalise_name(k), k)
+
+    return {kind: {key(k): v for k, v in items.items()} for kind, items in knowledge.items()}
+
+
+def run_classify(config, out: Path, dataset, vlm, inputs: CoderInputs | None = None) -> Path:
     """``ex2 classify --method coder``: the run folder, with the same files as other methods."""
     from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.core.io import write_json
-    from ex2.data import load_templates
-    from ex2.knowledge.records import load_knowledge
 
-    knowledge, provenance = load_knowledge(config.knowledge)
-    templates = load_templates(config.templates)
-    texts = coder_texts(dataset.classnames, knowledge, templates, config.kinds)
+    inputs = inputs or coder_inputs(config, dataset.classnames)
+    texts = coder_texts(inputs.text_names, inputs.knowledge, inputs.templates, config.kinds,
+                        config.coder_synonyms == "as-run", dedupe=not inputs.from_coder_files)
     encode = classify.batched_encoder(vlm, config.progress, config.cache)
     images, labels = classify.embed_dataset(vlm, dataset, config)
     features, paths = images.embeddings, list(images.paths)
-    info: dict = {"knowledge": provenance, "kinds": config.kinds, "name_templates": config.templates,
+    info: dict = {"knowledge": inputs.provenance, "kinds": config.kinds, "templates": inputs.templates.source,
+                  "name_templates": list(inputs.templates.name), "coder_synonyms": config.coder_synonyms,
                   "texts_per_kind": {k: texts.kinds.count(k) for k in dict.fromkeys(texts.kinds)}}
+    if inputs.text_names != dataset.classnames:
+        info["coder_class_names"] = {"renamed": sum(a != b for a, b in zip(inputs.text_names, dataset.classnames,
+                                                                          strict=True))}
     text_embeddings = encode(texts.texts)
     if config.shots:
-        features, labels, paths, few = _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode)
+        features, labels, paths, few = _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode,
+                                                 inputs.init_alpha_beta)
         logits = few.pop("logits")
         info["few_shot"] = few
     else:
         logits = class_scores(neighbor_vectors(features, text_embeddings), texts.owners, texts.pooled_max,
                               len(dataset.classnames))
-    if config.ovo_gap > 0:
-        bank = _ovo_bank(encode, dataset.classnames, knowledge.get("ovo", {}))
+    if inputs.gap > 0:
+        bank = _ovo_bank(encode, inputs.text_names, inputs.knowledge.get("ovo", {}), inputs.templates.ovo)
         before = logits.argmax(1)
-        logits, rows = ovo_rerank(features, logits, bank, config.ovo_gap, config.ovo_top)
-        info["rerank"] = {"ovo_gap": config.ovo_gap, "top_k": config.ovo_top, "pairs": len(bank),
+        only = None
+        if config.ovo_rows == "gap-and-label-in-top5":  # the published loop's row filter reads the test labels
+            only = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]).any(1)
+        logits, rows = ovo_rerank(features, logits, bank, inputs.gap, config.ovo_top, only)
+        info["rerank"] = {"ovo_gap": inputs.gap, "gap_from": "CoDer utils.py" if config.coder_star else "--ovo-gap",
+                          "top_k": config.ovo_top, "pairs": len(bank), "rows": config.ovo_rows,
                           "images_considered": int(rows.sum()), "changed": int((logits.argmax(1) != before).sum())}
+        if only is not None:
+            info["rerank"]["note"] = "rows chosen with the test labels (true class in the top five), as CoDer's loop"
     logits = logits.float()
     metrics_now = zeroshot.classification_metrics(logits, labels)
     per_class = texts.per_class(len(dataset.classnames))
@@ -372,9 +495,10 @@ class _Images:
     skipped: list
 
 
-def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
+def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode, init=None):
     """Tip-Adapter over neighbor vectors; returns the test features, labels, paths and a summary
-    (with the test logits under "logits")."""
+    (with the test logits under "logits"). ``init`` (α, β of CoDer's config) adds the number its
+    script prints: the better test accuracy of those and the searched α, β, labelled as chosen on test."""
     from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.data import load_dataset, load_templates
@@ -410,7 +534,18 @@ def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
     zero_shot = 100 * test_x @ weights
     logits = tip_adapter_logits(zero_shot, query(test_x), keys, key_labels, n_classes, alpha, beta)
     same_images = zeroshot.topk_accuracy(zero_shot, labels[test_idx], 1)
+    published = None
+    if init is not None:
+        searched = zeroshot.topk_accuracy(logits, labels[test_idx], 1)
+        at_init = zeroshot.topk_accuracy(tip_adapter_logits(zero_shot, query(test_x), keys, key_labels, n_classes,
+                                                            *init), labels[test_idx], 1)
+        published = {"init_alpha": init[0], "init_beta": init[1], "acc1_init": at_init,
+                     "acc1_max_with_init": max(searched, at_init),
+                     "chosen_on": "the test set: classify_few_shot.py prints the better of its config's and the "
+                                  "searched alpha, beta"}
     summary = {"clip_acc1_same_images": same_images, "shots": config.shots, "val_shots": val_shots,
                "augment_views": config.augment_views, "support_split": config.support_split or dataset.split, "alpha": alpha, "beta": beta,
                "val_acc1": val_acc, "n_support": len(support), "n_val": len(val), "logits": logits}
+    if published is not None:
+        summary["as_published"] = published
     return test_x, labels[test_idx], [images.paths[i] for i in test_idx], summary

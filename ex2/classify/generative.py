@@ -1,27 +1,38 @@
-"""Classification with a generative VLM, after Zhang et al. (NeurIPS 2024), three ways:
+"""Classification with a generative VLM as Zhang et al. (NeurIPS 2024, VLMClassifier) ran it, three ways.
+
+The prompt (``--prompt-format``, :mod:`ex2.gvlm.backend`): ``auto`` writes LLaVA-1.5's
+``USER: <image>\\n{question}\\nASSISTANT:`` as their ``main_results/main.py`` does for LLaVA-1.5 models
+and the chat template for others; ``chat`` (ours) the processor's chat template always.
 
 ``open``
     Ask what is in the photo (``--question``, their "What type of object is in this photo?").
-    **Matching rule:** a class is *named* by an answer when one of its names (the class name and
-    its synonyms from ``--classnames``) occurs in the answer as whole words, ignoring case, with
-    its words joined by spaces, hyphens or underscores and an optional plural ``s``/``es``
-    (:func:`ex2.core.text.concept_pattern`); a match lying inside a longer match of another class
-    does not count ("cat" inside "tabby cat"). The answer is correct when it names the true
-    class (their rule is the substring test ``label in answer``; whole words keep "cat" out of
-    "category").
 ``closed``
     The same question followed by the choices, as in their code: ``… Choose one from "a, b, c".``
-    ``--n-choices all`` lists every class in dataset order; ``N`` lists the true class and N-1
-    others, shuffled, drawn from a generator seeded with ``--seed`` (the same choices on every
-    run). Correct when the true class is the only listed choice the answer names.
+    ``--choice-order shuffled`` (theirs, ``main_results/main_*.sh``): every image gets its own
+    seeded draw, ``--n-choices all`` every class, ``N`` the true class and N-1 others, drawn as
+    ``main.py`` draws them (one ``random.Random(--seed)``: the images shuffled, then per image
+    ``sample`` of the other names, sorted, and ``shuffle``; ``--seed 1234`` is theirs). ``fixed``
+    lists every class in dataset order (their label-order ablation).
 ``likelihood``
-    Each class name scored as the continuation of a fixed answer (``--answer-prefix``) after the
-    question: the mean (``--length-norm mean``) or sum of its tokens' log-probabilities, the
-    prompt and image run once per image (:meth:`GenerativeVLM.score_continuations`). With
-    ``--calibrate`` the scores become ``log softmax(scores) - log prior``, the prior being the mean
-    softmax over images held out from evaluation: ``--calibration-split`` or, without it, a
-    ``--calibration-fraction`` of each class's images of the evaluated split (seeded), which are
-    then left out of the metrics. Test images never estimate the prior.
+    Each class name scored as the continuation of a fixed answer (``--answer-prefix``, theirs
+    "The photo features a", ``inference_analysis/main.py``) after the question: the mean
+    (``--length-norm mean``) or sum of its tokens' log-probabilities, both reported, the prompt and
+    image run once per image (:meth:`GenerativeVLM.token_logprobs`). Their calibration
+    (``inference_analysis/get_accuracy.ipynb``) is reported beside: summed scores mixed with each
+    class's mean over the evaluated images, ``α·S + (1−α)·mean(S)`` for α in 0..8, the best α
+    **chosen on the evaluated (test) images** (:func:`alpha_grid`). Ours, ``--calibrate``: the
+    scores become ``log softmax(scores) - log prior``, the prior the mean softmax over images held
+    out from evaluation (``--calibration-split`` or a seeded ``--calibration-fraction`` of each
+    class's images, then left out of the metrics); test images never estimate the prior.
+
+**Answer rule** (``--answer-match``): ``substring`` (theirs, ``main_results/eval.ipynb``): an
+answer, open or closed, is correct when one of the true class's names (the class name and its
+synonyms from ``--classnames``) occurs in it as a substring, ignoring case ("cat" counts in
+"category"). ``words`` (ours): a class is *named* when one of its names occurs as whole words,
+ignoring case, its words joined by spaces, hyphens or underscores, with an optional plural
+``s``/``es`` (:func:`ex2.core.text.concept_pattern`), a match inside a longer match of another class
+not counting ("cat" inside "tabby cat"); open answers are correct when they name the true class,
+closed ones when the true class is the only listed choice they name.
 
 Metrics use CLIP's keys: ``acc1``, ``acc5`` (None for open and closed: one answer has no
 top five) and ``mean_per_class_recall``, from :func:`ex2.classify.zeroshot.classification_metrics`.
@@ -39,10 +50,14 @@ import torch
 
 from ex2.classify import zeroshot
 from ex2.core.io import read_text
-from ex2.core.text import concept_pattern
+from ex2.core.text import concept_pattern, contains_name
 
 GVLM_METHODS = ("open", "closed", "likelihood")
 DEFAULT_QUESTION = "What type of object is in this photo?"
+ANSWER_MATCHES = ("substring", "words")  # VLMClassifier's eval.ipynb; ours
+CHOICE_ORDERS = ("shuffled", "fixed")  # VLMClassifier's main_*.sh; its fixed-order ablation
+VLMCLASSIFIER_PREFIX = "The photo features a"  # inference_analysis/main.py
+ALPHA_GRID = tuple(range(9))  # inference_analysis/get_accuracy.ipynb
 
 
 # --- class names and synonyms --------------------------------------------------------------------
@@ -78,21 +93,28 @@ def read_synonyms(path: str | Path, classnames: Sequence[str]) -> list[list[str]
     return names
 
 
-def _spans(answer: str, names: Sequence[str]) -> list[tuple[int, int]]:
+def _spans(answer: str, names: Sequence[str], match: str = "words") -> list[tuple[int, int]]:
     spans = []
     for name in names:
+        if match == "substring":
+            lower, needle = answer.lower(), name.lower()
+            spans += [(i, i + len(needle)) for i in range(len(lower)) if needle and lower.startswith(needle, i)]
+            continue
         pattern = concept_pattern(name)
         if pattern is not None:
             spans += [m.span() for m in pattern.finditer(answer)]
     return spans
 
 
-def named_classes(answer: str, names: Sequence[Sequence[str]], among: Sequence[int] | None = None) -> list[int]:
+def named_classes(answer: str, names: Sequence[Sequence[str]], among: Sequence[int] | None = None,
+                  match: str = "words") -> list[int]:
     """The classes (of ``among``, default all) an answer names, in order of first mention, by
-    the module's matching rule."""
+    the answer rule ``match`` (module docstring; ``substring`` keeps matches inside others)."""
     candidates = range(len(names)) if among is None else among
-    spans = {c: _spans(answer, names[c]) for c in candidates}
+    spans = {c: _spans(answer, names[c], match) for c in candidates}
     spans = {c: s for c, s in spans.items() if s}
+    if match == "substring":
+        return sorted(spans, key=lambda c: min(s[0] for s in spans[c]))
 
     def inside_other(c: int, span: tuple[int, int]) -> bool:
         return any(
@@ -104,13 +126,19 @@ def named_classes(answer: str, names: Sequence[Sequence[str]], among: Sequence[i
     return sorted((c for c, found in kept.items() if found), key=lambda c: min(s[0] for s in kept[c]))
 
 
-def open_correct(answer: str, label: int, names: Sequence[Sequence[str]]) -> bool:
-    """An open answer is correct when it names the true class."""
+def open_correct(answer: str, label: int, names: Sequence[Sequence[str]], match: str = "words") -> bool:
+    """An open answer is correct when it names the true class (``substring``: contains one of its names)."""
+    if match == "substring":
+        return any(contains_name(answer, name) for name in names[label])
     return label in named_classes(answer, names)
 
 
-def closed_correct(answer: str, label: int, choices: Sequence[int], names: Sequence[Sequence[str]]) -> bool:
-    """A closed answer is correct when the true class is the only listed choice it names."""
+def closed_correct(answer: str, label: int, choices: Sequence[int], names: Sequence[Sequence[str]],
+                   match: str = "words") -> bool:
+    """A closed answer is correct when the true class is the only listed choice it names (``words``),
+    or, as VLMClassifier judges it (``substring``), when it contains one of the true class's names."""
+    if match == "substring":
+        return open_correct(answer, label, names, match)
     return named_classes(answer, names, among=choices) == [label]
 
 
@@ -132,18 +160,33 @@ def parse_n_choices(value: str | int, n_classes: int | None = None) -> int | Non
     return n
 
 
-def draw_choices(labels: Sequence[int], n_classes: int, n_choices: int | None, seed: int) -> list[list[int]]:
-    """Choices per image: every class in order (``n_choices`` None), or the true class and
-    ``n_choices - 1`` others, shuffled, from one generator seeded with ``seed``."""
-    if n_choices is None:
-        return [list(range(n_classes)) for _ in labels]
+def draw_choices(labels: Sequence[int], classnames: Sequence[str], n_choices: int | None, seed: int,
+                 order: str = "shuffled") -> list[list[int]]:
+    """Class ids listed to each image. ``fixed``: every class in dataset order. ``shuffled``: the
+    true class and ``n_choices - 1`` (None: all) other names, drawn as VLMClassifier's
+    ``main_results/main.py`` draws them from one ``random.Random(seed)``: the images are shuffled
+    first (the order it asks them in), then per image ``sample`` from the other distinct names,
+    sorted, and ``shuffle``. A name several classes share stands for its first class."""
+    if order not in CHOICE_ORDERS:
+        raise ValueError(f"--choice-order must be one of {', '.join(CHOICE_ORDERS)}, not {order!r}")
+    if order == "fixed":
+        if n_choices is not None and n_choices != len(classnames):
+            raise ValueError("--choice-order fixed lists every class in dataset order; use --n-choices all")
+        return [list(range(len(classnames))) for _ in labels]
+    distinct = sorted(set(classnames))
+    first_id: dict[str, int] = {}
+    for class_id, name in enumerate(classnames):
+        first_id.setdefault(name, class_id)
+    count = len(distinct) if n_choices is None else n_choices
     rng = random.Random(seed)
-    out = []
-    for label in labels:
-        others = rng.sample([c for c in range(n_classes) if c != label], n_choices - 1)
-        choice = [label, *others]
-        rng.shuffle(choice)
-        out.append(choice)
+    asked = list(range(len(labels)))
+    rng.shuffle(asked)
+    out: list[list[int]] = [[] for _ in labels]
+    for i in asked:
+        own = classnames[labels[i]]
+        picked = [own, *rng.sample([name for name in distinct if name != own], count - 1)]
+        rng.shuffle(picked)
+        out[i] = [labels[i] if name == own else first_id[name] for name in picked]
     return out
 
 
@@ -167,6 +210,21 @@ def calibrate(scores: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(scores.float(), dim=1) - prior.clamp_min(1e-12).log()
 
 
+def alpha_grid(summed: torch.Tensor, labels: torch.Tensor, alphas: Sequence[float] = ALPHA_GRID) -> dict:
+    """VLMClassifier's calibration (``get_accuracy.ipynb``) of summed log-probs ``[N, C]``: each
+    class's score becomes ``α·S + (1−α)·mean over the evaluated images of S``; accuracy for every α
+    and the best (first on ties), **chosen on the same images it is reported on**."""
+    mean = summed.double().mean(0, keepdim=True)
+    per_alpha = {}
+    for alpha in alphas:
+        logits = alpha * summed.double() + (1 - alpha) * mean
+        per_alpha[str(alpha)] = {"acc1": zeroshot.topk_accuracy(logits, labels, 1),
+                                 "acc5": zeroshot.topk_accuracy(logits, labels, min(5, summed.shape[1]))}
+    best = max(per_alpha, key=lambda a: per_alpha[a]["acc1"])
+    return {"chosen_on": "the evaluated (test) images, as VLMClassifier's get_accuracy.ipynb chose it",
+            "best_alpha": float(best), **per_alpha[best], "per_alpha": per_alpha}
+
+
 def onehot_logits(predictions: Sequence[int], n_classes: int) -> torch.Tensor:
     """``[N, C + 1]`` logits with one 1 per row; column C is "no class named"."""
     logits = torch.zeros(len(predictions), n_classes + 1)
@@ -180,7 +238,8 @@ def answer_metrics(correct: Sequence[bool], labels: Sequence[int], predictions: 
     the first other class named (or "none"), never the true class when wrong."""
     predicted = [y if ok else (p if p != y else n_classes) for ok, y, p in zip(correct, labels, predictions, strict=True)]
     metrics = zeroshot.classification_metrics(onehot_logits(predicted, n_classes), torch.tensor(list(labels)))
-    metrics["acc5"] = None
+    metrics.update(acc5=None, acc5_low=None, acc5_high=None)  # one answer has no top five
+    metrics["interval"].pop("acc5", None)
     return metrics
 
 
@@ -217,6 +276,15 @@ def check_config(config) -> None:
         raise ValueError("--gen-backend vllm answers open and closed questions; likelihood runs on transformers")
     if config.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+    from ex2.gvlm.backend import PROMPT_FORMATS
+
+    for name, value, valid in (("prompt-format", config.prompt_format, PROMPT_FORMATS),
+                               ("answer-match", config.answer_match, ANSWER_MATCHES),
+                               ("choice-order", config.choice_order, CHOICE_ORDERS)):
+        if value not in valid:
+            raise ValueError(f"--{name} must be one of {', '.join(valid)}, not {value!r}")
+    if config.choice_order == "fixed" and parse_n_choices(config.n_choices) is not None:
+        raise ValueError("--choice-order fixed lists every class in dataset order; use --n-choices all")
 
 
 def image_batches(items, batch_size: int, skipped: list, strict: bool = False, progress: bool = True,
@@ -270,19 +338,29 @@ def evaluation_parts(config, dataset):
     return rest, held
 
 
-def likelihood_logits(vlm, items, classnames: Sequence[str], config, skipped: list, desc: str = "scoring"):
-    """``(logits [N, C], labels, paths)``: each class name scored as the answer prefix's continuation."""
-    from ex2.gvlm.backend import join_continuation
+def likelihood_scores(vlm, items, classnames: Sequence[str], config, skipped: list, desc: str = "scoring"):
+    """``({"mean": [N, C], "sum": [N, C]}, labels, paths)``: each class name scored as the answer
+    prefix's continuation, its token log-probabilities averaged and summed."""
+    from ex2.gvlm.backend import join_continuation, reduce_logprobs
 
-    prompt = vlm.prompt(config.question, answer_prefix=config.answer_prefix)
+    prompt = vlm.prompt(config.question, answer_prefix=config.answer_prefix, prompt_format=config.prompt_format)
     continuations = [join_continuation(prompt, name) for name in classnames]
-    rows, labels, paths = [], [], []
+    rows: dict[str, list] = {"mean": [], "sum": []}
+    labels, paths = [], []
     for batch in image_batches(items, config.batch_size, skipped, config.strict, config.progress, desc):
-        rows.append(vlm.score_continuations([b[1] for b in batch], prompt, continuations, config.length_norm,
-                                            config.batch_size))
+        for per_token in vlm.token_logprobs([b[1] for b in batch], prompt, continuations, config.batch_size):
+            for norm, out in rows.items():
+                out.append(reduce_logprobs(per_token, norm))
         labels += [b[2] for b in batch]
         paths += [b[3] for b in batch]
-    return (torch.cat(rows) if rows else torch.empty(0, len(classnames))), labels, paths
+    empty = torch.empty(0, len(classnames))
+    return {k: torch.stack(v) if v else empty for k, v in rows.items()}, labels, paths
+
+
+def likelihood_logits(vlm, items, classnames: Sequence[str], config, skipped: list, desc: str = "scoring"):
+    """``(logits [N, C], labels, paths)`` by ``--length-norm`` (see :func:`likelihood_scores`)."""
+    scores, labels, paths = likelihood_scores(vlm, items, classnames, config, skipped, desc)
+    return scores[config.length_norm], labels, paths
 
 
 def answerer(config, vlm):
@@ -290,10 +368,10 @@ def answerer(config, vlm):
     if config.gen_backend == "vllm":
         from ex2.gvlm.vllm_backend import VLLMAnswerer
 
-        return VLLMAnswerer(config.vlm, config.max_new_tokens)
+        return VLLMAnswerer(config.vlm, config.max_new_tokens, config.prompt_format)
 
     def answer(images, questions):
-        prompts = [vlm.prompt(q) for q in questions]
+        prompts = [vlm.prompt(q, prompt_format=config.prompt_format) for q in questions]
         return vlm.generate(images, prompts, config.max_new_tokens, config.batch_size)
 
     return answer
@@ -318,8 +396,9 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
     n_classes = len(names)
     for i, (label, path, answer) in enumerate(zip(labels, paths, answers, strict=True)):
         among = choices[i] if choices else None
-        named = named_classes(answer, names, among=among)
-        ok = closed_correct(answer, label, among, names) if choices else open_correct(answer, label, names)
+        named = named_classes(answer, names, among=among, match=config.answer_match)
+        ok = (closed_correct(answer, label, among, names, config.answer_match) if choices
+              else open_correct(answer, label, names, config.answer_match))
         correct.append(ok)
         predicted.append(label if ok else first_other(named, label, n_classes))
         record = {"path": str(path), "label": names[label][0], "question": questions[i], "answer": answer,
@@ -338,7 +417,8 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     choices = None
     if config.method == "closed":
         n_choices = parse_n_choices(config.n_choices, len(names))
-        choices = draw_choices([label for _, label in items], len(names), n_choices, config.seed)
+        choices = draw_choices([label for _, label in items], [n[0] for n in names], n_choices, config.seed,
+                               config.choice_order)
         questions = [closed_question(config.question, [names[c][0] for c in ch]) for ch in choices]
     else:
         questions = [config.question] * len(items)
@@ -353,9 +433,9 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
                 for r, p in zip(records, predicted, strict=True)])
     metrics = answer_metrics(correct, labels, predicted, len(names)) if labels else {}
     metrics.update(question=config.question, gen_backend=config.gen_backend, max_new_tokens=config.max_new_tokens,
-                   n_images=len(labels))
+                   n_images=len(labels), answer_match=config.answer_match, prompt_format=_prompt_format(config, vlm))
     if choices is not None:
-        metrics.update(n_choices=config.n_choices, choice_seed=config.seed)
+        metrics.update(n_choices=config.n_choices, choice_seed=config.seed, choice_order=config.choice_order)
     return metrics
 
 
@@ -363,11 +443,18 @@ def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: lis
     """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
     from ex2.classify.stage import Evaluation, write_tables
 
-    logits, labels, paths = likelihood_logits(vlm, items, classnames, config, skipped)
+    scores, labels, paths = likelihood_scores(vlm, items, classnames, config, skipped)
+    logits = scores[config.length_norm]
     info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
-                  "question": config.question, "calibrated": held is not None, "n_images": len(labels)}
+                  "question": config.question, "prompt_format": _prompt_format(config, vlm),
+                  "calibrated": held is not None, "n_images": len(labels)}
     if not labels:
         return info
+    label_tensor = torch.tensor(labels, dtype=torch.long)
+    info["by_length_norm"] = {norm: {"acc1": zeroshot.topk_accuracy(s, label_tensor, 1),
+                                     "acc5": zeroshot.topk_accuracy(s, label_tensor, min(5, s.shape[1]))}
+                              for norm, s in scores.items()}
+    info["vlmclassifier_calibration"] = alpha_grid(scores["sum"], label_tensor)
     if held is not None:
         held_skipped: list = []
         held_logits, _, _ = likelihood_logits(vlm, held.items, classnames, config, held_skipped, "calibrating")
@@ -375,11 +462,17 @@ def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: lis
         logits = calibrate(logits, prior)
         info.update(calibration_split=held.split, n_calibration_images=len(held_logits),
                     class_prior=dict(zip(classnames, prior.tolist(), strict=True)))
-    label_tensor = torch.tensor(labels, dtype=torch.long)
     metrics = zeroshot.classification_metrics(logits, label_tensor)
     result = Evaluation([[c] for c in classnames], torch.empty(0), torch.empty(0), logits, metrics)
     write_tables(out, list(classnames), result, label_tensor, paths)
     return {**metrics, **info}
+
+
+def _prompt_format(config, vlm) -> str:
+    from ex2.gvlm.backend import resolve_prompt_format
+
+    return resolve_prompt_format(config.prompt_format, getattr(vlm, "model_type", None)) if vlm is not None \
+        else config.prompt_format
 
 
 def run(config, vlm=None, dataset=None) -> Path:

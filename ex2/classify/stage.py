@@ -52,6 +52,7 @@ from ex2.core.config import (
     text_field_option,
     vlm_option,
 )
+from ex2.core.intervals import classification_intervals, mean_std
 from ex2.core.io import atomic_open, check_output_path, read_jsonl, write_json
 from ex2.core.names import split_dataset_name
 from ex2.core.taxonomy import FILTER_CATEGORIES
@@ -122,6 +123,10 @@ class ClassifyConfig:
         CUPL_TEMPLATES, "cupl both: class-name templates (default clip_80, CLIP's 80, as CuPL), a set or a file"
     )
     seed: int = option(0, "first waffle seed")
+    seeds: int | None = option(
+        None, "waffle: draw its random texts N times from --seed on and report mean ± std (the same as "
+        "--waffle-seeds); other methods refuse N > 1"
+    )
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     drop_unreadable_classes: bool = option(
         False, "a class none of whose images can be read is left out of the scores (listed in metrics.json "
@@ -134,9 +139,22 @@ class ClassifyConfig:
     explain_top: int = option(5, "descriptors shown per class in an explanation")
     progress: bool = option(True, "show progress bars")
     output: str = option("runs/classify", "run folder to write")
-    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`")
-    kinds: list[str] = option(["attributes", "analogous", "synonyms"],
-                              "coder: knowledge kinds in the class texts (attributes, analogous, synonyms)")
+    knowledge: str | None = option(None, "coder: knowledge.jsonl written by `ex2 knowledge`, or CoDer's released "
+                                   "expert_knowledge folder (default with --coder-dir: CLONE/expert_knowledge)")
+    kinds: list[str] | None = option(None, "coder: knowledge kinds in the class texts (attributes, analogous, "
+                                     "synonyms); default CoDer's: all three zero-shot, attributes,analogous few-shot")
+    coder_dir: str | None = option(None, "coder: a clone of YCaigogogo/CODER: its templates (CODER/template.py, read "
+                                   "as data), class lists, re-ranking gaps and expert_knowledge; default ex2's texts")
+    coder_dataset: str | None = option(None, "coder: CoDer's name for the dataset (e.g. oxford-pet, DTD, food-101); "
+                                       "default mapped from --dataset")
+    coder_star: bool = option(False, "coder: CODER*: re-rank with one-vs-one texts below CoDer's per-dataset gap "
+                                     "(utils.py); needs --coder-dir")
+    coder_synonyms: Literal["filled", "as-run"] = option(
+        "filled", "coder: synonym texts with the synonym (filled), or as CoDer's released code makes them (as-run: "
+        "its call leaves the field None, 'a photo of None')")
+    ovo_rows: Literal["gap", "gap-and-label-in-top5"] = option(
+        "gap", "coder: rows re-ranked: every small gap (ours), or also only where the true class is in the top five "
+        "(CoDer's loop; reads the test labels)")
     ovo_gap: float = option(0.0, "coder: re-rank with one-vs-one texts where the top-2 softmax gap is below this")
     ovo_top: int = option(5, "coder: classes re-ranked by one-vs-one texts")
     shots: int = option(0, "coder: labelled images per class for Tip-Adapter over neighbor vectors (0: zero-shot)")
@@ -151,7 +169,17 @@ class ClassifyConfig:
         "or one class a line, 'class, synonym, ...'"
     )
     n_choices: str = option("all", "closed: list all classes, or N (the true one and N-1 others, shuffled by --seed)")
-    answer_prefix: str = option("This is a photo of a", "likelihood: the answer's start, continued by each class name")
+    choice_order: Literal["shuffled", "fixed"] = option(
+        "shuffled", "closed: shuffled per image, drawn as VLMClassifier's main.py (its seed: 1234), or fixed: "
+        "every class in dataset order (its label-order ablation)")
+    answer_match: Literal["substring", "words"] = option(
+        "substring", "open/closed: substring (VLMClassifier's eval.ipynb: a true class name inside the answer, any "
+        "case) or words (ours: whole words, and a closed answer naming another choice too is wrong)")
+    prompt_format: Literal["auto", "chat", "vlmclassifier"] = option(
+        "auto", "open/closed/likelihood: vlmclassifier (LLaVA-1.5's 'USER: <image>\\n{question}\\nASSISTANT:' as "
+        "VLMClassifier's main.py), chat (ours: the processor's chat template), auto (vlmclassifier for llava models)")
+    answer_prefix: str = option("The photo features a", "likelihood: the answer's start, continued by each class name "
+                                "(VLMClassifier's inference_analysis/main.py; ex2 used 'This is a photo of a')")
     length_norm: Literal["mean", "sum"] = option("mean", "likelihood: mean (length-normalised) or sum of token log-probs")
     calibrate: bool = option(False, "likelihood: divide out the class prior estimated on held-out images")
     calibration_split: str | None = option(
@@ -197,6 +225,7 @@ class ClassifyConfig:
             if self.waffle_prefix != WAFFLECLIP_PREFIX:
                 raise ValueError("give --waffle-concept or --waffle-prefix, not both (the concept sets the prefix)")
             self.waffle_prefix = f"A photo of a {self.waffle_concept}: a "
+        self._apply_seeds()
         for name in ("waffle_count", "waffle_seeds", "batch_size", "explain_top"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -211,6 +240,18 @@ class ClassifyConfig:
         from ex2.classify.coder import check_config
 
         check_config(self)
+
+    def _apply_seeds(self) -> None:
+        """``--seeds N``: waffle draws N text sets; other methods run once per ``--seed``."""
+        if self.seeds is None:
+            return
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.method == "waffle":
+            self.waffle_seeds = self.seeds
+        elif self.seeds > 1:
+            raise ValueError(f"--seeds {self.seeds} repeats waffle's random draws; --method {self.method} draws "
+                             "nothing at random or is not repeated by --seeds: run it once per --seed S instead")
 
 
 # --- descriptions ------------------------------------------------------------------------------
@@ -572,6 +613,7 @@ class Evaluation:
     weights: torch.Tensor  # [D, C]
     logits: torch.Tensor  # [N_images, C]
     metrics: dict[str, float]
+    labels: torch.Tensor | None = None  # [N_images], for the interval of a mean over seeds
 
 
 def batched_encoder(vlm, progress: bool = True, cache: bool = True) -> zeroshot.Encode:
@@ -594,19 +636,25 @@ def evaluate(
     for texts, embeddings in zip(text_sets, zeroshot.encode_text_sets(encode, text_sets), strict=True):
         weights = zeroshot.pool_classifier(embeddings, zeroshot.owners_of(texts), len(texts), aggregate)
         logits = zeroshot.score(images, weights, logit_scale, logit_bias)
-        results.append(Evaluation(texts, embeddings, weights, logits, zeroshot.classification_metrics(logits, labels)))
+        results.append(Evaluation(texts, embeddings, weights, logits, zeroshot.classification_metrics(logits, labels),
+                                  labels))
     return results
 
 
 def summarise(results: list[Evaluation]) -> dict:
     """Metrics of one evaluation, or their mean over seeds with the spread (population standard
-    deviation, numpy's default ddof 0, as WaffleCLIP reports it) and per-seed values."""
+    deviation, numpy's default ddof 0, as WaffleCLIP reports it), the mean's 95 % intervals (images
+    resampled, :func:`ex2.core.intervals.classification_intervals`) and per-seed values."""
     keys = ("acc1", "acc5", "mean_per_class_recall")
     if len(results) == 1:
         return dict(results[0].metrics)
-    values = torch.tensor([[r.metrics[k] for k in keys] for r in results], dtype=torch.float64)
-    out = {k: values[:, i].mean().item() for i, k in enumerate(keys)}
-    out.update({f"{k}_std": values[:, i].std(correction=0).item() for i, k in enumerate(keys)})
+    out = {}
+    for key in keys:
+        out[key], out[f"{key}_std"] = mean_std([r.metrics[key] for r in results])
+    labels = results[0].labels
+    if labels is not None:
+        hits = [[zeroshot.topk_hits(r.logits, labels, k).numpy() for r in results] for k in (1, 5)]
+        out.update(classification_intervals(hits[0], labels.numpy(), hits[1]))
     out["per_seed"] = [r.metrics for r in results]
     return out
 
@@ -727,9 +775,10 @@ def run(config: ClassifyConfig, vlm=None, dataset=None) -> Path:
     out = check_output_path(config.output, "folder")
     dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
     if config.method == "coder":
-        from ex2.classify.coder import run_classify
+        from ex2.classify.coder import coder_inputs, run_classify
 
-        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision))
+        inputs = coder_inputs(config, dataset.classnames)  # bad inputs fail before any model loads
+        return run_classify(config, out, dataset, vlm or load_vlm(config.vlm, config.device, config.precision), inputs)
     text_sets, info, lines = prepare_texts(config, dataset.classnames)  # bad inputs fail before any model loads
     for line in lines:
         print(line, flush=True)

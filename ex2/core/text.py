@@ -119,11 +119,21 @@ def normalise_name(name: str) -> str:
 
 def concept_pattern(concept: str) -> re.Pattern | None:
     """A case-insensitive pattern for ``concept``'s name as whole words, its words joined by spaces,
-    hyphens or underscores, with an optional plural ``s``/``es``; None for an empty name."""
+    hyphens or underscores, with an optional plural ``s``/``es``; None for an empty name.
+
+    The name's edges are checked with look-arounds (no word character just outside), not ``\\b``:
+    ``\\b`` after a closing ")" demands a word character next, so "kite (bird of prey)" could
+    never match itself."""
     words = [re.escape(w) for w in concept.lower().split()]
     if not words:
         return None
-    return re.compile(r"\b" + r"[\s\-_]+".join(words) + r"(?:e?s)?\b", re.IGNORECASE)
+    return re.compile(r"(?<!\w)" + r"[\s\-_]+".join(words) + r"(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def contains_name(text: str, name: str) -> bool:
+    """VLMClassifier's answer rule (Zhang et al., ``main_results/eval.ipynb``): the class name occurs
+    in the text as a substring, ignoring case ("cat" is found in "category")."""
+    return bool(name) and name.lower() in text.lower()
 
 
 def mask_concept(text: str, concept: str, mask: str = "X") -> str:

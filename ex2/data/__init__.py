@@ -42,6 +42,7 @@ from ex2.data.generic import load_csv, load_hf_disk, load_imagefolder
 from ex2.data.images import ImageError, load_image, to_rgb
 from ex2.data.samples import SAMPLE_CONCEPTS, load_samples
 from ex2.data.templates import TEMPLATE_SETS, TemplateError, load_templates
+from ex2.data.vlmclassifier import load_vlmclassifier
 
 __all__ = [
     "DATASETS",
@@ -79,6 +80,7 @@ DATASETS: dict[str, Callable[[Path | None, str], ImageDataset]] = {
     "imagefolder": load_imagefolder,
     "csv": load_csv,
     "hf_disk": load_hf_disk,
+    "vlmclassifier": load_vlmclassifier,
 }
 
 # datasets whose class names are known without a copy of the data

@@ -4,8 +4,8 @@
     vlm = load_gvlm("gen:llava-hf/llava-1.5-7b-hf")           # or gen:local-dir:PATH; offline
     prompt = vlm.prompt("What type of object is in this photo?")
     answers = vlm.generate(images, prompt)                      # greedy, batched
-    scores = vlm.score_continuations(images, vlm.prompt(q, answer_prefix="This is a photo of a"),
-                                     [" cat", " dog"])           # [N, C], prompt run once per image
+    prompt = vlm.prompt(q, answer_prefix="The photo features a", prompt_format="vlmclassifier")
+    scores = vlm.score_continuations(images, prompt, [" cat", " dog"])  # [N, C], prompt run once per image
     features = vlm.features(images, prompt, layer=-1, pool="last")
 
 ``ex2 classify --vlm gen:… --method open|closed|likelihood`` (:mod:`ex2.classify.generative`),

@@ -11,8 +11,15 @@ Three operations:
 * :meth:`GenerativeVLM.features`: hidden states of a chosen layer at the prompt's last token or
   averaged over its tokens.
 
-Continuations are token ids appended to the prompt's ids (the prompt and the candidate are
-tokenised apart), so the cached and the full-sequence scores see the same tokens.
+Continuations are token ids appended to the prompt's ids: the ids the candidate gets where it
+follows the prompt in one text (:meth:`GenerativeVLM.continuation_ids`), so the cached and the
+full-sequence scores see the same tokens, and a Llama tokenizer gives " kite" after "… a" the one
+token '▁kite' on transformers 4 and 5 alike (tokenised alone, transformers 4.x made it '▁', '▁kite').
+
+Prompt formats (``prompt_format``): ``chat`` the processor's chat template (ours), ``vlmclassifier``
+LLaVA-1.5's ``USER: <image>\\n{question}\\nASSISTANT:`` as Zhang et al.'s ``main_results/main.py``
+writes it (the llava-1.5-hf chat template puts a space before ``ASSISTANT:``), ``auto`` the latter for
+LLaVA-1.5 models (``model_type`` llava) and the chat template for the others.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from ex2.core.devices import resolve_device, resolve_dtype
 from ex2.core.names import VLMSpec, parse_gvlm_name
 from ex2.vlm.offline import DOWNLOAD_HINT, hub_offline
 
-FALLBACK_PROMPT = "USER: {image}{question}\nASSISTANT:"  # LLaVA-1.5's format, for processors without a template
+LLAVA15_PROMPT = "USER: {image}{question}\nASSISTANT:"  # LLaVA-1.5's format as VLMClassifier's main.py writes it
+FALLBACK_PROMPT = LLAVA15_PROMPT  # for processors without a chat template
+PROMPT_FORMATS = ("auto", "chat", "vlmclassifier")
 POOLS = ("last", "mean")
 
 
@@ -44,6 +53,7 @@ class PrefixState:
     cache: object  # a transformers Cache for batch size 1
     next_logits: torch.Tensor  # [V], float32
     length: int  # prompt tokens (image tokens included)
+    prompt: str = ""  # the prompt text, which continuations are tokenised after
 
 
 def join_continuation(prefix: str, text: str) -> str:
@@ -65,6 +75,43 @@ def chat_prompt(processor, question: str, image: bool = True, answer_prefix: str
     return text + (join_continuation(text, answer_prefix) if answer_prefix else "")
 
 
+def continuation_ids(tokenizer, prompt: str, text: str) -> list[int]:
+    """The ids of ``text`` where it follows ``prompt``: the ids of ``prompt + text`` past those of
+    ``prompt``; ``text`` tokenised alone where the tokenizer merges across the seam or no prompt is
+    given. (Alone, " kite" is '▁', '▁kite' to a Llama tokenizer with transformers 4.x's normaliser.)"""
+    alone = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if prompt:
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        joint = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+        if len(joint) > len(head) and list(joint[: len(head)]) == list(head):
+            return list(joint[len(head):])
+    if not alone:
+        raise ValueError(f"continuation {text!r} has no tokens")
+    return alone
+
+
+def format_prompt(processor, question: str, image: bool = True, answer_prefix: str = "",
+                  prompt_format: str = "chat") -> str:
+    """``question`` in the prompt format ``chat`` (:func:`chat_prompt`) or ``vlmclassifier``
+    (LLaVA-1.5's as VLMClassifier writes it), followed by ``answer_prefix``."""
+    if prompt_format == "chat":
+        return chat_prompt(processor, question, image, answer_prefix)
+    if prompt_format != "vlmclassifier":
+        raise ValueError(f"unknown prompt format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    token = getattr(processor, "image_token", "<image>")
+    text = LLAVA15_PROMPT.format(image=f"{token}\n" if image else "", question=question)
+    return text + (join_continuation(text, answer_prefix) if answer_prefix else "")
+
+
+def resolve_prompt_format(prompt_format: str, model_type: str | None) -> str:
+    """``auto``: VLMClassifier's LLaVA-1.5 format for a ``llava`` model, else the chat template."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    if prompt_format == "auto":
+        return "vlmclassifier" if model_type == "llava" else "chat"
+    return prompt_format
+
+
 class GenerativeVLM:
     """An image-text-to-text model and its processor, in inference mode."""
 
@@ -79,16 +126,19 @@ class GenerativeVLM:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.model_type = getattr(model.config, "model_type", None)
+        self._ids: dict[tuple[str, str], list[int]] = {}
 
     def __repr__(self) -> str:
         return f"GenerativeVLM({self.identity!r}, device={self.device}, dtype={self.dtype})"
 
     # --- prompts -----------------------------------------------------------------------------
 
-    def prompt(self, question: str, image: bool = True, answer_prefix: str = "") -> str:
-        """The model's chat turn asking ``question`` (about one image), ready for the answer,
-        followed by ``answer_prefix``."""
-        return chat_prompt(self.processor, question, image, answer_prefix)
+    def prompt(self, question: str, image: bool = True, answer_prefix: str = "", prompt_format: str = "chat") -> str:
+        """The model's turn asking ``question`` (about one image), ready for the answer, followed by
+        ``answer_prefix``; in its chat template or another ``prompt_format`` (see the module docstring)."""
+        fmt = resolve_prompt_format(prompt_format, self.model_type)
+        return format_prompt(self.processor, question, image, answer_prefix, fmt)
 
     def inputs(self, images: Sequence[PIL.Image.Image] | None, prompts: Sequence[str]) -> dict:
         """Processor outputs on the model's device (pixel values in the model's dtype)."""
@@ -129,11 +179,18 @@ class GenerativeVLM:
     # --- continuation log-probabilities ------------------------------------------------------
 
     def token_ids(self, text: str) -> list[int]:
-        """The ids of a continuation (no special tokens)."""
+        """The ids of ``text`` tokenised alone (no special tokens)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"continuation {text!r} has no tokens")
         return list(ids)
+
+    def continuation_ids(self, prompt: str, text: str) -> list[int]:
+        """The ids of ``text`` where it follows ``prompt`` (:func:`continuation_ids`), cached."""
+        key = (prompt, text)
+        if key not in self._ids:
+            self._ids[key] = continuation_ids(self.tokenizer, prompt, text)
+        return self._ids[key]
 
     @torch.inference_mode()
     def prefix(self, image: PIL.Image.Image | None, prompt: str) -> PrefixState:
@@ -141,14 +198,14 @@ class GenerativeVLM:
         batch = self.inputs([image] if image is not None else None, [prompt])
         output = self.model(**batch, use_cache=True)
         cache = getattr(output, "cache", None) or output.past_key_values
-        return PrefixState(cache, output.logits[0, -1].float(), int(batch["input_ids"].shape[1]))
+        return PrefixState(cache, output.logits[0, -1].float(), int(batch["input_ids"].shape[1]), prompt)
 
     @torch.inference_mode()
     def continuation_logprobs(
         self, state: PrefixState, continuations: Sequence[str], batch_size: int = 32
     ) -> list[torch.Tensor]:
         """Per-token log-probabilities of each continuation after the cached prompt (CPU float32)."""
-        ids = [self.token_ids(text) for text in continuations]
+        ids = [self.continuation_ids(state.prompt, text) for text in continuations]
         first = torch.log_softmax(state.next_logits, dim=-1).cpu()
         out = []
         for start in range(0, len(ids), batch_size):
@@ -180,7 +237,7 @@ class GenerativeVLM:
     def full_logprobs(self, image: PIL.Image.Image | None, prompt: str, continuation: str) -> torch.Tensor:
         """The same log-probabilities from one forward over prompt + continuation (the reference)."""
         batch = self.inputs([image] if image is not None else None, [prompt])
-        ids = torch.tensor([self.token_ids(continuation)], device=self.device)
+        ids = torch.tensor([self.continuation_ids(prompt, continuation)], device=self.device)
         length = batch["input_ids"].shape[1]
         batch["input_ids"] = torch.cat([batch["input_ids"], ids], dim=1)
         batch["attention_mask"] = torch.ones_like(batch["input_ids"])
@@ -197,11 +254,15 @@ class GenerativeVLM:
     ) -> torch.Tensor:
         """``[N, C]`` summed or mean token log-probabilities of each continuation after each image's
         prompt (one prefix forward per image)."""
-        rows = []
-        for image in images:
-            per_token = self.continuation_logprobs(self.prefix(image, prompt), continuations, batch_size)
-            rows.append(reduce_logprobs(per_token, length_norm))
+        rows = [reduce_logprobs(per_token, length_norm)
+                for per_token in self.token_logprobs(images, prompt, continuations, batch_size)]
         return torch.stack(rows) if rows else torch.empty(0, len(continuations))
+
+    def token_logprobs(
+        self, images: Sequence[PIL.Image.Image | None], prompt: str, continuations: Sequence[str], batch_size: int = 32
+    ) -> list[list[torch.Tensor]]:
+        """Per image, each continuation's per-token log-probabilities after the prompt."""
+        return [self.continuation_logprobs(self.prefix(image, prompt), continuations, batch_size) for image in images]
 
     # --- features ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ classifier reads) and knowledge a user already has (:func:`from_json`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ex2.core.io import read_jsonl
@@ -49,22 +50,39 @@ def from_json(path: str | Path, kind: str, concepts: list[str]) -> list[dict]:
     return records
 
 
-def load_knowledge(path: str | Path) -> tuple[dict[str, dict], dict]:
+def _check_record(path: Path, number: int, record: dict) -> None:
+    """A record's fields of the right types, or a ValueError naming the file and record."""
+    kind = record["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"{path}: record {number} has kind {kind!r}; expected one of {', '.join(KINDS)}")
+    for field in ("concept", "text"):
+        if not isinstance(record[field], str) or not record[field].strip():
+            raise ValueError(f"{path}: record {number} has {field} {record[field]!r}; expected a non-empty string")
+    if kind == "ovo" and not isinstance(record.get("other_concept"), str):
+        raise ValueError(f"{path}: ovo record {number} lacks other_concept (a string: the class it is told apart from)")
+
+
+def load_knowledge(path: str | Path, classnames: Sequence[str] | None = None) -> tuple[dict[str, dict], dict]:
     """Knowledge from our JSONL: ``{kind: {concept: [items]}}``, ovo as ``{(concept, other): [items]}``;
-    and its provenance."""
+    and its provenance. With ``classnames``, a file that names none of them is refused (knowledge of
+    another dataset would leave every class with its name alone)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"knowledge file {path} does not exist (expected the JSONL of `ex2 knowledge`)")
     records = read_jsonl(path, required=("concept", "kind", "text"))
+    if not records:
+        raise ValueError(f"{path}: no knowledge records; expected the JSONL of `ex2 knowledge`, one item a line")
     out: dict[str, dict] = {kind: {} for kind in KINDS}
     for number, record in enumerate(records, start=1):
+        _check_record(path, number, record)
         kind = record["kind"]
-        if kind not in KINDS:
-            raise ValueError(f"{path}: record {number} has kind {kind!r}; expected one of {', '.join(KINDS)}")
-        key = (record["concept"], record.get("other_concept")) if kind == "ovo" else record["concept"]
-        if kind == "ovo" and not record.get("other_concept"):
-            raise ValueError(f"{path}: ovo record {number} lacks other_concept")
-        out[kind].setdefault(key, []).append(str(record["text"]))
+        key = (record["concept"], record["other_concept"]) if kind == "ovo" else record["concept"]
+        out[kind].setdefault(key, []).append(record["text"])
+    if classnames is not None:
+        wanted = {normalise_name(c) for c in classnames}
+        if not wanted & {normalise_name(r["concept"]) for r in records}:
+            raise ValueError(f"{path}: none of its concepts is a class of the dataset ({', '.join(classnames[:5])} …); "
+                             "expected knowledge of these classes")
     provenance = {"path": str(path.resolve()), "n_records": len(records),
                   "model": sorted({str(r.get("model")) for r in records if r.get("model")}) or None,
                   "adapter": sorted({str(r.get("adapter")) for r in records if r.get("adapter")}) or None}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ex2.core.config import ConfigError, option, save_config
-from ex2.core.io import check_output_path, partial_path, resume_partial, write_jsonl
+from ex2.core.io import check_output_path, output_lock, partial_path, resume_partial, write_jsonl
 from ex2.core.names import LLM_FORMS
 from ex2.data import concept_names
 from ex2.knowledge.asking import LLM_KINDS, Asker, Question, ask_analogous
@@ -97,7 +97,7 @@ class KnowledgeConfig:
         for name in ("max_items", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.analogous_retries < 0 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if self.analogous_retries < 0 or not self.temperature >= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("--analogous-retries, --temperature and --top-k must be >= 0, --top-p in (0, 1]")
         if not -1 <= self.analogous_max_similarity <= 1:
             raise ConfigError(f"--analogous-max-similarity is a cosine in [-1, 1], not {self.analogous_max_similarity}")
@@ -184,8 +184,13 @@ def gather(config: KnowledgeConfig, concepts: list[str], asker: Asker, settings:
 
 
 def run(config: KnowledgeConfig) -> Path:
-    """``ex2 knowledge``: the output JSONL file."""
+    """``ex2 knowledge``: the output JSONL file (one run at a time writes it)."""
     output = check_outputs(config)
+    with output_lock(output, "ex2 knowledge"):
+        return _run(config, output)
+
+
+def _run(config: KnowledgeConfig, output: Path) -> Path:
     concepts = concept_names(config.concepts) if config.concepts else concept_names(config.dataset, config.data_root)
     concepts = concepts[: config.limit_concepts] if config.limit_concepts else concepts
     adapter = resolve_adapter(config.adapter) if config.adapter else None

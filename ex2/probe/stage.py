@@ -7,9 +7,18 @@
 Features come from any ex2 VLM: a dual encoder's image tower (:func:`ex2.vlm.embed_images`, with
 its disk cache) or a generative VLM's hidden states (:meth:`ex2.gvlm.GenerativeVLM.features`,
 the prompt ``--question`` about the image; ``--layer`` and ``--pool last|mean``), as in Zhang et
-al.'s probes. A multinomial logistic regression (scikit-learn, on standardised features) is
-fitted on the train images for every ``--c`` in the grid; the ``C`` with the best validation
-accuracy is refitted on train + validation and reported on the test images.
+al.'s probes. Two solvers (``--solver``):
+
+``logreg`` (ours)
+    A multinomial logistic regression (scikit-learn, on standardised features) fitted on the train
+    images for every ``--c`` in the grid; the ``C`` with the best validation accuracy is refitted on
+    train + validation and reported on the test images.
+``adam`` (VLMClassifier's ``feature_analysis/probe.py``)
+    An unstandardised ``torch.nn.Linear`` trained on the train images with Adam (``--lr`` 1e-3),
+    cross-entropy, batches of ``--probe-batch`` 512 in one seeded shuffled order, ``--epochs`` 500,
+    evaluated after every epoch. ``acc1`` is the last epoch's; ``acc1_best_epoch`` the best epoch's
+    test accuracy, the number their script prints, **chosen on the test set**;
+    ``acc1_val_epoch`` the test accuracy of the epoch best on validation.
 
 Splits: ``--train-split``/``--val-split``/``--test-split`` name dataset splits; a missing one is
 carved out of the split before it, per class and seeded (``--val-fraction``, ``--test-fraction``),
@@ -24,6 +33,7 @@ import csv
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -51,9 +61,17 @@ class ProbeConfig:
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (fp16 on CUDA)")
     question: str = option("What type of object is in this photo?", "gen: the prompt about the image")
+    prompt_format: str = option("auto", "gen: vlmclassifier (LLaVA-1.5's prompt as VLMClassifier's extract_feature.py), "
+                                "chat (the chat template) or auto (vlmclassifier for llava models)")
     layer: int = option(-1, "gen: hidden-state index (0 = embeddings, -1 = last layer)")
     pool: str = option("last", "gen: last (the prompt's last token) or mean (over its tokens)")
+    solver: Literal["logreg", "adam"] = option(
+        "logreg", "logreg (ours: standardised logistic regression, C chosen on validation) or adam "
+        "(VLMClassifier's probe.py: linear layer, Adam, last and best-on-test epoch reported)")
     c: list[float] = option(DEFAULT_CS, "inverse regularisation strengths to try (chosen on validation)")
+    epochs: int = option(500, "adam: epochs (VLMClassifier: 500)")
+    lr: float = option(1e-3, "adam: learning rate (VLMClassifier: 1e-3)")
+    probe_batch: int = option(512, "adam: training batch size (VLMClassifier: 512)")
     max_iter: int = option(1000, "iterations of the logistic-regression solver")
     seed: int = option(0, "seed of the train/val/test carving and the solver")
     batch_size: int = option(32, "images per forward pass")
@@ -67,9 +85,17 @@ class ProbeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
         if not self.c or any(value <= 0 for value in self.c):
             raise ValueError(f"--c needs positive values, got {self.c}")
+        from ex2.gvlm.backend import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, not {self.prompt_format!r}")
         if self.pool not in ("last", "mean"):
             raise ValueError(f"--pool must be last or mean, not {self.pool!r}")
-        for name in ("max_iter", "batch_size"):
+        if self.solver not in ("logreg", "adam"):
+            raise ValueError(f"--solver must be logreg or adam, not {self.solver!r}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        for name in ("max_iter", "batch_size", "epochs", "probe_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
@@ -124,7 +150,7 @@ def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, t
     if isinstance(model, GenerativeVLM):
         from ex2.classify.generative import image_batches
 
-        prompt, rows, labels, paths = model.prompt(config.question), [], [], []
+        prompt, rows, labels, paths = model.prompt(config.question, prompt_format=config.prompt_format), [], [], []
         for batch in image_batches(dataset.items, config.batch_size, [], progress=config.progress, desc="features"):
             rows.append(model.features([b[1] for b in batch], prompt, config.layer, config.pool, config.batch_size))
             labels += [b[2] for b in batch]
@@ -177,6 +203,50 @@ def choose_c(train, val, cs: list[float], n_classes: int, max_iter: int, seed: i
     return best, curve
 
 
+def fit_adam_probe(train: tuple[torch.Tensor, torch.Tensor], parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   n_classes: int, epochs: int = 500, lr: float = 1e-3, batch: int = 512, seed: int = 0):
+    """VLMClassifier's linear probe: ``(layer, {part: [accuracy after each epoch]})`` (see the module
+    docstring); the train features unstandardised, in one order shuffled with ``seed``."""
+    from ex2.classify.zeroshot import topk_accuracy
+
+    features, labels = train
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(features.shape[1], n_classes)
+        order = torch.randperm(len(labels))
+    features, labels = features[order].float(), labels[order]
+    optimiser = torch.optim.Adam(layer.parameters(), lr=lr)
+    curves: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(epochs):
+        for start in range(0, len(labels), batch):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(layer(features[start:start + batch]), labels[start:start + batch])
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            for name, (x, y) in parts.items():
+                curves[name].append(topk_accuracy(layer(x.float()), y, 1))
+    return layer, curves
+
+
+def _adam_metrics(config: ProbeConfig, parts: dict, n_classes: int) -> tuple[torch.Tensor, dict]:
+    """Test logits of the last epoch and the adam solver's metrics."""
+    from ex2.classify.zeroshot import classification_metrics
+
+    layer, curves = fit_adam_probe(parts["train"][:2], {"val": parts["val"][:2], "test": parts["test"][:2]},
+                                   n_classes, config.epochs, config.lr, config.probe_batch, config.seed)
+    with torch.no_grad():
+        logits = layer(parts["test"][0].float())
+    test, val = curves["test"], curves["val"]
+    best, by_val = max(range(len(test)), key=test.__getitem__), max(range(len(val)), key=val.__getitem__)
+    return logits, {**classification_metrics(logits, parts["test"][1]), "solver": "adam", "epochs": config.epochs,
+                    "lr": config.lr, "probe_batch": config.probe_batch,
+                    "acc1_best_epoch": test[best], "best_epoch": best + 1,
+                    "best_epoch_chosen_on": "the test set (VLMClassifier's probe.py prints this maximum)",
+                    "acc1_val_epoch": test[by_val], "val_epoch": by_val + 1, "val_acc1_curve": val,
+                    "test_acc1_curve": test}
+
+
 def run(config: ProbeConfig, model=None) -> Path:
     """Fit, choose and report a linear probe; write the run folder and return it."""
     from ex2.classify.zeroshot import classification_metrics
@@ -192,25 +262,31 @@ def run(config: ProbeConfig, model=None) -> Path:
         parts[name] = image_features(model, dataset, config)
         if len(parts[name][1]) == 0:
             raise ValueError(f"{dataset.name} ({dataset.split}): no readable images for the {name} part")
-    best, curve = choose_c(parts["train"][:2], parts["val"][:2], config.c, n_classes, config.max_iter, config.seed)
-    features = torch.cat([parts["train"][0], parts["val"][0]])
-    labels = torch.cat([parts["train"][1], parts["val"][1]])
-    probe = fit_probe(features, labels, best, config.max_iter, config.seed)
-    logits = probe_logits(probe, parts["test"][0], n_classes)
+    if config.solver == "adam":
+        logits, solved = _adam_metrics(config, parts, n_classes)
+    else:
+        best, curve = choose_c(parts["train"][:2], parts["val"][:2], config.c, n_classes, config.max_iter, config.seed)
+        features = torch.cat([parts["train"][0], parts["val"][0]])
+        labels = torch.cat([parts["train"][1], parts["val"][1]])
+        probe = fit_probe(features, labels, best, config.max_iter, config.seed)
+        logits = probe_logits(probe, parts["test"][0], n_classes)
+        solved = {**classification_metrics(logits, parts["test"][1]), "solver": "logreg", "c": best,
+                  "val_acc1": {str(c): acc for c, acc in curve.items()}}
     metrics = {
         "dataset": config.dataset, "split": test.split, "vlm": config.vlm, "vlm_identity": model.identity,
-        "method": "linear_probe", **classification_metrics(logits, parts["test"][1]),
+        "method": "linear_probe", **solved,
         "n_images": len(parts["test"][1]), "n_classes": n_classes,
-        "n_train": len(parts["train"][1]), "n_val": len(parts["val"][1]), "feature_dim": int(features.shape[1]),
-        "c": best, "val_acc1": {str(c): acc for c, acc in curve.items()},
+        "n_train": len(parts["train"][1]), "n_val": len(parts["val"][1]),
+        "feature_dim": int(parts["train"][0].shape[1]),
     }
     from ex2.gvlm import GenerativeVLM
 
     if isinstance(model, GenerativeVLM):
-        metrics.update(layer=config.layer, pool=config.pool, question=config.question)
+        metrics.update(layer=config.layer, pool=config.pool, question=config.question, prompt_format=config.prompt_format)
     _write_predictions(out / "predictions.csv", parts["test"][2], parts["test"][1], logits, train.classnames)
     write_json(out / "metrics.json", metrics)
-    print(f"linear probe on {config.dataset} with {config.vlm} (C={best}): top-1 {metrics['acc1']:.1%} "
+    chosen = f"C={metrics['c']}" if config.solver == "logreg" else f"adam, {config.epochs} epochs"
+    print(f"linear probe on {config.dataset} with {config.vlm} ({chosen}): top-1 {metrics['acc1']:.1%} "
           f"({metrics['n_images']} test images) -> {out / 'metrics.json'}")
     return out
 
