@@ -36,6 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ex2.classify.common import batched_encoder, embed_dataset
+from ex2.classify.metrics import Evaluation, build_metrics, class_text_table, write_tables
+
 CLASS_KINDS = ("attributes", "analogous", "synonyms")  # kinds that make class texts
 ATTRIBUTE_TEMPLATE = "{c} which has {a}"
 ANALOGOUS_TEMPLATE = "a {c} similar to {a}."
@@ -320,7 +323,6 @@ def augmented_embeddings(vlm, paths: list[Path], views: int, seed: int) -> torch
 
 def run_classify(config, out: Path, dataset, vlm) -> Path:
     """``ex2 classify --method coder``: the run folder, with the same files as other methods."""
-    from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.core.io import write_json
     from ex2.data import load_templates
@@ -329,8 +331,8 @@ def run_classify(config, out: Path, dataset, vlm) -> Path:
     knowledge, provenance = load_knowledge(config.knowledge)
     templates = load_templates(config.templates)
     texts = coder_texts(dataset.classnames, knowledge, templates, config.kinds)
-    encode = classify.batched_encoder(vlm, config.progress, config.cache)
-    images, labels = classify.embed_dataset(vlm, dataset, config)
+    encode = batched_encoder(vlm, config.progress, config.cache)
+    images, labels = embed_dataset(vlm, dataset, config)
     features, paths = images.embeddings, list(images.paths)
     info: dict = {"knowledge": provenance, "kinds": config.kinds, "name_templates": config.templates,
                   "texts_per_kind": {k: texts.kinds.count(k) for k in dict.fromkeys(texts.kinds)}}
@@ -351,15 +353,15 @@ def run_classify(config, out: Path, dataset, vlm) -> Path:
     logits = logits.float()
     metrics_now = zeroshot.classification_metrics(logits, labels)
     per_class = texts.per_class(len(dataset.classnames))
-    result = classify.Evaluation(per_class, text_embeddings, torch.empty(0), logits, metrics_now)
+    result = Evaluation(per_class, text_embeddings, torch.empty(0), logits, metrics_now)
     from ex2.core.config import save_config
 
     out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
     save_config(config, out)
-    write_json(out / "class_texts.json", classify.class_text_table(dataset.classnames, per_class))
-    classify.write_tables(out, dataset.classnames, result, labels, paths)
+    write_json(out / "class_texts.json", class_text_table(dataset.classnames, per_class))
+    write_tables(out, dataset.classnames, result, labels, paths)
     shown = _Images(paths, images.skipped)
-    metrics = classify.build_metrics(config, dataset, vlm, [result], {"descriptions": None, **info}, shown)
+    metrics = build_metrics(config, dataset, vlm, [result], {"descriptions": None, **info}, shown)
     write_json(out / "metrics.json", metrics)
     print(f"coder on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}, "
           f"top-5 {metrics['acc5']:.1%} ({metrics['n_images']} images) -> {out / 'metrics.json'}")
@@ -375,16 +377,15 @@ class _Images:
 def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode):
     """Tip-Adapter over neighbor vectors; returns the test features, labels, paths and a summary
     (with the test logits under "logits")."""
-    from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.data import load_dataset, load_templates
 
     val_shots = config.val_shots or min(config.shots, 4)
     if config.support_split:
-        pool_set = load_dataset(config.dataset, config.data_root, config.support_split)
+        pool_set = load_dataset(config.dataset, config.data_root, config.support_split, config.classnames)
         if pool_set.classnames != dataset.classnames:
             raise ValueError(f"--support-split {config.support_split} has other classes than the evaluated split")
-        pool, pool_labels = classify.embed_dataset(vlm, pool_set, config)
+        pool, pool_labels = embed_dataset(vlm, pool_set, config)
         test_idx = list(range(len(labels)))
     else:
         pool, pool_labels = images, labels

@@ -3,7 +3,7 @@
 ``open``
     Ask what is in the photo (``--question``, their "What type of object is in this photo?").
     **Matching rule:** a class is *named* by an answer when one of its names (the class name and
-    its synonyms from ``--classnames``) occurs in the answer as whole words, ignoring case, with
+    its synonyms from ``--synonyms``) occurs in the answer as whole words, ignoring case, with
     its words joined by spaces, hyphens or underscores and an optional plural ``s``/``es``
     (:func:`ex2.core.text.concept_pattern`); a match lying inside a longer match of another class
     does not count ("cat" inside "tabby cat"). The answer is correct when it names the true
@@ -38,9 +38,11 @@ from pathlib import Path
 import torch
 
 from ex2.classify import zeroshot
+from ex2.classify.common import report, split_per_class, write_skipped
+from ex2.classify.metrics import Evaluation, write_csv, write_tables
+from ex2.core.io import check_output_path
 from ex2.core.text import concept_pattern
 
-GVLM_METHODS = ("open", "closed", "likelihood")
 DEFAULT_QUESTION = "What type of object is in this photo?"
 
 
@@ -199,14 +201,7 @@ def one_line(text: str) -> str:
 
 
 def check_config(config) -> None:
-    """Errors for a ClassifyConfig pairing a generative VLM with a dual-encoder method or back."""
-    from ex2.core.names import is_gvlm_name
-
-    generative = is_gvlm_name(config.vlm)
-    if generative and config.method not in GVLM_METHODS:
-        raise ValueError(f"--vlm {config.vlm} is a generative VLM; use --method {', '.join(GVLM_METHODS)}")
-    if not generative and config.method in GVLM_METHODS:
-        raise ValueError(f"--method {config.method} needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
+    """Errors for a ClassifyConfig whose open, closed or likelihood options cannot work."""
     parse_n_choices(config.n_choices)
     if config.length_norm not in ("mean", "sum"):
         raise ValueError(f"--length-norm must be mean or sum, not {config.length_norm!r}")
@@ -259,12 +254,10 @@ def evaluation_parts(config, dataset):
         if config.calibration_split == dataset.split:
             raise ValueError(f"--calibration-split {config.calibration_split} is the evaluated split; "
                              "name another split, or leave it out to hold out --calibration-fraction")
-        held = load_dataset(config.dataset, config.data_root, config.calibration_split)
+        held = load_dataset(config.dataset, config.data_root, config.calibration_split, config.classnames)
         if held.classnames != dataset.classnames:
             raise ValueError(f"split {held.split} has other classes than split {dataset.split}")
         return dataset, held
-    from ex2.probe.stage import split_per_class
-
     held, rest = split_per_class(dataset, config.calibration_fraction, config.seed, "calibration")
     return rest, held
 
@@ -331,7 +324,6 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
 
 def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     """Open or closed answers: answers.jsonl, predictions.csv and the metrics."""
-    from ex2.classify.stage import _write_csv
     from ex2.core.io import write_jsonl
 
     choices = None
@@ -346,8 +338,11 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
         choices = [choices[i] for i in indexes]
     records, correct, predicted = answer_records(config, labels, paths, answers, [questions[i] for i in indexes],
                                                  choices, names)
+    if not records:
+        return {"n_images": 0}
+    out.mkdir(parents=True, exist_ok=True)  # the folder is made once there are answers
     write_jsonl(out / "answers.jsonl", records)
-    _write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
+    write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
                [[r["path"], r["label"], names[p][0] if p < len(names) else "", int(r["correct"]), one_line(r["answer"])]
                 for r, p in zip(records, predicted, strict=True)])
     metrics = answer_metrics(correct, labels, predicted, len(names)) if labels else {}
@@ -360,8 +355,6 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
 
 def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list) -> dict:
     """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
-    from ex2.classify.stage import Evaluation, write_tables
-
     logits, labels, paths = likelihood_logits(vlm, items, classnames, config, skipped)
     info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
                   "question": config.question, "calibrated": held is not None, "n_images": len(labels)}
@@ -377,6 +370,7 @@ def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: lis
     label_tensor = torch.tensor(labels, dtype=torch.long)
     metrics = zeroshot.classification_metrics(logits, label_tensor)
     result = Evaluation([[c] for c in classnames], torch.empty(0), torch.empty(0), logits, metrics)
+    out.mkdir(parents=True, exist_ok=True)  # the folder is made once there are scores
     write_tables(out, list(classnames), result, label_tensor, paths)
     return {**metrics, **info}
 
@@ -387,11 +381,9 @@ def run(config, vlm=None, dataset=None) -> Path:
     from ex2.core.io import write_json
     from ex2.data import load_dataset
 
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
-    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
-    names = read_synonyms(config.classnames, dataset.classnames) if config.classnames else [[c] for c in dataset.classnames]
+    out = check_output_path(config.output, "folder")
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
+    names = read_synonyms(config.synonyms, dataset.classnames) if config.synonyms else [[c] for c in dataset.classnames]
     if config.method == "closed":
         parse_n_choices(config.n_choices, len(names))
     evaluated, held = evaluation_parts(config, dataset)  # bad input fails before the model loads
@@ -410,18 +402,14 @@ def run(config, vlm=None, dataset=None) -> Path:
         scores = run_answers(config, vlm, evaluated.items, names, out, skipped)
     if not scores["n_images"]:
         raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
-    if skipped:
-        from ex2.classify.stage import _write_csv
-
-        _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in skipped])
+    save_config(config, out)
+    write_skipped(out, skipped)
     metrics = {"dataset": config.dataset, "split": evaluated.split, "vlm": config.vlm,
                "vlm_identity": getattr(vlm, "identity", config.vlm), "method": config.method,
                "descriptions": None, "categories": None, **scores,
                "n_classes": len(dataset.classnames), "n_skipped_images": len(skipped)}
-    if config.classnames:
-        metrics["classnames"] = str(config.classnames)
+    if config.synonyms:
+        metrics["synonyms"] = str(config.synonyms)
     write_json(out / "metrics.json", metrics)
-    acc5 = "" if metrics["acc5"] is None else f", top-5 {metrics['acc5']:.1%}"
-    print(f"{config.method} on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}{acc5} "
-          f"({metrics['n_images']} images) -> {out / 'metrics.json'}")
+    report(config, metrics, out)
     return out
