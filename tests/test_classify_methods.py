@@ -130,3 +130,14 @@ def test_open_names_classes_from_the_class_name_file_and_counts_synonyms(shared_
     assert metrics["synonyms"] == str(tmp_path / "synonyms.txt")
     records = [json.loads(line) for line in (tmp_path / "open" / "answers.jsonl").read_text().splitlines()]
     assert records[0]["label"] == "tabby" and records[0]["named"] == ["tabby"]
+
+
+@pytest.mark.parametrize("argv", [["classify", "--vlm", "gen:org/model", "--method", "open"],
+                                  ["classify", "--vlm", "gen:org/model", "--method", "likelihood"],
+                                  ["probe", "--vlm", "gen:org/model"]])
+def test_generative_runs_and_probes_check_their_output_before_a_model_loads(argv, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file\n")
+    assert main([*argv, "--output", str(taken)]) == 1
+    assert f"--output {taken} is an existing file; expected a folder" in capsys.readouterr().err
+    assert taken.read_text() == "a file\n"
