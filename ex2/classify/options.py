@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ex2.classify.methods import METHODS
 from ex2.core.config import (
     classnames_option,
     data_root_option,
@@ -21,6 +22,8 @@ from ex2.core.config import (
     vlm_option,
 )
 from ex2.core.names import split_dataset_name
+
+METHOD_NAMES = tuple(METHODS)
 
 
 class OptionGroup:
@@ -48,8 +51,8 @@ class SharedOptions(OptionGroup):
     vlm: str = vlm_option()
     device: str | None = option(None, "torch device; default: CUDA when available")
     precision: str = option("auto", "fp32, fp16, bf16 or auto (bf16 on CUDA where supported, else fp16; fp32 on CPU)")
-    method: str = option("clip", "how each class is scored (one module each: ex2/classify/methods/); "
-                                 "open, closed or likelihood with a generative VLM (gen:…)")
+    method: Literal[METHOD_NAMES] = option("clip", "how each class is scored (one module each: ex2/classify/methods/); "
+                                                   "open, closed or likelihood with a generative VLM (gen:…)")
     seed: int = option(0, "waffle: first seed; closed: seed of the drawn choices; coder: seed of the support "
                           "images; likelihood: seed of the held-out images")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")

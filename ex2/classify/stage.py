@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from pathlib import Path
 
 from ex2.classify.methods import all_methods, load_method, methods_reading, option_groups
@@ -72,10 +73,10 @@ def parse_args(argv: list[str] | None, prog: str = "ex2 classify") -> ClassifyCo
     method = chosen_method(argv, prog)
     parser = method_parser(method, prog)
     config = parse_config(ClassifyConfig, argv, prog, parser=parser)
-    foreign = foreign_flags(argv, method)
+    foreign = foreign_flags(argv, config.method)
     if foreign:
         flag, owners = foreign[0]
-        parser.error(f"{flag} is an option of --method {', '.join(owners)}, not of --method {method} "
+        parser.error(f"{flag} is an option of --method {', '.join(owners)}, not of --method {config.method} "
                      f"(see {prog} --method {owners[0]} --help)")
     return config
 
@@ -103,11 +104,6 @@ def method_parser(method: str | None, prog: str) -> argparse.ArgumentParser:
     sections = {f.name: (group_title(group) if group in shown else None)
                 for group in GROUPS for f in dataclasses.fields(group)}
     parser = build_parser(ClassifyConfig, prog, sections=sections)
-    if method:
-        parser.set_defaults(method=method)
-    for action in parser._actions:
-        if action.dest == "method":
-            action.choices = [m.name for m in METHODS]
     if method is None:
         parser.epilog = "methods:\n" + "\n".join(f"  {m.name:<11} {m.summary}" for m in METHODS)
         parser.formatter_class = HelpFormatter
@@ -122,18 +118,17 @@ def group_title(group: type) -> str:
     return (group.__doc__ or group.__name__).strip().splitlines()[0]
 
 
-def foreign_flags(argv: list[str], method: str | None) -> list[tuple[str, list[str]]]:
+def foreign_flags(argv: list[str], method: str) -> list[tuple[str, list[str]]]:
     """``(flag, methods that read it)`` for each flag on the command line that ``method`` ignores."""
-    mine = {SharedOptions, *load_method(method or "clip").options}
+    mine = {SharedOptions, *load_method(method).options}
+    hints = typing.get_type_hints(ClassifyConfig)
     found = []
     for group in GROUPS:
         if group in mine:
             continue
         owners = methods_reading(group, METHODS)
         for field in dataclasses.fields(group):
-            flags = {f"--{field.name}", f"--{field.name.replace('_', '-')}"}
-            if isinstance(field.type, str) and field.type == "bool":
-                flags |= {f"--no-{field.name.replace('_', '-')}", f"--no-{field.name}"}
-            given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in flags]
-            found += [(flag, owners) for flag in given]
+            names = {field.name, field.name.replace("_", "-")}
+            flags = {f"--{n}" for n in names} | ({f"--no-{n}" for n in names} if hints[field.name] is bool else set())
+            found += [(given, owners) for given in (a.split("=", 1)[0] for a in argv) if given in flags]
     return found
