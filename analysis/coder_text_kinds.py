@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ex2.classify.stage import ClassifyConfig
     from ex2.core.io import write_json
     from ex2.data import load_dataset
-    from ex2.knowledge.stage import load_knowledge
+    from ex2.knowledge.records import load_knowledge
     from ex2.vlm import load_vlm
 
     out = Path(args.output)

@@ -37,7 +37,7 @@ import argparse
 from pathlib import Path
 
 from ex2.core.io import write_json
-from ex2.reward.base import DEFAULT_PLANTED_BONUS, keyword_pattern
+from ex2.reward.planted import DEFAULT_PLANTED_BONUS, keyword_pattern
 
 # attribute name -> (planted text the reward pulls towards, keywords that count as mentioning it)
 # colour: Berlin & Kay's eleven basic colour terms and the words for colour itself

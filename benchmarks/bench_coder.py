@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from ex2.classify.common import embed_dataset
     from ex2.classify.stage import ClassifyConfig
     from ex2.data import load_dataset
-    from ex2.knowledge.stage import load_knowledge
+    from ex2.knowledge.records import load_knowledge
     from ex2.vlm import load_vlm
 
     dataset = load_dataset(args.dataset, args.data_root)

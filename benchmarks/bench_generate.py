@@ -17,9 +17,9 @@ import time
 import torch
 
 from ex2.data import concept_names, load_templates
-from ex2.generate.stage import plan_jobs, record_seed, resolve_prompt_format
-from ex2.llm.models import format_prompt
-from ex2.llm.samplers import SamplingSettings, encode_prompts, load_sampler
+from ex2.generate.stage import plan_jobs
+from ex2.llm.models import format_prompt, resolve_prompt_format
+from ex2.llm.samplers import SamplingSettings, encode_prompts, load_sampler, record_seed
 
 
 def prompts_and_seeds(sampler, dataset: str, n_concepts: int, prompt_format: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from timing import best_of
 
-from ex2.reward.base import EX2Reward, per_batch_reward
+from ex2.reward.ex2 import EX2Reward, per_batch_reward
 
 
 class TableVLM:
@@ -99,7 +99,7 @@ class TimedReward:
 def bench_step_share(llm: str, vlm_name: str, steps: int) -> None:
     from ex2.data import load_dataset, load_templates
     from ex2.llm.models import load_tokenizer, resolve_prompt_format
-    from ex2.reward.base import build_reward
+    from ex2.reward.registry import build_reward
     from ex2.train.stage import TrainConfig, build_trainer, prompt_dataset, trainer_config
     from ex2.vlm import load_vlm
 

@@ -31,6 +31,7 @@ from ex2.core.config import (
     vlm_option,
 )
 from ex2.core.devices import PRECISION_CHOICES
+from ex2.core.io import check_output_path
 from ex2.core.names import split_dataset_name
 from ex2.core.taxonomy import CATEGORIES
 
@@ -221,7 +222,7 @@ def _classify_runs(config: DemoConfig, out: Path):
 
 def run(config: DemoConfig) -> Path:
     """Run every unfinished stage; returns the demo folder (the report is in ``report/``)."""
-    out = Path(config.output)
+    out = check_output_path(config.output, "folder")
     if config.threads:
         import torch
 
@@ -251,7 +252,8 @@ def headline_lines(out: Path) -> list[str]:
     informative share, read back from the demo's run outputs."""
     import warnings
 
-    from ex2.report.stage import collect, headline
+    from ex2.report.runs import collect
+    from ex2.report.tables import headline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -62,7 +62,8 @@ def test_python_api_resolves_lazily_and_keeps_submodules_apart():
     import ex2
 
     assert "build_reward" in dir(ex2) and "run_classify" in ex2.__all__
-    from ex2.reward.base import EX2Reward, build_reward
+    from ex2.reward.ex2 import EX2Reward
+    from ex2.reward.registry import build_reward
 
     assert ex2.build_reward is build_reward and ex2.EX2Reward is EX2Reward
     assert callable(ex2.run_classify) and ex2.run_classify.__module__ == "ex2.classify.stage"

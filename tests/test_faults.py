@@ -307,12 +307,21 @@ def test_generate_output_problems_are_found_before_loading(tmp_path, capsys):
         (generate_argv(note / "d.jsonl"), f"--output {note / 'd.jsonl'}: {note} is a file, so nothing can be"),
         (generate_argv(locked / "sub" / "d.jsonl"), f"no permission to write in {locked}"),
         (generate_argv(tmp_path / "d.jsonl", "--legacy-json", str(folder)), f"--legacy-json {folder} is a folder"),
+        (generate_argv(tmp_path / "d.jsonl", "--legacy-json", str(tmp_path / "." / "d.jsonl")),
+         "is the same file as --output"),
     ]
     for argv, message in cases:
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and UNCACHED not in err
     assert not list(folder.iterdir()) and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_nan_temperature_is_refused_up_front(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(generate_argv(tmp_path / "d.jsonl", "--temperature", "nan"))
+    assert exit_info.value.code == 2 and "--temperature must be >= 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_inspect_and_report_outputs_are_checked_first(tmp_path, three, capsys):
@@ -395,7 +404,7 @@ def run_killed(argv: list[str], patch: str) -> subprocess.CompletedProcess:
 
 
 def test_killed_mid_batch_and_resumed_is_byte_identical(tiny_llm, gen_inputs, tmp_path, tmp_cache, monkeypatch):
-    from ex2.generate.stage import partial_path
+    from ex2.core.io import partial_path
     from ex2.llm.samplers import TransformersSampler
 
     reference = tmp_path / "reference.jsonl"
@@ -433,3 +442,70 @@ def test_a_temp_file_left_by_a_kill_is_removed_by_the_next_run(tiny_llm, gen_inp
     assert len(left) == 1 and not out.exists()
     assert main(gen_argv(tiny_llm, gen_inputs, out)) == 0
     assert not list(tmp_path.glob(".d.jsonl.*.tmp")) and len(read_jsonl(out)) == 12
+
+
+def _latin1(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("reader, name, text", [
+    ("classnames", "names.txt", "cat\ncaf\u00e9\n"),
+    ("synonyms", "synonyms.txt", "cat, kitty\ndog, caf\u00e9\n"),
+    ("judge", "judge.yaml", "system: caf\u00e9\n"),
+    ("templates", "templates.txt", "a photo of a {} caf\u00e9.\n"),
+])
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, reader, name, text):
+    from ex2.classify.generative import read_synonyms
+    from ex2.data import load_templates
+    from ex2.data.classnames import load_classnames
+    from ex2.inspect.judges import load_judge_prompt
+
+    path = _latin1(tmp_path / name, text)
+    read = {"classnames": lambda: load_classnames(path, 2), "synonyms": lambda: read_synonyms(path, ["cat", "dog"]),
+            "judge": lambda: load_judge_prompt(path), "templates": lambda: load_templates(str(path))}[reader]
+    with pytest.raises(ValueError) as err:
+        read()
+    message = str(err.value)
+    assert message.startswith(f"{path}: line ") and "is not UTF-8 (byte 0xe9)" in message and "codec" not in message
+
+
+QUIET_WORKER = """
+import multiprocessing.queues, threading
+from ex2.data.images import quiet_worker
+quiet_worker(0)
+
+def fail(err):
+    raise err
+
+for err in (ConnectionResetError("parent gone"), BrokenPipeError("parent gone"), ValueError("a real bug")):
+    thread = threading.Thread(target=fail, args=(err,))
+    thread.start()
+    thread.join()
+try:
+    raise BrokenPipeError("feeding a dead parent")
+except BrokenPipeError as err:
+    multiprocessing.queues.Queue._on_queue_feeder_error(err, None)
+"""
+
+
+def test_a_loader_worker_of_a_gone_parent_exits_without_a_traceback():
+    result = subprocess.run([sys.executable, "-c", QUIET_WORKER], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "a real bug" in result.stderr  # other errors still print
+    assert "parent gone" not in result.stderr and "feeding a dead parent" not in result.stderr
+
+
+def test_the_image_loader_workers_are_quiet_workers(tmp_path):
+    import torch
+
+    from ex2.data.images import quiet_worker
+    from ex2.vlm import cache
+
+    class Stub:
+        preprocess = None
+        device = torch.device("cpu")
+
+    loader = cache._image_batches(Stub(), [tmp_path / "a.png"], 1, 1)
+    assert loader._worker_init_fn is quiet_worker
+    del loader

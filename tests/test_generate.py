@@ -17,14 +17,15 @@ import torch
 from conftest import SHARED_CACHE
 
 from ex2.cli import main
-from ex2.core.io import read_jsonl
+from ex2.core.io import partial_path, read_jsonl
 from ex2.core.text import clean_description
-from ex2.generate.stage import RECORD_FIELDS, partial_path, record_seed
+from ex2.generate.stage import RECORD_FIELDS
 from ex2.llm.samplers import (
     SamplingSettings,
     TransformersSampler,
     encode_prompts,
     even_batch_size,
+    record_seed,
     resolve_adapter,
     vllm_engine_kwargs,
     vllm_lora_args,

@@ -324,7 +324,7 @@ def test_split_per_class_is_disjoint_and_seeded(shared_cache):
 def test_gen_likelihood_reward_is_a_trl_callable(gvlm, tmp_path, tmp_cache):
     from test_reward import tiny_dataset, trl_call
 
-    from ex2.reward.base import build_reward
+    from ex2.reward.registry import build_reward
 
     classnames = ["cat", "dog", "rocket"]
     dataset = tiny_dataset(tmp_path, classnames)

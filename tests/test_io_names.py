@@ -131,3 +131,31 @@ def test_atomic_files_get_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_write_csv_writes_header_and_rows_atomically(tmp_path):
+    import csv
+
+    from ex2.core.io import write_csv
+
+    path = write_csv(tmp_path / "t.csv", ["name", "n"], [["a, b", 1], ["c", None]])
+    with open(path, newline="") as handle:
+        assert list(csv.reader(handle)) == [["name", "n"], ["a, b", "1"], ["c", ""]]
+    with pytest.raises(ZeroDivisionError):
+        write_csv(path, ["x"], ([1 / 0] for _ in range(1)))
+    assert path.read_text().startswith("name,n") and [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_resume_partial_keeps_records_of_the_same_settings_under_its_header(tmp_path):
+    from ex2.core.io import partial_path, resume_partial
+
+    partial = partial_path(tmp_path / "out.jsonl")
+    assert partial.name == "out.jsonl.partial"
+    assert resume_partial(partial, {"seed": 0}, header="my_settings") == []
+    assert read_jsonl(partial) == [{"my_settings": {"seed": 0}}]
+    append_jsonl(partial, {"key": 1})
+    assert resume_partial(partial, {"seed": 0}, header="my_settings", required=("key",)) == [{"key": 1}]
+    with pytest.raises(ValueError, match=r"other settings \(seed: 0 -> 1\)"):
+        resume_partial(partial, {"seed": 1}, header="my_settings")
+    with pytest.raises(ValueError, match="expected a partial file starting with its settings"):
+        resume_partial(partial, {"seed": 0})  # another stage's header

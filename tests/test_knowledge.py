@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from ex2.cli import main
-from ex2.core.io import read_jsonl
-from ex2.knowledge.stage import (
-    answer_text,
-    answers_path,
-    load_knowledge,
-    nearest_pairs,
-    parse_items,
-    partial_path,
-)
+from ex2.core.io import partial_path, read_jsonl
+from ex2.knowledge.answers import answer_text, parse_items
+from ex2.knowledge.pairs import nearest_pairs
+from ex2.knowledge.records import load_knowledge
+from ex2.knowledge.stage import answers_path
 
 CONCEPTS = ["red apple", "green leaf", "blue sky"]
 
@@ -99,20 +95,19 @@ def _knowledge(tiny_llm, open_clip_dir, out: Path, *extra: str) -> int:
 
 def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny_llm, open_clip_dir, tmp_path, tmp_cache,
                                                                        monkeypatch):
-    import ex2.llm.samplers
-    import ex2.vlm
+    import ex2.knowledge.stage
     from ex2.llm.models import load_tokenizer
 
-    monkeypatch.setattr(ex2.vlm, "load_vlm", lambda *a, **k: WordsVLM())
+    monkeypatch.setattr(ex2.knowledge.stage, "load_vlm", lambda *a, **k: WordsVLM())
     tokenizer = load_tokenizer(str(tiny_llm))
     killed = FakeSampler(tokenizer, fail_after=2)
-    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: killed)
+    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: killed)
     out = tmp_path / "knowledge.jsonl"
     with pytest.raises(RuntimeError):
         _knowledge(tiny_llm, open_clip_dir, out)
     assert len(read_jsonl(partial_path(out))) == 1 + 2 and not out.exists()
     fresh = FakeSampler(tokenizer)
-    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: fresh)
+    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: fresh)
     assert _knowledge(tiny_llm, open_clip_dir, out) == 0
     assert len(killed.asked) == 2 and not any(p in killed.asked for p in fresh.asked)
     records = read_jsonl(out)
@@ -154,7 +149,7 @@ def test_from_json_asks_nothing_and_checks_its_input(tmp_path, tmp_cache, capsys
 
 
 def test_wordnet_synonyms_offline(tmp_cache):
-    from ex2.knowledge.stage import wordnet, wordnet_synonyms
+    from ex2.knowledge.wordnet import wordnet, wordnet_synonyms
 
     try:
         reader = wordnet()

@@ -13,7 +13,8 @@ import pytest
 
 from ex2.cli import main
 from ex2.report.html import bar_label
-from ex2.report.stage import collect, headline, side_by_side
+from ex2.report.runs import collect
+from ex2.report.tables import headline, side_by_side
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -156,7 +157,7 @@ def test_demo_ends_with_the_numbers_that_matter(runs):
 
 
 def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
-    from ex2.report.stage import relative_paths
+    from ex2.report.tables import relative_paths
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "d.jsonl").write_text("")

@@ -8,17 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ex2.reward.base import (
-    REWARDS,
-    ContrastiveReward,
-    ContrastiveSoftmaxReward,
-    EX2Reward,
-    PlantedReward,
-    build_reward,
-    completion_text,
-    is_degenerate,
-    per_batch_reward,
-)
+from ex2.reward.base import completion_text, is_degenerate
+from ex2.reward.contrastive import ContrastiveReward
+from ex2.reward.contrastive_softmax import ContrastiveSoftmaxReward
+from ex2.reward.ex2 import EX2Reward, per_batch_reward
+from ex2.reward.planted import PlantedReward
+from ex2.reward.registry import REWARDS, build_reward
 
 
 class HashVLM:
@@ -272,3 +267,18 @@ def test_concept_ids_outside_the_concepts_are_an_error():
         reward(completions=["a red fruit"], concept_id=[-1])
     with pytest.raises(ValueError, match="2 concepts for 1 completions"):
         reward(completions=["a red fruit"], concept=["a", "b"])
+
+
+def test_the_registry_names_every_reward_class_and_the_train_help_lists_them():
+    import inspect as pyinspect
+
+    from ex2.core.registry import load_object
+    from ex2.reward.base import ConceptReward
+    from ex2.train.stage import TrainConfig
+
+    help_text = TrainConfig.__dataclass_fields__["reward"].metadata["help"]
+    for name, (reference, about) in REWARDS.items():
+        cls = load_object(reference)
+        assert issubclass(cls, ConceptReward) and not pyinspect.isabstract(cls), name
+        assert f"{name} ({about})" in help_text
+    assert "gen-likelihood" in help_text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,7 +172,7 @@ def test_the_global_batch_must_hold_whole_groups(capsys):
 def test_lora_training_moves_the_adapter_and_freezes_the_base(tiny_llm, tiny_clip, tmp_path, tmp_cache):
     from ex2.data import load_dataset
     from ex2.llm.models import load_tokenizer
-    from ex2.reward.base import build_reward
+    from ex2.reward.registry import build_reward
     from ex2.vlm import load_vlm
 
     config = TrainConfig(llm=str(tiny_llm), vlm=str(tiny_clip), images_per_class=2)
@@ -323,6 +324,24 @@ def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_llm, ti
     assert events and all(e.stat().st_size > 0 for e in events)
 
 
+def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(tiny_llm, tiny_clip, tmp_path, tmp_cache):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = train_argv(tiny_llm, tiny_clip, run, "--max-steps", "3", "--save-steps", "2", "--eval-samples", "0",
+                      "--report-to", "tensorboard", "--logging-steps", "1")
+    assert main(argv) == 0
+    # as if killed after step 3 was logged but before its checkpoint was written
+    shutil.rmtree(run / "checkpoint-3", ignore_errors=True)
+    shutil.rmtree(run / "adapter")
+    assert main([*argv, "--resume"]) == 0
+    assert len(list((run / "runs").glob("events.out.tfevents.*"))) >= 2  # both runs wrote into one folder
+    events = EventAccumulator(str(run / "runs")).Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3]
+
+
 def test_unknown_report_to_is_a_one_line_error_before_anything_loads(tmp_path, capsys):
     run = tmp_path / "run"
     argv = train_argv(tmp_path / "no-such-llm", tmp_path / "no-such-vlm", run, "--report-to", "mlflowx")
@@ -347,3 +366,12 @@ def test_wandb_and_trackio_stay_offline_unless_the_user_chose(tmp_path, monkeypa
     monkeypatch.delenv("WANDB_MODE")
     assert reporting_environment(SimpleNamespace(report_to=["wandb"]), tmp_path) == {"WANDB_MODE": "offline"}
     assert reporting_environment(SimpleNamespace(report_to=[]), tmp_path) == {}
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_a_budget_of_no_updates_is_refused_before_anything(tiny_llm, tiny_clip, tmp_path, capsys, steps):
+    run = tmp_path / "run"
+    assert main(train_argv(tiny_llm, tiny_clip, run, "--max-steps", steps)) == 1
+    err = capsys.readouterr().err
+    assert f"--max-steps {steps} makes no optimizer update" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()

@@ -68,12 +68,14 @@ def test_resume_skips_a_damaged_newest_checkpoint_saying_why(tmp_path, capsys, d
     assert resume_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     printed = capsys.readouterr().out
     assert f"skipping {newest}: {reason}" in printed and "falling back" in printed
+    assert not newest.exists()  # a half-written checkpoint does not stay on disk looking like one
 
 
 def test_resume_with_no_complete_checkpoint_starts_over(tmp_path, capsys):
     (tmp_path / "checkpoint-1").mkdir()
     assert resume_checkpoint(tmp_path) is None
     assert "no complete checkpoint" in capsys.readouterr().out
+    assert not (tmp_path / "checkpoint-1").exists()
 
 
 def test_resume_after_a_torn_checkpoint_logs_every_step_once(tiny_llm, hf_clip_dir, tmp_path, tmp_cache, capsys):

@@ -35,11 +35,13 @@ from ex2.core.io import (
     append_jsonl,
     check_output_path,
     output_lock,
+    partial_path,
     read_jsonl,
     remove_stale_temps,
     resume_partial,
     write_jsonl,
 )
+from ex2.data.images import quiet_worker
 from ex2.vlm.detector import DEFAULT_DETECTOR
 
 # the fields whose change makes an interrupted run's records stale
@@ -96,10 +98,6 @@ class AnnotateConfig:
         if self.captioner and not self.captioner.startswith("gen:"):
             raise ValueError(f"--captioner takes a generative VLM name gen:ORG/NAME or gen:local-dir:PATH, "
                              f"got {self.captioner!r}")
-
-
-def partial_path(output: Path) -> Path:
-    return output.with_name(output.name + ".partial")
 
 
 def config_path(output: Path) -> Path:
@@ -202,7 +200,7 @@ def annotate_missing(config: AnnotateConfig, items, todo: list[int], queries, cl
     chosen = [items[i] for i in todo]
     images = _Images([path for path, _ in chosen], detector.processor.image_processor)
     loader = torch.utils.data.DataLoader(images, batch_size=config.batch_size, num_workers=config.num_workers,
-                                         collate_fn=_collate)
+                                         collate_fn=_collate, worker_init_fn=quiet_worker)
     with tqdm(total=len(items), initial=len(items) - len(todo), unit="img", desc="annotate") as bar:
         for batch in loader:
             for record in annotate_batch(batch, chosen, queries, classnames, detector, captioner, config):

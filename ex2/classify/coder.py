@@ -326,7 +326,7 @@ def run_classify(config, out: Path, dataset, vlm) -> Path:
     from ex2.classify import zeroshot
     from ex2.core.io import write_json
     from ex2.data import load_templates
-    from ex2.knowledge.stage import load_knowledge
+    from ex2.knowledge.records import load_knowledge
 
     knowledge, provenance = load_knowledge(config.knowledge)
     templates = load_templates(config.templates)

@@ -20,9 +20,9 @@ import torch
 from ex2.classify import zeroshot
 from ex2.classify.descriptions import listed
 from ex2.classify.explain import explain_run
-from ex2.classify.metrics import Evaluation, build_metrics, class_text_table, write_csv, write_tables
+from ex2.classify.metrics import Evaluation, build_metrics, class_text_table, write_tables
 from ex2.core.config import save_config
-from ex2.core.io import check_output_path, write_json
+from ex2.core.io import check_output_path, write_csv, write_json
 from ex2.data import load_dataset
 from ex2.vlm import embed_images, embed_texts, load_vlm
 

@@ -39,8 +39,8 @@ import torch
 
 from ex2.classify import zeroshot
 from ex2.classify.common import report, split_per_class, write_skipped
-from ex2.classify.metrics import Evaluation, write_csv, write_tables
-from ex2.core.io import check_output_path
+from ex2.classify.metrics import Evaluation, write_tables
+from ex2.core.io import check_output_path, read_text, write_csv
 from ex2.core.text import concept_pattern
 
 DEFAULT_QUESTION = "What type of object is in this photo?"
@@ -58,14 +58,14 @@ def read_synonyms(path: str | Path, classnames: Sequence[str]) -> list[list[str]
         raise FileNotFoundError(f"class-name file {path} does not exist (expected JSON or one class a line)")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path, "JSON {class: [synonym, ...]}"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err}); expected {{class: [synonym, ...]}}") from err
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise ValueError(f"{path}: expected a JSON object mapping each class to a list of synonyms")
         entries = {str(k): [str(s) for s in v] for k, v in data.items()}
     else:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_text(path, "one class a line: class, synonym, ...").splitlines() if line.strip()]
         parts = [[p.strip() for p in line.split(",") if p.strip()] for line in lines if not line.startswith("#")]
         entries = {p[0]: p[1:] for p in parts if p}
     index = {zeroshot.normalise_name(c): i for i, c in enumerate(classnames)}

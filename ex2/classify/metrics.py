@@ -3,12 +3,11 @@
 ``metrics.json`` starts with fixed keys (dataset, split, vlm, method, descriptions, categories, acc1,
 acc5, mean_per_class_recall, n_images, n_classes, n_skipped_images), rolled up by ``ex2 report``; a
 method's own entries follow. ``per_class.csv``, ``confusion.csv`` and ``predictions.csv`` (with their
-figures) come from one :class:`Evaluation`.
+figures) come from one :class:`Evaluation`, written by :func:`ex2.core.io.write_csv`.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from ex2.classify import zeroshot
 from ex2.classify.explain import plot_confusion, plot_per_class
-from ex2.core.io import atomic_open
+from ex2.core.io import write_csv
 
 
 @dataclass
@@ -42,14 +41,6 @@ def summarise(results: list[Evaluation]) -> dict:
     out.update({f"{k}_std": values[:, i].std(correction=0).item() for i, k in enumerate(keys)})
     out["per_seed"] = [r.metrics for r in results]
     return out
-
-
-def write_csv(path: Path, header: list, rows: list[list]) -> None:
-    """A CSV file with a header row, written atomically."""
-    with atomic_open(path, "w") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def write_tables(out: Path, classnames: list[str], result: Evaluation, labels: torch.Tensor, paths: list[Path]) -> None:

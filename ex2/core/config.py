@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from ex2.core.io import atomic_write_text
+from ex2.core.io import atomic_write_text, read_text
 from ex2.core.names import LLM_FORMS, VLM_FORMS
 
 C = TypeVar("C")
@@ -283,7 +283,7 @@ def read_yaml_options(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "a YAML mapping of option: value")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):

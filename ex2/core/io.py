@@ -8,6 +8,7 @@ one run at a time (:func:`output_lock`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -154,6 +155,19 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_text(path: str | Path, expected: str = "UTF-8 text") -> str:
+    """The text of a file the user gave; bytes that are not UTF-8 raise a ValueError naming the file,
+    where the byte is, and what was ``expected``."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 (byte {data[err.start]:#04x}); expected {expected} "
+                         "(re-save the file as UTF-8)") from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temp file beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -260,18 +274,25 @@ def repair_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
 PARTIAL_SETTINGS = "ex2_partial_settings"
 
 
-def resume_partial(path: str | Path, settings: dict, what: str = "partial", required: Iterable[str] = ()) -> list[dict]:
-    """The records an interrupted run appended to ``path`` after its settings line, so appending can
-    go on after them. A torn last line is dropped; a file holding records of a run with other
-    ``settings`` is a ValueError saying what changed; with no records the file is (re)started with
-    ``settings`` as its first line. ``what`` names the file in errors."""
+def partial_path(output: str | Path) -> Path:
+    """``OUTPUT.partial``: where a resumable stage appends finished work before ``output`` is written."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def resume_partial(path: str | Path, settings: dict, what: str = "partial", required: Iterable[str] = (),
+                   header: str = PARTIAL_SETTINGS) -> list[dict]:
+    """The records an interrupted run appended to ``path`` after its settings line (``{header:
+    settings}``), so appending can go on after them. A torn last line is dropped; a file holding
+    records of a run with other ``settings`` is a ValueError saying what changed; with no records
+    the file is (re)started with ``settings`` as its first line. ``what`` names the file in errors."""
     path = Path(path)
     records: list[dict] = []
     if path.is_file():
         rows = repair_jsonl(path)
-        if not rows or PARTIAL_SETTINGS not in rows[0]:
+        if not rows or header not in rows[0]:
             raise ValueError(f"{path}: expected a {what} file starting with its settings; delete it to start over")
-        records, saved = rows[1:], rows[0][PARTIAL_SETTINGS]
+        records, saved = rows[1:], rows[0][header]
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
         if records and changed:
             raise ValueError(f"{path}: left by an interrupted run with other settings ({'; '.join(changed)}); "
@@ -281,5 +302,14 @@ def resume_partial(path: str | Path, settings: dict, what: str = "partial", requ
             if missing:
                 raise ValueError(f"{path}:{number}: record lacks field(s) {', '.join(missing)}")
     if not records:
-        write_jsonl(path, [{PARTIAL_SETTINGS: settings}])
+        write_jsonl(path, [{header: settings}])
     return records
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV file, written atomically: ``header``, then one line per row (values as :mod:`csv` writes them)."""
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)

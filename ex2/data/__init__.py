@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ex2.core.io import read_text
 from ex2.core.names import split_dataset_name
 from ex2.data.benchmarks import (
     EUROSAT_CLASSNAMES,
@@ -108,7 +109,7 @@ def load_dataset(name: str, root: str | Path | None = None, split: str | None = 
 
 
 def _read_concepts(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_text(path, "one concept a line").splitlines())
     concepts = [line for line in lines if line and not line.startswith("#")]
     if not concepts:
         raise ValueError(f"{path}: no concepts found; expected one concept name a line")

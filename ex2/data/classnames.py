@@ -16,6 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ex2.core.io import read_text
 from ex2.data.dataset import DatasetError, ImageDataset
 from ex2.data.templates import ex2_file_hint
 
@@ -44,7 +45,7 @@ def load_classnames(path: str | Path, expected: int | None = None, where: str = 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such class-name file (expected {EXPECTED}){ex2_file_hint(path)}")
-    names = _parse(path, path.read_text(encoding="utf-8"))
+    names = _parse(path, read_text(path, EXPECTED))
     if not names:
         raise ValueError(f"{path}: no class names found; expected {EXPECTED}")
     empty = [i for i, name in enumerate(names) if not name]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ex2.core.io import read_text
 from ex2.core.text import clean_name  # noqa: F401  (the loaders' class-name clean-up)
 
 Loader = Callable[[Path | None, str], "ImageDataset"]
@@ -61,7 +62,7 @@ def read_lines(path: Path) -> list[str]:
     """Non-empty, non-comment lines of a text file."""
     if not path.is_file():
         raise DatasetError(f"{path} does not exist")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_text(path, "one entry a line").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

@@ -72,3 +72,30 @@ def load_image(path: Path, strict: bool = False) -> PIL.Image.Image | None:
             raise ImageError(f"{path}: cannot read the image ({err})") from err
         warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
         return None
+
+
+PARENT_GONE = (ConnectionError, EOFError)  # what a worker's pipes raise once the main process is gone
+
+
+def quiet_worker(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of ex2's image loaders: a worker leaves Ctrl-C to the main process (which stops
+    the workers and prints its one line), and a broken connection to a dead or interrupted main process
+    ends the worker without a traceback. Other errors in a worker still print."""
+    import multiprocessing.queues
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, PARENT_GONE):
+            default_hook(args)
+
+    threading.excepthook = hook  # the resource-sharing thread that hands tensors over
+    feeder_error = multiprocessing.queues.Queue._on_queue_feeder_error
+
+    def on_feeder_error(err: Exception, obj: object) -> None:
+        if not isinstance(err, PARENT_GONE):
+            feeder_error(err, obj)
+
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(on_feeder_error)

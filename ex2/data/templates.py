@@ -14,6 +14,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from ex2.core.io import read_text
+
 TEMPLATE_SETS: dict[str, str] = {
     "describe25": "ex2's own 25 questions about a concept: descriptive, visual, caption, critique, story and "
                   "poem (not EX2's: EX2's are its data_files/mult_template_v1.json)",
@@ -109,4 +111,4 @@ def load_templates(name_or_path: str = "describe25") -> list[str]:
             f"unknown template set or file {name_or_path!r}; sets: {', '.join(TEMPLATE_SETS)}, "
             f"or a file with one template a line (or a JSON list){ex2_file_hint(path)}"
         )
-    return parse_templates(path.read_text(encoding="utf-8"), str(path))
+    return parse_templates(read_text(path, "one template a line, or a JSON list"), str(path))

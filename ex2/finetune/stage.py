@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ex2.core.config import data_root_option, dataset_option, option, save_config, vlm_option
 from ex2.core.devices import accelerate_state_released
-from ex2.core.io import append_jsonl, repair_jsonl, write_json, write_jsonl
+from ex2.core.io import append_jsonl, check_output_path, repair_jsonl, write_json, write_jsonl
 from ex2.finetune.towers import Towers, load_towers
 
 CHECKPOINTS = "checkpoints"
@@ -785,6 +785,7 @@ def evaluate_regions(run_dir: str | Path, annotations: str | Path, device: str =
 
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune, save the model and return the run folder."""
+    check_output_path(config.output, "folder")
     if not config.resume and checkpoints(Path(config.output)):
         raise ValueError(
             f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "

@@ -13,7 +13,7 @@ from ``OUTPUT.partial`` and samples only what is missing.
 The guarantee: the same settings (every option in ``RUN_SETTINGS``, ``--batch-size`` included) with
 the same library versions on the same device give a byte-identical output file, however often the
 run was killed (SIGKILL included) and resumed. Every record draws its random numbers from its own
-seed (:func:`record_seed`), and batches are fixed by record index (records ``[k*B, (k+1)*B)`` of the
+seed (:func:`ex2.llm.samplers.record_seed`), and batches are fixed by record index (records ``[k*B, (k+1)*B)`` of the
 plan form batch ``k``): a resumed run samples a batch that a kill left half written whole again and
 keeps only its missing records, so every text comes from the same batch as in an uninterrupted run.
 A different ``--batch-size`` may change a few texts (left padding shifts the logits slightly, enough
@@ -30,7 +30,6 @@ reading it takes the template file and the class names it was made with.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,10 +47,12 @@ from ex2.core.config import (
     option,
     save_config,
 )
+from ex2.core.errors import OutputError
 from ex2.core.io import (
     append_jsonl,
     check_output_path,
     output_lock,
+    partial_path,
     read_jsonl,
     remove_stale_temps,
     resume_partial,
@@ -60,6 +61,9 @@ from ex2.core.io import (
 )
 from ex2.core.names import split_dataset_name
 from ex2.core.text import clean_description
+from ex2.data import concept_names, load_classnames, load_templates
+from ex2.llm.models import format_prompt, load_tokenizer, resolve_prompt_format
+from ex2.llm.samplers import SamplingSettings, encode_prompts, load_sampler, record_seed, resolve_adapter
 
 RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model", "adapter",
                  "sample", "seed", "prompt_format")
@@ -116,9 +120,9 @@ class GenerateConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.limit_concepts is not None and self.limit_concepts < 1:
             raise ConfigError(f"--limit-concepts must be at least 1 (or left out), not {self.limit_concepts}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             raise ConfigError(f"--temperature must be >= 0 (0 is greedy), not {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # NaN too
             raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0 (0 turns top-k off), not {self.top_k}")
@@ -151,12 +155,6 @@ class Job:
         return self.template.format(self.concept)
 
 
-def record_seed(seed: int, concept: str, template: str, sample: int) -> int:
-    """The seed of one description, from the run seed and what it describes (not its batch)."""
-    digest = hashlib.sha256(f"{seed}\0{concept}\0{template}\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
-
-
 def plan_jobs(concepts: list[str], templates: list[str], samples_per_template: int = 1) -> list[Job]:
     """Every (concept, template, sample), in output order."""
     return [Job(c, concept, t, template, s)
@@ -165,19 +163,7 @@ def plan_jobs(concepts: list[str], templates: list[str], samples_per_template: i
             for s in range(samples_per_template)]
 
 
-def resolve_prompt_format(tokenizer, prompt_format: str) -> str:
-    if prompt_format != "auto":
-        return prompt_format
-    from ex2.llm.models import uses_chat_template
-
-    return "chat" if uses_chat_template(tokenizer) else "base"
-
-
 # --- resumable sampling ---------------------------------------------------------------------
-
-
-def partial_path(output: Path) -> Path:
-    return output.with_name(output.name + ".partial")
 
 
 def run_settings(config: GenerateConfig, adapter: Path | None, prompt_format: str) -> dict[str, Any]:
@@ -204,9 +190,6 @@ def sample_missing(sampler, jobs: list[Job], done: set[tuple], partial: Path, se
                    batch_size: int) -> Iterator[int]:
     """Sample every batch that lacks a record, whole, and append its missing records to ``partial``
     (records already in ``done`` keep the text they have); yields how many were added."""
-    from ex2.llm.models import format_prompt
-    from ex2.llm.samplers import encode_prompts
-
     tokenizer, fmt = sampler.tokenizer, settings["prompt_format"]
     special = list(getattr(tokenizer, "all_special_tokens", []))
     for batch in plan_batches(jobs, batch_size):
@@ -310,8 +293,6 @@ def from_legacy(path: str | Path, templates: list[str], concepts: Concepts = Non
 def load_concepts(config: GenerateConfig, expected: int | None = None) -> list[str]:
     """The concept names: ``--classnames`` (checked against ``expected`` classes, else against the
     dataset's), ``--concepts`` or the dataset's class names; the first ``--limit-concepts`` of them."""
-    from ex2.data import concept_names, load_classnames
-
     if config.classnames:
         where = "the EX2 output" if expected is not None else f"dataset {config.dataset}"
         count = expected if expected is not None else len(concept_names(config.dataset, config.data_root))
@@ -325,9 +306,13 @@ def load_concepts(config: GenerateConfig, expected: int | None = None) -> list[s
 
 def check_outputs(config: GenerateConfig) -> Path:
     """The output path, checked (with ``--legacy-json``) before anything is read or loaded."""
+    output = check_output_path(config.output)
     if config.legacy_json:
-        check_output_path(config.legacy_json, flag="--legacy-json")
-    return check_output_path(config.output)
+        legacy = check_output_path(config.legacy_json, flag="--legacy-json")
+        if legacy.resolve() in (output.resolve(), config_path(output).resolve()):
+            raise OutputError(f"--legacy-json {config.legacy_json} is the same file as --output (or its config): "
+                              "EX2's JSON would overwrite the JSONL records; give it another name")
+    return output
 
 
 def config_path(output: Path) -> Path:
@@ -344,8 +329,6 @@ def write_outputs(config: GenerateConfig, output: Path, records: list[dict]) -> 
 
 def convert(config: GenerateConfig) -> Path:
     """``--from-legacy``: EX2's JSON into our JSONL, sampling nothing."""
-    from ex2.data import load_templates
-
     output = check_outputs(config)
     templates = load_templates(config.templates)
     records = from_legacy(config.from_legacy, templates, lambda n: load_concepts(config, n),
@@ -355,8 +338,6 @@ def convert(config: GenerateConfig) -> Path:
 
 
 def make_sampler(config: GenerateConfig, adapter: Path | None):
-    from ex2.llm.samplers import SamplingSettings, load_sampler
-
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
     options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
                "batch_size": config.batch_size}
@@ -376,10 +357,6 @@ def generate(config: GenerateConfig) -> Path:
 
 
 def _generate(config: GenerateConfig, output: Path) -> Path:
-    from ex2.data import load_templates
-    from ex2.llm.models import load_tokenizer
-    from ex2.llm.samplers import resolve_adapter
-
     templates = load_templates(config.templates or DEFAULT_TEMPLATES)
     jobs = plan_jobs(load_concepts(config), templates, config.samples_per_template)
     adapter = resolve_adapter(config.adapter) if config.adapter else None

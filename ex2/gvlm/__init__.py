@@ -9,7 +9,7 @@
     features = vlm.features(images, prompt, layer=-1, pool="last")
 
 ``ex2 classify --vlm gen:… --method open|closed|likelihood`` (:mod:`ex2.classify.generative`),
-``ex2 probe --vlm gen:…`` and the ``gen-likelihood`` reward (:mod:`ex2.reward.gvlm`) build on it.
+``ex2 probe --vlm gen:…`` and the ``gen-likelihood`` reward (:mod:`ex2.reward.gen_likelihood`) build on it.
 """
 
 from __future__ import annotations

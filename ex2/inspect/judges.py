@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ex2.core.errors import ServiceError
+from ex2.core.io import read_text
 from ex2.core.taxonomy import ATTRIBUTES, NON_VISUAL_ATTRIBUTES, UNPARSED, VISUAL_ATTRIBUTES
 
 PROMPT_VERSION = "ex2-judge-v1"
@@ -308,7 +309,7 @@ def load_judge_prompt(path: str | Path) -> JudgePrompt:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such judge prompt file (YAML or JSON; see configs/judge_ex2_question.yaml)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "a judge prompt file (YAML or JSON)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -514,7 +515,7 @@ class HFJudge(ChatJudge):
 
     def __init__(self, model: str = "smollm2", max_retries: int = 3, max_tokens: int = 128,
                  device: str | None = None):
-        from ex2.llm.models import load_llm
+        from ex2.llm.models import load_llm  # torch and transformers: only for a local judge, not a server's
 
         super().__init__(model, max_retries)
         self.llm, self.tokenizer = load_llm(model, device=device)

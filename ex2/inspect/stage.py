@@ -71,7 +71,9 @@ from ex2.core.names import split_dataset_name
 from ex2.core.registry import LazyRegistry
 from ex2.core.taxonomy import UNPARSED
 from ex2.core.text import record_text, resolve_text_field
+from ex2.data import load_classnames
 from ex2.inspect.judges import EX2_ANSWER, AnsweredJudge, Judgement, load_judge_prompt
+from ex2.inspect.report import write_report
 
 JUDGE_FIELDS = ("judge_backend", "judge_model", "judge_prompt_version")
 INPUT_FIELD = "input_sha256"  # which input a record was judged for (first 16 hex digits of its SHA-256)
@@ -195,8 +197,6 @@ def read_inputs(config: InspectConfig) -> list[dict]:
 def name_classes(records: list[dict], path: str | Path, source: str) -> None:
     """Rename each record's concept from a class-name file, class by class (class-id order when every
     record has a ``class_id``, else order of first appearance); the counts must agree."""
-    from ex2.data import load_classnames
-
     groups = _class_groups(records)
     names = load_classnames(path, len(groups), f"{source} (its descriptions)")
     for name, group in zip(names, groups, strict=True):
@@ -393,8 +393,6 @@ def run(config: InspectConfig) -> Path:
         judged = judge_records(config, judge, records, output, source)
         save_config(config, output.parent, name="inspect_config.yaml")
         if config.report:
-            from ex2.inspect.report import write_report
-
             write_report(judged, config.report_path, source=str(output))
     unparsed = sum(r["category"] == UNPARSED for r in judged)
     print(f"inspect: {len(judged)} description(s) in {output}, {unparsed} unparsed (the judge's answer was "

@@ -1,1 +1,1 @@
-"""ex2 knowledge: CoDer's expert knowledge per class (attributes, analogous classes, synonyms, one-vs-one) asked of an LLM (stage)."""
+"""ex2 knowledge: CoDer's expert knowledge per class (attributes, analogous classes, synonyms, one-vs-one) asked of an LLM (stage), its questions (asking), answers split into items (answers), the knowledge file (records), the VLM's text space (pairs) and WordNet (wordnet)."""

@@ -16,6 +16,7 @@ Backends are registered as "module:Class" strings and imported only when chosen:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,13 @@ class SamplingSettings:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k
+
+
+def record_seed(seed: int, *key: object) -> int:
+    """The seed of one sampled record, from the run seed and what the record is (for a description:
+    concept, template, sample), not from the batch it lands in."""
+    digest = hashlib.sha256("\0".join(map(str, (seed, *key))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
 
 
 class Sampler(Protocol):

@@ -27,10 +27,9 @@ import torch
 
 from ex2.classify.common import split_per_class
 from ex2.classify.generative import image_batches
-from ex2.classify.metrics import write_csv
 from ex2.classify.zeroshot import classification_metrics, topk_accuracy
 from ex2.core.config import option, save_config
-from ex2.core.io import check_output_path, write_json
+from ex2.core.io import check_output_path, write_csv, write_json
 from ex2.data import load_dataset
 from ex2.gvlm import GenerativeVLM
 from ex2.vlm import embed_images, load_vlm

@@ -1,4 +1,4 @@
-"""The plots and the HTML page of ``ex2 report`` (see :mod:`ex2.report.stage` for what is collected).
+"""The plots and the HTML page of ``ex2 report`` (see :mod:`ex2.report.runs` for what is collected).
 
 Plots are embedded as base64 PNGs; the page's only script is inline (sorting by a column header,
 filtering a table with its box; ``#filter=word`` in the address fills the descriptions' box), so the
@@ -15,8 +15,9 @@ from pathlib import Path
 from ex2.core.plotting import pyplot
 from ex2.core.taxonomy import INFORMATIVE_ATTRIBUTES as ATTRIBUTES
 from ex2.core.taxonomy import VISUAL_ATTRIBUTES
-from ex2.report.stage import CATEGORY_COLORS, Runs, attribute_rows, cell_text
+from ex2.report.runs import CATEGORY_COLORS, Runs
 from ex2.report.stats import smooth
+from ex2.report.tables import attribute_rows, cell_text
 
 TEXT_COLUMNS = ("base_description", "aligned_description", "text", "base", "trained")  # kept readable
 PAGE_ROWS = 5000  # description rows on the page (the CSV has them all)

@@ -1,4 +1,5 @@
-"""VLM rewards for descriptions of a concept, as plain trl reward callables.
+"""The base of ex2's VLM rewards: :class:`ConceptReward`, a plain trl reward callable for
+descriptions of concepts, and the helpers the rewards share.
 
 EX2's reward for a description ``t`` of concept ``c`` is the mean, over ``N`` images of ``c``
 (``num_images_for_reward``, 256 by default), of the VLM's logit-scaled cosine similarity::
@@ -6,31 +7,19 @@ EX2's reward for a description ``t`` of concept ``c`` is the mean, over ``N`` im
     r(t, c) = 1/N · Σ_i  s · <img_i, t>  =  s · <mean_i img_i, t>
 
 It is linear in the image embeddings, so the class-mean image embedding (not renormalised) is
-computed once and each reward is one dot product. The rewards, by name (:data:`REWARDS`):
-
-``ex2``                  :class:`EX2Reward`, the reward above
-``contrastive``          :class:`ContrastiveReward`: own-concept reward minus the mean reward over
-                         the other concepts
-``contrastive-softmax``  :class:`ContrastiveSoftmaxReward`: softmax probability of the own concept
-                         over all concepts
-``planted``              :class:`PlantedReward`: ``s · <a, t>`` for a fixed attribute text ``a`` (a
-                         known answer, for validation), plus ``planted_bonus`` when ``t`` names one of
-                         ``planted_keywords`` (whole words); it looks at no image
-``gen-likelihood``       :class:`ex2.reward.gvlm.GenLikelihoodReward`: a generative VLM's
-                         length-normalised log-likelihood of the description given the concept's
-                         images minus given no image
-
-Each is a plain trl reward callable, ``reward(prompts=…, completions=…, concept=…, **columns)`` ->
-one float per completion, so it can be passed to any ``GRPOTrainer``. :func:`build_reward` builds
-one by name from a dataset (:data:`BUILDERS` maps each name to its builder)::
+computed once (:func:`class_mean_embeddings`) and each reward is one dot product
+(:class:`ClassMeanReward`). Each reward kind is a module of this package, listed by name in
+:mod:`ex2.reward.registry`, where :func:`~ex2.reward.registry.build_reward` builds one from a dataset::
 
     reward = build_reward("ex2", load_vlm("conse"), load_dataset("samples"))
     GRPOTrainer(model, reward_funcs=reward, train_dataset=prompts, ...)  # prompts carry `concept`
     EX2Reward(vlm, class_means, concepts)(completions=["a red crest"], concept=["cardinal"])
 
-The scored text of a completion is ``text``: ``raw`` (default, EX2's: the decoded completion as it
-is, special tokens dropped, every paragraph kept) or ``first-paragraph`` (what ``ex2 generate`` keeps
-as the description). Empty or degenerate texts get the VLM's score of that text, as in EX2, unless
+Each is a plain trl reward callable, ``reward(prompts=…, completions=…, concept=…, **columns)`` ->
+one float per completion, so it can be passed to any ``GRPOTrainer``. The scored text of a
+completion is ``text``: ``raw`` (default, EX2's: the decoded completion as it is, special tokens
+dropped, every paragraph kept) or ``first-paragraph`` (what ``ex2 generate`` keeps as the
+description). Empty or degenerate texts get the VLM's score of that text, as in EX2, unless
 ``empty_reward`` asks for ``"floor"`` (the reward's lowest possible value) or a number; a NaN score
 gets the floor, so no reward is NaN.
 """
@@ -39,25 +28,17 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from ex2.core.text import SCORED_TEXTS, scored_text
+from ex2.data import sample_per_class
+from ex2.vlm import embed_images
 
-DEFAULT_PLANTED_TEXT = "it lives in its natural habitat"
-DEFAULT_PLANTED_BONUS = 20.0  # logit-scale units: a cosine of 0.2 under CLIP's scale of 100
 _WORD = re.compile(r"[^\W_]{2,}")  # a text needs one word of two letters or digits to be scored
-
-
-def keyword_pattern(keywords: Sequence[str]) -> re.Pattern | None:
-    """A case-insensitive whole-word pattern matching any of ``keywords`` (None for no keywords)."""
-    if not keywords:
-        return None
-    return re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
 
 
 def completion_text(completion: Any) -> str:
@@ -101,8 +82,6 @@ def is_degenerate(text: str) -> bool:
 
 def class_mean_embeddings(vlm, paths_per_class: dict[int, list], progress: bool = True) -> torch.Tensor:
     """``[C, D]`` mean image embedding per class (rows are not renormalised)."""
-    from ex2.vlm import embed_images
-
     class_ids = sorted(paths_per_class)
     paths = [path for class_id in class_ids for path in paths_per_class[class_id]]
     owner = {Path(path): class_id for class_id in class_ids for path in paths_per_class[class_id]}
@@ -117,23 +96,7 @@ def class_mean_embeddings(vlm, paths_per_class: dict[int, list], progress: bool 
     return torch.stack(means)
 
 
-def per_batch_reward(
-    image_embeddings: torch.Tensor,
-    image_classes: torch.Tensor,
-    text_embeddings: torch.Tensor,
-    text_classes: torch.Tensor,
-    logit_scale: float,
-) -> torch.Tensor:
-    """EX2's original algorithm, kept as the reference: the similarity matrix of all class images ×
-    all responses, then per response the mean over its own class's images."""
-    similarity = logit_scale * image_embeddings @ text_embeddings.T  # [images, responses]
-    rewards = torch.empty(len(text_classes))
-    for index, cls in enumerate(text_classes.tolist()):
-        rewards[index] = similarity[image_classes == cls, index].mean()
-    return rewards
-
-
-# --- the rewards ---------------------------------------------------------------------------
+# --- the base classes ---------------------------------------------------------------------------
 
 
 class ConceptReward(abc.ABC):
@@ -144,8 +107,8 @@ class ConceptReward(abc.ABC):
     ``text`` is the scored text of a completion (``raw``, EX2's, or ``first-paragraph``); degenerate
     texts are scored like any other unless ``empty_reward`` is ``"floor"`` or a number, and NaN
     scores get the :attr:`floor`. ``last`` keeps the latest batch (scored texts, concepts, rewards)
-    for logging. Subclasses define :meth:`score` and :attr:`floor`, and
-    name trl's metrics with ``__name__``.
+    for logging. Subclasses define :meth:`score`, :attr:`floor` and :meth:`build` (what the
+    registry calls), and name trl's metrics with ``__name__``.
     """
 
     __name__ = "concept_reward"
@@ -163,6 +126,12 @@ class ConceptReward(abc.ABC):
     @abc.abstractmethod
     def floor(self) -> float:
         """The lowest value this reward can take (cosines are at least -1)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, vlm, dataset, **options) -> ConceptReward:
+        """The reward over ``dataset``'s concepts (``dataset.classnames``), from the options of
+        :func:`~ex2.reward.registry.build_reward` it needs; it ignores the rest."""
 
     @abc.abstractmethod
     def score(self, texts: list[str], concept_ids: list[int | None]) -> torch.Tensor:
@@ -240,140 +209,13 @@ class ClassMeanReward(ConceptReward):
         """``[N, C]`` logit-scaled similarity of each text to each concept's mean image."""
         return self.scale * self.vlm.encode_texts(texts).float() @ self.class_means.T
 
-
-class EX2Reward(ClassMeanReward):
-    """EX2's reward: the mean similarity of the text to its own concept's images."""
-
-    __name__ = "ex2_reward"
-
-    @property
-    def floor(self) -> float:
-        return -self.scale
-
-    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
-        return self.similarities(texts)[torch.arange(len(texts)), torch.tensor(concept_ids)]
-
-
-class ContrastiveReward(ClassMeanReward):
-    """Own-concept reward minus the mean reward over the other concepts."""
-
-    __name__ = "contrastive_reward"
-    compares = True
-
-    @property
-    def floor(self) -> float:
-        return -2 * self.scale
-
-    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
-        sims = self.similarities(texts)
-        own = sims[torch.arange(len(texts)), torch.tensor(concept_ids)]
-        return own - (sims.sum(dim=1) - own) / (sims.shape[1] - 1)
-
-
-class ContrastiveSoftmaxReward(ClassMeanReward):
-    """Softmax probability of the own concept over all concepts."""
-
-    __name__ = "contrastive_softmax_reward"
-    compares = True
-
-    @property
-    def floor(self) -> float:
-        return 0.0
-
-    def score(self, texts: list[str], concept_ids: list[int]) -> torch.Tensor:
-        probabilities = torch.softmax(self.similarities(texts), dim=1)
-        return probabilities[torch.arange(len(texts)), torch.tensor(concept_ids)]
-
-
-class PlantedReward(ConceptReward):
-    """``s · <a, t>`` for a fixed attribute text ``a``, plus ``planted_bonus`` for each text naming
-    one of ``planted_keywords`` (dense similarity plus a lexical term: the similarity keeps GRPO's
-    groups varied, the bonus rewards the words). It looks at no image; ``concepts`` (optional) only
-    name the concept column's values in ``last``."""
-
-    __name__ = "planted_reward"
-    needs_concept = False
-
-    def __init__(self, vlm, concepts: Sequence[str] = (), planted_text: str = DEFAULT_PLANTED_TEXT,
-                 planted_keywords: Sequence[str] = (), planted_bonus: float = DEFAULT_PLANTED_BONUS,
-                 empty_reward: EmptyReward = None, text: str = "raw") -> None:
-        super().__init__(vlm, concepts, empty_reward, text)
-        self.planted_text = planted_text
-        self.planted = vlm.encode_texts([planted_text])[0].float()
-        self.planted_keywords = keyword_pattern(planted_keywords)
-        self.planted_bonus = float(planted_bonus)
-
-    @property
-    def floor(self) -> float:
-        return -self.scale
-
-    def score(self, texts: list[str], concept_ids: list[int | None]) -> torch.Tensor:
-        return self.scale * self.vlm.encode_texts(texts).float() @ self.planted + self.keyword_bonus(texts)
-
-    def keyword_bonus(self, texts: list[str]) -> torch.Tensor:
-        """``planted_bonus`` for each text naming a planted keyword, else 0."""
-        if self.planted_keywords is None:
-            return torch.zeros(len(texts))
-        return torch.tensor([self.planted_bonus * bool(self.planted_keywords.search(t)) for t in texts])
-
-
-# --- building a reward by name ------------------------------------------------------------------
-
-
-def _from_class_means(reward_class: type[ClassMeanReward], vlm, dataset, images_per_class: int | None = 256,
-                      seed: int | None = None, progress: bool = True, empty_reward: EmptyReward = None,
-                      text: str = "raw", **_) -> ClassMeanReward:
-    from ex2.data import sample_per_class
-
-    reward_class.check_concepts(dataset.classnames)  # before embedding any image
-    check_scored_text(text)
-    check_empty_reward(empty_reward)
-    means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
-    return reward_class(vlm, means, dataset.classnames, empty_reward, text)
-
-
-def _planted(vlm, dataset, planted_text: str = DEFAULT_PLANTED_TEXT, planted_keywords: Sequence[str] = (),
-             planted_bonus: float = DEFAULT_PLANTED_BONUS, empty_reward: EmptyReward = None, text: str = "raw",
-             **_) -> PlantedReward:
-    return PlantedReward(vlm, dataset.classnames, planted_text, planted_keywords, planted_bonus, empty_reward, text)
-
-
-def _gen_likelihood(vlm, dataset, **options) -> ConceptReward:
-    from ex2.reward.gvlm import build_gen_likelihood  # generative VLMs load only when chosen
-
-    return build_gen_likelihood(vlm, dataset, **options)
-
-
-RewardBuilder = Callable[..., ConceptReward]
-# name -> builder(vlm, dataset, **options); each builder takes the options it needs, ignores the rest
-BUILDERS: dict[str, RewardBuilder] = {
-    "ex2": partial(_from_class_means, EX2Reward),
-    "contrastive": partial(_from_class_means, ContrastiveReward),
-    "contrastive-softmax": partial(_from_class_means, ContrastiveSoftmaxReward),
-    "planted": _planted,
-    "gen-likelihood": _gen_likelihood,  # a generative VLM (gen:…): ex2.reward.gvlm
-}
-REWARDS = tuple(BUILDERS)
-
-
-def build_reward(
-    kind: str,
-    vlm,
-    dataset,
-    images_per_class: int | None = 256,
-    seed: int | None = None,
-    planted_text: str = DEFAULT_PLANTED_TEXT,
-    empty_reward: EmptyReward = None,
-    progress: bool = True,
-    planted_keywords: Sequence[str] = (),
-    planted_bonus: float = DEFAULT_PLANTED_BONUS,
-    text: str = "raw",
-) -> ConceptReward:
-    """The reward named ``kind`` over ``dataset``'s concepts, with image embeddings computed (or read
-    from cache) once; ``text`` is the scored text (``raw``, EX2's, or ``first-paragraph``) and
-    ``empty_reward`` what degenerate texts get (None: the VLM's score, as EX2)."""
-    if kind not in BUILDERS:
-        raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
-    return BUILDERS[kind](vlm, dataset, images_per_class=images_per_class, seed=seed, planted_text=planted_text,
-                          empty_reward=empty_reward, progress=progress, planted_keywords=planted_keywords,
-                          planted_bonus=planted_bonus, text=text)
+    @classmethod
+    def build(cls, vlm, dataset, images_per_class: int | None = 256, seed: int | None = None,
+              progress: bool = True, empty_reward: EmptyReward = None, text: str = "raw", **_) -> ClassMeanReward:
+        """The reward over ``dataset``'s concepts, from the mean embedding of ``images_per_class``
+        images of each (the first ones, or a random pick with ``seed``)."""
+        cls.check_concepts(dataset.classnames)  # before embedding any image
+        check_scored_text(text)
+        check_empty_reward(empty_reward)
+        means = class_mean_embeddings(vlm, sample_per_class(dataset, images_per_class, seed), progress)
+        return cls(vlm, means, dataset.classnames, empty_reward, text)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ex2.core.io import write_json
 from ex2.core.text import scored_text
-from ex2.llm.samplers import SamplingSettings
+from ex2.llm.models import format_prompt
+from ex2.llm.samplers import SamplingSettings, TransformersSampler, encode_prompts, even_batch_size
 
 
 def adapter_disabled(model):
@@ -22,9 +23,6 @@ def sample_both(model, tokenizer, queries: list[str], prompt_format: str, settin
     """``(base, trained)`` completions, one per query, as the reward scores them (``text``: ``raw``
     or ``first-paragraph``, :func:`ex2.core.text.scored_text`); query ``i`` draws from seed ``seed + i``
     in both."""
-    from ex2.llm.models import format_prompt
-    from ex2.llm.samplers import TransformersSampler, encode_prompts, even_batch_size
-
     was_training = model.training
     sampler = TransformersSampler.from_model(model, tokenizer, settings, even_batch_size(max(1, len(queries))))
     prompt_ids = encode_prompts(tokenizer, [format_prompt(tokenizer, q, prompt_format) for q in queries],

@@ -1,7 +1,7 @@
 """``ex2 train``: RL-align a LoRA adapter on an LLM so its descriptions score high under a VLM reward.
 
 The policy is trained with trl's ``GRPOTrainer`` (or ``RLOOTrainer``) against a reward from
-:mod:`ex2.reward.base`; prompts are concepts × query templates, and some templates can be held out to
+:mod:`ex2.reward` (by name, :mod:`ex2.reward.registry`); prompts are concepts × query templates, and some templates can be held out to
 measure the reward before and after training. On the embedded default, on a laptop CPU::
 
     ex2 train --dataset samples --vlm conse --llm smollm2 --reward ex2 --max-steps 20 --output runs/demo
@@ -65,6 +65,7 @@ import argparse
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import typing
 from dataclasses import dataclass
@@ -86,10 +87,19 @@ from ex2.core.config import (
     split_option,
     vlm_option,
 )
+from ex2.core.devices import accelerate_state_released, dtype_name, resolve_dtype
 from ex2.core.io import atomic_write_text, check_output_path
 from ex2.core.names import split_dataset_name
 from ex2.core.text import SCORED_TEXTS
-from ex2.reward.base import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT, REWARDS, check_empty_reward
+from ex2.data import load_dataset, load_templates
+from ex2.llm.models import load_tokenizer, query_prompt, resolve_llm, resolve_prompt_format
+from ex2.llm.samplers import SamplingSettings
+from ex2.reward.base import check_empty_reward
+from ex2.reward.planted import DEFAULT_PLANTED_BONUS, DEFAULT_PLANTED_TEXT
+from ex2.reward.registry import REWARD_NAMES, build_reward, reward_help
+from ex2.train.callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
+from ex2.train.evaluation import evaluate_heldout
+from ex2.vlm import load_vlm
 
 # architecture -> LoRA target modules; other architectures get peft's defaults
 LORA_TARGETS: dict[str, list[str]] = {
@@ -125,7 +135,7 @@ class TrainConfig:
     classnames: str | None = classnames_option()
     vlm: str = vlm_option()
     llm: str = llm_option()
-    reward: Literal[REWARDS] = option("ex2", "reward: ex2 | contrastive | contrastive-softmax | planted")
+    reward: Literal[REWARD_NAMES] = option("ex2", reward_help())
     planted_text: str = option(DEFAULT_PLANTED_TEXT, "attribute text the planted reward pulls towards")
     planted_keywords: list[str] = option([], "words that earn the planted reward its bonus (whole words)")
     planted_bonus: float = option(DEFAULT_PLANTED_BONUS, "planted reward's bonus for naming a keyword (logit-scale units)")
@@ -188,8 +198,6 @@ def trainer_defaults(config: TrainConfig) -> dict[str, Any]:
     CPU-only without CUDA, mixed precision and model weights per ``config.precision``."""
     import torch
 
-    from ex2.core.devices import dtype_name, resolve_dtype
-
     dtype = resolve_dtype(config.precision)
     device = {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == torch.bfloat16,
               "fp16": dtype == torch.float16, "model_init_kwargs": {"dtype": dtype_name(dtype)}}
@@ -224,6 +232,13 @@ def training_budget(args) -> dict[str, int]:
     generations = -(-micro_batches // every)
     return {"updates": args.max_steps, "generations": generations,
             "completions": generations * args.generation_batch_size}
+
+
+def check_budget(args) -> None:
+    """Refuse a run that would make no optimizer update (trl would still take a step and save)."""
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max-steps {args.max_steps} makes no optimizer update: give 1 or more "
+                         "(or -1 to train --num-train-epochs epochs)")
 
 
 def save_run_config(config: TrainConfig, args, run_dir: Path) -> Path:
@@ -307,8 +322,6 @@ def split_templates(templates: list[str], heldout: int, seed: int = 0) -> tuple[
 def prompt_records(concepts: list[str], templates: list[str], prompt_format: str) -> list[dict[str, Any]]:
     """One record per (concept, template): a trl ``prompt`` (EX2's base text or chat messages, which
     trl renders with the chat template) plus the columns the reward reads."""
-    from ex2.llm.models import query_prompt
-
     records = []
     for concept_id, concept in enumerate(concepts):
         for template in templates:
@@ -372,8 +385,8 @@ REPORT_BACKENDS: dict[str, str | None] = {"none": None, "tensorboard": "tensorbo
 def reporting_environment(args, run_dir: Path) -> dict[str, str]:
     """Check ``--report-to`` and set the trackers' offline settings the user has not set: wandb offline
     (``WANDB_MODE``) with its files in the run folder, trackio's local database under ``RUN/trackio``.
-    TensorBoard writes to ``RUN/runs/`` (transformers' ``logging_dir`` under ``output_dir``).
-    Returns the variables it set."""
+    TensorBoard writes to ``RUN/runs/`` (one folder for a run and its resumptions, so that a resumed
+    run's events can hide those a killed run logged past its checkpoint). Returns the variables it set."""
     import importlib.util
 
     chosen = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
@@ -441,8 +454,9 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
+        shutil.rmtree(checkpoint, ignore_errors=True)  # half-written by a kill: never a checkpoint to keep
         print(f"skipping {checkpoint}: {problem} (written when a run was stopped?); "
-              "falling back to the checkpoint before it")
+              "removed it, falling back to the checkpoint before it")
     print(f"no complete checkpoint in {run_dir}; training starts from step 0")
     return None
 
@@ -458,12 +472,23 @@ def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:
     return run_dir, (resume_checkpoint(run_dir) if found and config.resume else None)
 
 
+def place_tensorboard(trainer, run_dir: Path, resumed_step: int) -> None:
+    """TensorBoard writes a run and its resumptions to ``RUN/runs``; a resumed writer hides the steps after
+    ``resumed_step`` that a killed run logged (TensorBoard's ``purge_step``), so each step is shown once."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback._SummaryWriter is not None:
+            callback.logging_dir = str(run_dir / "runs")
+            if resumed_step:
+                callback.tb_writer = callback._SummaryWriter(log_dir=callback.logging_dir,
+                                                             purge_step=resumed_step + 1)
+
+
 def build_trainer(config: TrainConfig, args, reward, train_data, tokenizer, callbacks: list):
     """The trl trainer, with LoRA applied and our callbacks in place of the default progress output."""
     from transformers import AutoConfig
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from ex2.llm.models import resolve_llm
 
     model_path = resolve_llm(config.llm)
     model_type = AutoConfig.from_pretrained(model_path).model_type
@@ -486,21 +511,13 @@ def run(config: TrainConfig, args=None) -> Path:
     """Train, save the adapter to ``RUN/adapter`` and evaluate held-out templates; returns the run folder.
 
     ``args`` is trl's config (:func:`trainer_config`; EX2's defaults when omitted)."""
-    from ex2.core.devices import accelerate_state_released
-
     with accelerate_state_released():
         return _run(config, trainer_config(config) if args is None else args)
 
 
 def _run(config: TrainConfig, args) -> Path:
-    from ex2.data import load_dataset, load_templates
-    from ex2.llm.models import load_tokenizer, resolve_prompt_format
-    from ex2.reward.base import build_reward
-    from ex2.train.callbacks import JsonlLogger, RewardProgress, StopOnSignal, plot_reward_curve, trim_log
-    from ex2.train.evaluation import evaluate_heldout
-    from ex2.vlm import load_vlm
-
     check_output_path(args.output_dir, "folder")
+    check_budget(args)
     check_vllm(args)
     quantization_config(config.quantization)  # fail before loading anything
     reporting_environment(args, Path(args.output_dir).expanduser())  # before the run folder is made
@@ -526,6 +543,8 @@ def _run(config: TrainConfig, args) -> Path:
     callbacks = [JsonlLogger(log_path, reward, config.log_samples), RewardProgress(), stop]
     trainer = build_trainer(config, args, reward, prompt_dataset(dataset.classnames, train_templates,
                                                                  prompt_format), tokenizer, callbacks)
+    if int(os.environ.get("RANK", "0")) == 0:
+        place_tensorboard(trainer, run_dir, int(resume_from.name.split("-")[-1]) if resume_from else 0)
     with stop.installed(signal.SIGTERM):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.received:
@@ -544,7 +563,5 @@ def _run(config: TrainConfig, args) -> Path:
 
 def sampling_settings(args):
     """The sampler settings of training (trl's completion length, temperature, top-p, top-k)."""
-    from ex2.llm.samplers import SamplingSettings
-
     return SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k or 0)

@@ -29,6 +29,7 @@ import torch.utils.data
 from tqdm.auto import tqdm
 
 from ex2.core.io import atomic_open, cache_dir, write_json
+from ex2.data.images import quiet_worker
 from ex2.vlm.base import VLM
 
 
@@ -185,6 +186,7 @@ def _image_batches(vlm: VLM, paths: list[Path], batch_size: int, workers: int) -
     return iter(torch.utils.data.DataLoader(
         _ImageFiles(vlm.preprocess, paths), batch_size=batch_size, collate_fn=_collate, num_workers=workers,
         multiprocessing_context="fork" if workers else None, pin_memory=vlm.device.type == "cuda",
+        worker_init_fn=quiet_worker,
     ))
 
 

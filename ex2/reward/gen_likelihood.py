@@ -1,4 +1,4 @@
-"""The ``gen-likelihood`` reward: how much a concept's images raise a generative VLM's belief in a
+"""``gen-likelihood``: how much a concept's images raise a generative VLM's belief in a
 description.
 
 For a description ``t`` of concept ``c`` with images ``I_1..I_N``, and ``q_c`` the question
@@ -14,7 +14,7 @@ reused for every description scored against it. Rewards below :attr:`floor` (``-
 gain of a text the image makes less likely than a uniform guess per token) are clipped to it;
 empty texts get it too.
 
-    reward = build_gen_likelihood(load_gvlm("gen:local-dir:PATH"), load_dataset("samples"), 2)
+    reward = GenLikelihoodReward.build(load_gvlm("gen:local-dir:PATH"), load_dataset("samples"), 2)
     reward(completions=["a tabby with whiskers"], concept=["cat"])   # trl's reward signature
 """
 
@@ -27,8 +27,9 @@ from collections.abc import Sequence
 import PIL.Image
 import torch
 
+from ex2.data import load_image, sample_per_class
 from ex2.gvlm.backend import GenerativeVLM, PrefixState, join_continuation, reduce_logprobs
-from ex2.reward.base import ConceptReward
+from ex2.reward.base import ConceptReward, EmptyReward
 
 DEFAULT_GEN_QUESTION = "Describe what a {concept} looks like."
 
@@ -44,7 +45,7 @@ class GenLikelihoodReward(ConceptReward):
         images: Sequence[Sequence[PIL.Image.Image]],
         concepts: Sequence[str],
         question: str = DEFAULT_GEN_QUESTION,
-        empty_reward: float | str | None = None,
+        empty_reward: EmptyReward = None,
         prefix_cache_size: int = 64,
         batch_size: int = 32,
         text: str = "raw",
@@ -101,16 +102,15 @@ class GenLikelihoodReward(ConceptReward):
             out[rows] = self.concept_scores(concept_id, [texts[i] for i in rows])
         return out.clamp_min(self.floor)
 
-
-def build_gen_likelihood(vlm, dataset, images_per_class: int | None = 256, seed: int | None = None,
-                         progress: bool = True, empty_reward: float | str | None = None,
-                         gen_question: str = DEFAULT_GEN_QUESTION, text: str = "raw", **_) -> GenLikelihoodReward:
-    """The reward over ``dataset``'s concepts with ``images_per_class`` images each (every image
-    costs one prompt forward per concept, so a few are enough: EX2's 256 suit dual encoders)."""
-    from ex2.data import load_image, sample_per_class
-
-    if not isinstance(vlm, GenerativeVLM):
-        raise ValueError("the gen-likelihood reward needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
-    chosen = sample_per_class(dataset, images_per_class, seed)
-    images = [[im for im in (load_image(p) for p in chosen[c]) if im is not None] for c in range(len(dataset.classnames))]
-    return GenLikelihoodReward(vlm, images, dataset.classnames, gen_question, empty_reward, text=text)
+    @classmethod
+    def build(cls, vlm, dataset, images_per_class: int | None = 256, seed: int | None = None,
+              empty_reward: EmptyReward = None, gen_question: str = DEFAULT_GEN_QUESTION, text: str = "raw",
+              **_) -> GenLikelihoodReward:
+        """The reward over ``dataset``'s concepts with ``images_per_class`` images each (every image
+        costs one prompt forward per concept, so a few are enough: EX2's 256 suit dual encoders)."""
+        if not isinstance(vlm, GenerativeVLM):
+            raise ValueError("the gen-likelihood reward needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
+        chosen = sample_per_class(dataset, images_per_class, seed)
+        images = [[im for im in (load_image(p) for p in chosen[c]) if im is not None]
+                  for c in range(len(dataset.classnames))]
+        return cls(vlm, images, dataset.classnames, gen_question, empty_reward, text=text)
