@@ -146,7 +146,7 @@ def run_settings(config: AnnotateConfig) -> dict:
 
 def class_queries(config: AnnotateConfig, classnames: list[str]) -> list[list[str]]:
     """The detector's queries per class id: the class's descriptions (none for a class without)."""
-    from ex2.classify.stage import align_descriptions, load_descriptions
+    from ex2.classify.descriptions import align_descriptions, load_descriptions
 
     descriptions = load_descriptions(config.descriptions, config.categories)
     texts, missing = align_descriptions(classnames, descriptions, allow_missing=True, source=config.descriptions)

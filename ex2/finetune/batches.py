@@ -37,7 +37,7 @@ def square(image, size: int):
 
 def class_texts(config, classnames: list[str]) -> list[list[str]]:
     """Descriptions per class id (the class's name in ``--name-template`` where it has none)."""
-    from ex2.classify.stage import align_descriptions, load_descriptions
+    from ex2.classify.descriptions import align_descriptions, load_descriptions
 
     descriptions = load_descriptions(config.descriptions, config.categories)
     texts, _ = align_descriptions(classnames, descriptions, allow_missing=True, source=config.descriptions)
