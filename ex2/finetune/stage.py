@@ -61,6 +61,7 @@ from ex2.data.images import quiet_worker
 from ex2.finetune.batches import (
     Batcher,
     EpochData,
+    check_shards,
     class_texts,
     collate_grain,
     desc_data,
@@ -253,6 +254,7 @@ def _examples(config: FinetuneConfig, towers: Towers, size: int) -> tuple:
     and checked before the run folder exists; (None, class names, descriptions) for ``--shards``,
     whose stream starts at the resumed step (:func:`_stream`)."""
     if config.shards:
+        check_shards(config.shards)
         if config.objective == "grain":
             return None, None, None
         from ex2.data import concept_names
