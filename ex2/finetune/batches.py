@@ -4,6 +4,8 @@ of a loader batch into the model's inputs (:class:`Batcher`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -79,15 +81,42 @@ def grain_data(config, transform, size: int) -> EpochData:
     return EpochData(read_annotations(config.annotations, config.captions), load, config.seed)
 
 
+def webdataset():
+    """The webdataset package (an optional extra), or an ImportError saying how to install it."""
+    try:
+        import webdataset
+        import webdataset.shardlists
+    except ImportError as err:
+        raise ImportError("--shards reads webdataset shards: pip install 'ex2[webdataset]'") from err
+    return webdataset
+
+
+def check_shards(pattern: str) -> list[str]:
+    """The shards ``pattern`` names (brace-expanded, as webdataset reads it); each local one must open as a
+    tar archive, else a ValueError naming it. Remote or piped shards are read as they come."""
+    import tarfile
+
+    urls = webdataset().shardlists.expand_urls(pattern)
+    for url in urls:
+        path = Path(url.removeprefix("file:"))
+        if "://" in url or url.startswith("pipe:"):
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"--shards {pattern}: shard {path} does not exist")
+        try:
+            with tarfile.open(path):
+                pass
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"--shards {pattern}: {path} is not a readable tar shard ({err})") from None
+    return urls
+
+
 def shard_data(config, transform, size: int, classnames: list[str] | None, start: int):
     """An endless stream of examples from ``--shards``: each process and loader worker draws shards
     at random (with replacement, as open_clip does for large sets) seeded by ``--seed``, its rank and
     worker and the step it starts at (a resumed run reads on, it does not replay), and shuffles
     samples in a buffer of ``--shuffle-buffer``."""
-    try:
-        import webdataset as wds
-    except ImportError as err:
-        raise ImportError("--shards reads webdataset shards: pip install 'ex2[webdataset]'") from err
+    wds = webdataset()
     from ex2.finetune.data import shard_record
 
     index = {name: i for i, name in enumerate(classnames or [])}

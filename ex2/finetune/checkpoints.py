@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ex2.core.io import repair_jsonl, write_json, write_jsonl
+from ex2.core.io import file_problem, newest_intact, repair_jsonl, write_json, write_jsonl
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer.json"  # written last into a checkpoint: its presence marks it complete
@@ -17,6 +17,19 @@ def checkpoints(output: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     found = [p for p in (output / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (its step record or a state file torn), or None."""
+    try:
+        int(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{STATE_FILE} is unreadable"
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        problem = file_problem(path)
+        if problem:
+            return f"{path.relative_to(folder)} {problem}"
+    return None
 
 
 def save_checkpoint(accelerator, output: Path, step: int, limit: int) -> None:
@@ -59,7 +72,13 @@ def resume_step(accelerator, config, output: Path, log: Path) -> int:
         if accelerator.is_main_process and log.exists():
             log.unlink()
         return 0
-    latest = found[-1]
+    latest = newest_intact(found, checkpoint_problem, remove=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if latest is None:
+        accelerator.print(f"no intact checkpoint in {output / CHECKPOINTS}; training starts from step 0")
+        if accelerator.is_main_process and log.exists():
+            log.unlink()
+        return 0
     accelerator.load_state(str(latest))
     step = json.loads((latest / STATE_FILE).read_text(encoding="utf-8"))["step"]
     if accelerator.is_main_process and log.exists():

@@ -62,6 +62,10 @@ def read_grounding(path: str | Path) -> list[GroundedImage]:
     out = []
     for line, record in enumerate(records, 1):
         where = f"{path} line {line}"
+        if not isinstance(record["image"], str) or not record["image"].strip():
+            raise ValueError(f"{where}: 'image' must be the path of an image file, got {record['image']!r}")
+        if not isinstance(record["caption"], str):
+            raise ValueError(f"{where}: 'caption' must be a string, got {record['caption']!r}")
         image = Path(record["image"])
         image = image if image.is_absolute() else path.parent / image
         if not image.is_file():
@@ -71,8 +75,11 @@ def read_grounding(path: str | Path) -> list[GroundedImage]:
             for r in record["regions"]
         ):
             raise ValueError(f"{where}: 'regions' must be a list of {{\"text\": str, \"box\": [x0, y0, x1, y1]}}")
-        with PIL.Image.open(image) as opened:
-            size = opened.size
+        try:
+            with PIL.Image.open(image) as opened:
+                size = opened.size
+        except (OSError, PIL.UnidentifiedImageError) as err:
+            raise ValueError(f"{where}: image {image} cannot be read as an image ({err})") from None
         regions = [(r["text"].strip(), _check_box(r["box"], size, where)) for r in record["regions"]]
         out.append(GroundedImage(image, str(record["caption"]), regions))
     if not out:

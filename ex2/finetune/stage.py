@@ -45,7 +45,9 @@ that loads back as an ex2 VLM (``ex2 classify --vlm OUTPUT/model``). ``grain`` a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,10 +56,12 @@ import torch
 
 from ex2.core.config import data_root_option, dataset_option, option, save_config, vlm_option
 from ex2.core.devices import accelerate_state_released
-from ex2.core.io import append_jsonl, check_output_path, write_json
+from ex2.core.io import append_jsonl, check_output_path, output_lock, write_json
+from ex2.data.images import quiet_worker
 from ex2.finetune.batches import (
     Batcher,
     EpochData,
+    check_shards,
     class_texts,
     collate_grain,
     desc_data,
@@ -166,6 +170,17 @@ class FinetuneConfig:
                              "an annotations JSONL (ours) holds its captions")
         if "{}" not in self.name_template:
             raise ValueError(f"--name-template needs a {{}} for the class name, got {self.name_template!r}")
+        self._check_rates()
+
+    def _check_rates(self) -> None:
+        """Learning rates above 0, weights and norms at 0 or above, all finite (NaN refused too)."""
+        for name in ("learning_rate", "head_learning_rate"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "match_l1_weight", "match_giou_weight", "box_l1_weight",
+                     "box_giou_weight", "region_weight"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -215,10 +230,10 @@ def _mean(accelerator, sums: dict[str, float], count: int) -> dict[str, float]:
 def _loader(config: FinetuneConfig, data, collate) -> torch.utils.data.DataLoader:
     if isinstance(data, torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers,
-                                           collate_fn=collate)
+                                           collate_fn=collate, worker_init_fn=quiet_worker)
     return torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=False,
                                        drop_last=len(data) >= config.batch_size, num_workers=config.num_workers,
-                                       collate_fn=collate)
+                                       collate_fn=collate, worker_init_fn=quiet_worker)
 
 
 def _epochs(data: EpochData, loader, accelerator, micro: int):
@@ -239,6 +254,7 @@ def _examples(config: FinetuneConfig, towers: Towers, size: int) -> tuple:
     and checked before the run folder exists; (None, class names, descriptions) for ``--shards``,
     whose stream starts at the resumed step (:func:`_stream`)."""
     if config.shards:
+        check_shards(config.shards)
         if config.objective == "grain":
             return None, None, None
         from ex2.data import concept_names
@@ -364,7 +380,9 @@ def run(config: FinetuneConfig) -> Path:
             f"{config.output} already holds checkpoints of a run: pass --resume to continue it, "
             "or choose another --output"
         )
-    with accelerate_state_released():
-        train(config)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # every process of a launch runs this
+    with output_lock(config.output, "ex2 finetune") if main_process else contextlib.nullcontext():
+        with accelerate_state_released():
+            train(config)
     return Path(config.output)
 
