@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="runs/coder_kinds.json")
     args = parser.parse_args(argv)
 
-    from ex2.classify.stage import ClassifyConfig, embed_dataset
+    from ex2.classify.common import embed_dataset
+    from ex2.classify.stage import ClassifyConfig
     from ex2.core.io import write_json
     from ex2.data import load_dataset
     from ex2.knowledge.records import load_knowledge

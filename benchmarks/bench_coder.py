@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from ex2.classify import zeroshot
     from ex2.classify.coder import class_scores, coder_texts, neighbor_vectors
-    from ex2.classify.stage import ClassifyConfig, embed_dataset
+    from ex2.classify.common import embed_dataset
+    from ex2.classify.stage import ClassifyConfig
     from ex2.data import load_dataset
     from ex2.knowledge.records import load_knowledge
     from ex2.vlm import load_vlm

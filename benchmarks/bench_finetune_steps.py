@@ -11,7 +11,7 @@ set (coloured shapes with boxes and descriptions, ``ex2.finetune.data.synthetic_
 ``--warmup`` steps and for ``--warmup + --steps``. The difference of the two wall times over
 ``--steps`` is the time of a step with loading, compilation of kernels, the first steps and saving
 the model taken out. The objective is GRAIN's (image–caption contrast, region decoder, box and
-region–description losses).
+region–description losses), with ``--decoder`` GRAIN's region decoder (default) or ours.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def finetune_seconds(args, vlm: str, annotations: Path, method: str, steps: int,
         output=str(output), objective="grain", vlm=vlm, annotations=str(annotations), method=method,
         batch_size=args.batch_size, max_steps=steps, save_steps=steps + 1, log_steps=max(1, steps),
         device=args.device, precision=args.precision, num_workers=args.num_workers, lr_schedule="constant",
+        decoder=args.decoder,
     )
     start = time.perf_counter()
     run(config)
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps of the run the timed one is measured against")
     parser.add_argument("--method", choices=("full", "lora", "both"), default="both")
     parser.add_argument("--precision", default="bf16", help="ex2 finetune --precision")
+    parser.add_argument("--decoder", choices=("grain", "ex2"), default="grain", help="ex2 finetune --decoder")
     parser.add_argument("--device", default=None, help="ex2 finetune --device (default: accelerate's choice)")
     parser.add_argument("--num-workers", type=int, default=8, help="image loader workers")
     parser.add_argument("--image-size", type=int, default=224, help="side of the synthetic images")
@@ -71,7 +73,7 @@ def main() -> None:
         annotations = synthetic_grounding(root / "grounding", n=args.batch_size * 2, size=args.image_size)
         vlm = checkpoint(args.arch, root)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
-        print(f"ex2 finetune --objective grain, {args.arch} random init, batch {args.batch_size}, "
+        print(f"ex2 finetune --objective grain --decoder {args.decoder}, {args.arch} random init, batch {args.batch_size}, "
               f"{args.precision}, on {device}")
         results = {}
         for method in methods:

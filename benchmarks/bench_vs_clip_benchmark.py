@@ -145,15 +145,14 @@ def child_clip_benchmark(record: Path, argv: list[str]) -> None:
 
 
 def child_ex2(record: Path, argv: list[str]) -> None:
-    import ex2.vlm
-    from ex2.classify import stage as classify
+    from ex2.classify import common
     from ex2.cli import main
 
     timings: dict = {}
-    ex2.vlm.embed_images = _timed(ex2.vlm.embed_images, timings, "images")  # its image loop, or the cache
-    ex2.vlm.embed_texts = _timed(ex2.vlm.embed_texts, timings, "texts")
-    evaluate, logits = classify.evaluate, []
-    classify.evaluate = _keep_first(evaluate, logits)
+    common.embed_images = _timed(common.embed_images, timings, "images")  # its image loop, or the cache
+    common.embed_texts = _timed(common.embed_texts, timings, "texts")
+    evaluate, logits = common.evaluate, []
+    common.evaluate = _keep_first(evaluate, logits)
     if main(argv):
         sys.exit(1)
     out = Path(argv[argv.index("--output") + 1])

@@ -45,7 +45,7 @@ _API: dict[str, str] = {
     "run_inspect": "ex2.inspect.stage:run",
     "ClassifyConfig": "ex2.classify.stage:ClassifyConfig",
     "run_classify": "ex2.classify.stage:run",
-    "load_descriptions": "ex2.classify.stage:load_descriptions",
+    "load_descriptions": "ex2.classify.descriptions:load_descriptions",
     "ReportConfig": "ex2.report.stage:ReportConfig",
     "run_report": "ex2.report.stage:run",
     "collect_runs": "ex2.report.runs:collect",

@@ -249,19 +249,14 @@ def run(config: DemoConfig) -> Path:
 
 def headline_lines(out: Path) -> list[str]:
     """The numbers that matter, base -> aligned: held-out reward, accuracy with the descriptions and
-    informative share, read back from the demo's run outputs."""
+    informative share, read back from the demo's run outputs, each with its 95 % interval and the
+    paired difference's (a finding, or within the noise)."""
     import warnings
 
     from ex2.report.runs import collect
-    from ex2.report.tables import headline
+    from ex2.report.tables import headline, headline_text
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         numbers = headline(collect([out], exclude=(out / "report").resolve()))
-
-    def show(value: float | None, digits: int) -> str:
-        return "?" if value is None else f"{value:.{digits}f}"
-
-    digits = {"held-out reward": 2}
-    return [f"{name}: base {show(base, digits.get(name, 3))} -> aligned {show(aligned, digits.get(name, 3))}"
-            for name, (base, aligned) in numbers.items()]
+    return [headline_text(name, change) for name, change in numbers.items()]

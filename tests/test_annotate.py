@@ -68,6 +68,37 @@ def test_detect_keeps_the_best_box_per_query_above_the_threshold(detector):
             assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
 
 
+def test_every_box_is_what_transformers_post_processing_keeps(detector):
+    """GRAIN's rule: box_supervision.py keeps post_process_object_detection's boxes above 0.3."""
+    images = [image.resize((32, 32)) for image in _images()]  # square, as GRAIN's 224x224 input
+    queries = [["a red cat", "dog"], ["tripod legs"], ["a cup", "espresso crema", "steam"]]
+    pixels = detector.pixels(images)
+    logits, _, _ = detector.patch_logits(pixels, queries)
+    for row, (image, texts) in enumerate(zip(images, queries, strict=True)):
+        values = logits[row, :, : len(texts)].max(-1).values.sigmoid().sort().values
+        threshold = float(values[len(values) // 2 : len(values) // 2 + 2].mean())  # keeps about half, no ties
+        labels, scores, boxes = detector.every_box(pixels[row : row + 1], [texts], threshold)[0]
+        inputs = detector.processor(text=[texts], images=[image], return_tensors="pt")
+        with torch.no_grad():
+            out = detector.model(**inputs)
+        kept = detector.processor.image_processor.post_process_object_detection(
+            out, threshold=threshold, target_sizes=torch.tensor([[1, 1]]))[0]
+        assert labels.tolist() == kept["labels"].tolist() and len(labels) > 0
+        assert torch.allclose(scores, kept["scores"], atol=1e-5)
+        from torchvision.ops import box_convert
+
+        assert torch.allclose(box_convert(boxes, "cxcywh", "xyxy"), kept["boxes"], atol=1e-5)
+
+
+def test_grain_preset_settings(tmp_path):
+    grain = AnnotateConfig(output=str(tmp_path / "o.jsonl"), descriptions=__file__, preset="grain")
+    assert (grain.threshold, grain.max_regions) == (0.3, 5)
+    ours = AnnotateConfig(output=str(tmp_path / "o.jsonl"), descriptions=__file__)
+    assert (ours.threshold, ours.max_regions) == (0.1, 8)
+    mixed = AnnotateConfig(output=str(tmp_path / "o.jsonl"), descriptions=__file__, preset="grain", threshold=0.5)
+    assert (mixed.threshold, mixed.max_regions) == (0.5, 5)
+
+
 @pytest.fixture
 def descriptions(tmp_path):
     path = tmp_path / "categories.jsonl"
@@ -106,6 +137,18 @@ def test_annotate_then_finetune_grain(owlv2_dir, open_clip_dir, descriptions, tm
     log = read_jsonl(run_dir / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] == r["loss"] for r in log)  # finite, not NaN
     assert (run_dir / "region_decoder.safetensors").is_file()
+
+
+def test_grain_preset_keeps_several_boxes_of_a_description(owlv2_dir, descriptions, tmp_path, shared_cache):
+    out = tmp_path / "grain.jsonl"
+    assert main(_annotate_args(owlv2_dir, descriptions, out, "--preset", "grain")) == 0  # --threshold 0: every box
+    records = read_jsonl(out)
+    assert len(records) == 24 and all(len(r["regions"]) == 5 for r in records)  # GRAIN's top 5
+    texts = [[region["text"] for region in r["regions"]] for r in records]
+    assert any(len(set(t)) < len(t) for t in texts)  # one description, several boxes: not ours
+    for record, grounded in zip(records, read_grounding(out), strict=True):
+        scores = [region["score"] for region in record["regions"]]
+        assert scores == sorted(scores, reverse=True) and len(grounded.regions) == 5
 
 
 def test_annotate_resumes_after_a_kill(owlv2_dir, descriptions, tmp_path, shared_cache, monkeypatch):

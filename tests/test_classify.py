@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from ex2.classify.stage import evaluate
+from ex2.classify.common import evaluate
 from ex2.cli import main
 from ex2.vlm.base import VLM
 

@@ -8,7 +8,7 @@ import json
 import torch
 from test_classify import folder  # noqa: F401  (ImageFolder of colour classes, one corrupt file)
 
-from ex2.classify.stage import drop_classes
+from ex2.classify.common import drop_classes
 from ex2.cli import main
 from ex2.data import load_dataset
 

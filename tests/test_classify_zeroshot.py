@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from ex2.classify import zeroshot
-from ex2.classify.stage import ClassifyConfig, align_descriptions, load_descriptions, waffle_vocabulary
+from ex2.classify.descriptions import align_descriptions, load_descriptions
+from ex2.classify.methods.waffle import waffle_vocabulary
+from ex2.classify.stage import ClassifyConfig
 from ex2.core.config import parse_config
 
 

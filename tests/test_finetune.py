@@ -17,19 +17,11 @@ from ex2.cli import main
 from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
 from ex2.finetune.data import read_grounding, synthetic_grounding
+from ex2.finetune.evaluation import evaluate_regions
 from ex2.finetune.grain import hungarian_match, match_cost
-from ex2.finetune.stage import (
-    FinetuneConfig,
-    FinetuneModel,
-    add_lora,
-    evaluate_regions,
-    first_columns,
-    merge_lora,
-    multi_positive_nce,
-    run,
-    share_gradient,
-    text_ids,
-)
+from ex2.finetune.losses import first_columns, multi_positive_nce, share_gradient, text_ids
+from ex2.finetune.model import FinetuneModel, add_lora, merge_lora
+from ex2.finetune.stage import FinetuneConfig, run
 from ex2.finetune.towers import OpenClipTowers
 
 
@@ -331,9 +323,11 @@ def _grain_config(open_clip_dir, annotations, out, steps, **extra) -> FinetuneCo
                           **options)
 
 
-def test_grain_objective_runs_and_loss_decreases(open_clip_dir, tmp_path):
+@pytest.mark.parametrize("ours", [False, True], ids=["grain", "ex2"])
+def test_grain_objective_runs_and_loss_decreases(ours, open_clip_dir, tmp_path):
     annotations = synthetic_grounding(tmp_path / "set", n=8, size=32)
-    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4)
+    extra = {"decoder": "ex2", "duplicates": "merged", "box_l1_weight": 1.25, "box_giou_weight": 2.0} if ours else {}
+    out = _grain_config(open_clip_dir, annotations, tmp_path / "grain", 4, **extra)
     run(out)
     log = read_jsonl(tmp_path / "grain" / "log.jsonl")
     assert {"box_l1", "box_giou", "region_text", "caption", "region_acc"} <= set(log[0])
@@ -356,3 +350,63 @@ def test_grain_learns_held_out_regions(open_clip_dir, tmp_path):
     assert log[-1]["loss"] < log[0]["loss"]
     assert log[-1]["box_l1"] < log[0]["box_l1"]
     assert after["region_top1"] > 3 * after["chance_top1"] and after["mean_iou"] > 0.3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image", 7, "'image' must be the path of an image file, got 7"),
+    ("image", "notes.txt", "cannot be read as an image"),
+    ("caption", ["a", "b"], "'caption' must be a string"),
+])
+def test_an_annotation_that_cannot_be_an_image_names_its_line(tmp_path, field, value, message):
+    path = synthetic_grounding(tmp_path / "set", n=2, size=32)
+    (path.parent / "notes.txt").write_text("not an image\n")
+    lines = path.read_text().splitlines()
+    bad = {**json.loads(lines[1]), field: value}
+    path.write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
+    with pytest.raises(ValueError) as err:
+        read_grounding(path)
+    assert str(err.value).startswith(f"{path} line 2: ") and message in str(err.value)
+
+
+@pytest.mark.parametrize("flag, value", [("--learning-rate", "-1"), ("--learning-rate", "nan"),
+                                         ("--head-learning-rate", "0"), ("--weight-decay", "-0.1")])
+def test_a_rate_that_cannot_train_is_refused_up_front(open_clip_dir, descriptions, tmp_path, capsys, flag, value):
+    out = tmp_path / "ft"
+    argv = _desc_args(open_clip_dir, descriptions, out, 2)
+    at = argv.index("--learning-rate")
+    argv = [*argv[:at], *argv[at + 2:], flag, value]  # each flag given once
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and f"{flag} must be" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_removed(open_clip_dir, descriptions, tmp_path, shared_cache,
+                                                            capsys):
+    out = tmp_path / "ft"
+    assert main(_desc_args(open_clip_dir, descriptions, out, 4) + ["--method", "full"]) == 0
+    newest = out / "checkpoints" / "step-0000004"
+    weights = next(newest.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # torn
+    capsys.readouterr()
+    assert main(_desc_args(open_clip_dir, descriptions, out, 5) + ["--method", "full", "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert f"skipping {newest}: {weights.relative_to(newest)} is torn" in printed.out + printed.err
+    assert "Traceback" not in printed.err
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_a_second_finetune_into_one_output_is_refused(open_clip_dir, descriptions, tmp_path, capsys):
+    out = tmp_path / "ft"
+    repo = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
+         f"with output_lock({str(out)!r}, 'ex2 finetune'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(_desc_args(open_clip_dir, descriptions, out, 2)) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by pid {holder.pid}" in err and not (out / "log.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()

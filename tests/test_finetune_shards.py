@@ -14,7 +14,8 @@ from ex2.cli import main
 from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names, load_dataset
 from ex2.finetune.data import read_grounding, shard_record, synthetic_grounding
-from ex2.finetune.stage import FinetuneConfig, evaluate_regions
+from ex2.finetune.evaluation import evaluate_regions
+from ex2.finetune.stage import FinetuneConfig
 
 wds = pytest.importorskip("webdataset")
 
@@ -111,3 +112,19 @@ def test_shards_config_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         FinetuneConfig(output=str(tmp_path), objective="grain", annotations=__file__, shards="x-{0..1}.tar")
     FinetuneConfig(output=str(tmp_path), objective="grain", shards="x-{0..1}.tar")  # shards alone suffice
+
+
+@pytest.mark.parametrize("damage", ["not a tar", "missing"])
+def test_a_corrupt_or_missing_shard_is_one_line_before_the_run_folder(open_clip_dir, grounding_shards, tmp_path,
+                                                                       capsys, damage):
+    shards = grounding_shards
+    first = sorted(tmp_path.rglob("*.tar"))[0]
+    if damage == "missing":
+        first.unlink()
+    else:
+        first.write_bytes(b"\x00garbage that is no tar archive" * 3)
+    out = tmp_path / "out"
+    assert main(_grain_args(open_clip_dir, shards, out, 1)) == 1
+    err = capsys.readouterr().err
+    assert str(first) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -13,16 +13,10 @@ from ex2.cli import main
 from ex2.core.io import read_jsonl, write_jsonl
 from ex2.data import concept_names
 from ex2.finetune.data import synthetic_grounding
-from ex2.finetune.stage import (
-    FinetuneConfig,
-    FinetuneModel,
-    add_lora,
-    evaluate_regions,
-    merge_lora,
-    multi_positive_nce,
-    multi_positive_sigmoid,
-    run,
-)
+from ex2.finetune.evaluation import evaluate_regions
+from ex2.finetune.losses import multi_positive_nce, multi_positive_sigmoid
+from ex2.finetune.model import FinetuneModel, add_lora, merge_lora
+from ex2.finetune.stage import FinetuneConfig, run
 from ex2.finetune.towers import TransformersTowers, load_towers
 from ex2.vlm import load_vlm
 
@@ -106,12 +100,16 @@ def test_patch_tokens_are_the_vits(fixture, request):
     model, towers = load_towers(str(request.getfixturevalue(fixture)))
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        pooled, patches = towers.encode_image(model.eval(), pixels, tokens=True)
+        pooled, patches = towers.encode_image(model.eval(), pixels, tokens="patches")
         features = model.get_image_features(pixel_values=pixels)
     shape = towers.shape(model)
     assert patches.shape == (2, (32 // 8) ** 2, shape["width"])  # the CLS token (CLIP) dropped
     assert pooled.shape == (2, shape["embed_dim"])
     assert torch.allclose(pooled, getattr(features, "pooler_output", features), atol=1e-5)
+    with torch.no_grad():
+        _, every = towers.encode_image(model, pixels, tokens="all")
+    cls = 1 if fixture == "hf_clip_dir" else 0  # SigLIP has no class token
+    assert every.shape == (2, (32 // 8) ** 2 + cls, shape["width"]) and torch.allclose(every[:, cls:], patches, atol=1e-6)
 
 
 def test_clip_grain_objective(hf_clip_dir, tmp_path):

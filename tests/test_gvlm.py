@@ -232,7 +232,7 @@ def test_open_and_closed_runs_score_answers(shared_cache, tmp_path):
     (tmp_path / "names.txt").write_text("cat, kitten\n")
     # samples lists 10 views per class in class order: a cat answer for every image
     vlm = ScriptedVLM(["A kitten on a rug.", "Probably a cat or a rocket."])
-    config = ClassifyConfig(vlm="gen:org/model", method="open", classnames=str(tmp_path / "names.txt"),
+    config = ClassifyConfig(vlm="gen:org/model", method="open", synonyms=str(tmp_path / "names.txt"),
                             answer_match="words", output=str(tmp_path / "open"), progress=False)
     metrics = json.loads((gc.run(config, vlm, dataset) / "metrics.json").read_text())
     # every cat image is right (one answer by a synonym); the rocket images answered "cat or rocket" too

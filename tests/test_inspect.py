@@ -160,8 +160,11 @@ def test_summary_keys_and_plots(tmp_path):
     summary = summarize(records, "src")
     assert summary["schema"] == SCHEMA and summary["n_unparsed"] == 4
     assert set(summary) == {"schema", "source", "judge", "n_descriptions", "n_unparsed", "informative_share",
-                            "category_shares", "attribute_shares", "groups", "top_spurious"}
+                            "category_shares", "attribute_shares", "groups", "top_spurious", "share_intervals"}
     assert summary["informative_share"] == 0.5
+    informative = summary["share_intervals"]["informative"]  # two concepts resampled, each 1/2 informative
+    assert informative == {"share": 0.5, "low": 0.5, "high": 0.5}
+    assert summary["share_intervals"]["size"]["share"] == pytest.approx(1 / 3)
     assert summary["top_spurious"][0] == {"phrasing": "{concept} photo", "count": 4}
     report = write_report(records, tmp_path / "report")
     assert (report / "categories_by_concept.png").stat().st_size > 1000

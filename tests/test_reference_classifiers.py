@@ -25,7 +25,9 @@ import scipy.io
 import torch
 
 from ex2.classify import zeroshot
-from ex2.classify.stage import ClassifyConfig, evaluate, summarise
+from ex2.classify.common import evaluate
+from ex2.classify.metrics import summarise
+from ex2.classify.stage import ClassifyConfig
 from ex2.cli import main
 from ex2.data import DATASETS, flowers102_classnames
 

@@ -27,6 +27,9 @@ def _metrics(folder: Path, method: str, acc1: float, categories=None, vlm="conse
         "categories": categories, "acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1, "n_images": 80,
         "n_classes": 8, "n_skipped_images": 0,
     }))
+    right = round(acc1 * 80)  # the same 80 images in every run, the first ones right
+    (folder / "predictions.csv").write_text("path,label,prediction,correct,top5\n" + "".join(
+        f"img{i}.png,c{i % 8},c{i % 8 if i < right else (i + 1) % 8},{int(i < right)},c{i % 8}\n" for i in range(80)))
 
 
 DESCRIPTIONS = [  # (concept, template, adapter, description, category, attribute)
@@ -67,9 +70,9 @@ def _training(folder: Path, torn: bool = False) -> None:
     (folder / "config.yaml").write_text("vlm: conse\nllm: smollm2\nreward: ex2\n")
     (folder / "eval.json").write_text(json.dumps({
         "prompts": 2, "samples_per_prompt": 1, "seed": 0, "base_mean_reward": 25.0, "trained_mean_reward": 30.0,
-        "samples": [{"concept": "cardinal", "query": "q", "base": "Here's a cardinal:", "base_reward": 20.0,
+        "samples": [{"concept": "cardinal", "query": "q1", "base": "Here's a cardinal:", "base_reward": 20.0,
                      "trained": "Red crest, black face.", "trained_reward": 33.0},
-                    {"concept": "tabby", "query": "q", "base": "tabby", "base_reward": 30.0,
+                    {"concept": "tabby", "query": "q2", "base": "tabby", "base_reward": 30.0,
                      "trained": "Striped grey fur.", "trained_reward": 27.0}],
     }))
 
@@ -110,7 +113,7 @@ def test_report_writes_csv_and_a_self_contained_page(runs, tmp_path):
     assert [r["kind"] for r in rows] == ["classify"] * 3 + ["inspect", "train"]
     assert {r["categories"] for r in rows if r["kind"] == "classify"} == {"all", "visual", "spurious"}
     page = (out / "report.html").read_text()
-    assert page.count("<table") == 9 and page.count('src="data:image/png;base64,') == 4
+    assert page.count("<table") == 11 and page.count('src="data:image/png;base64,') == 6
     assert not re.search(r'src="(?!data:)|<link|<script[^>]', page)  # nothing fetched from elsewhere
     for target in re.findall(r'href="([^"]*)"', page):  # in-page anchors and the CSVs beside the page
         assert (target.startswith("#") and f'id="{target[1:]}"' in page) or (out / target).is_file(), target
@@ -142,7 +145,10 @@ def test_report_writes_csv_and_a_self_contained_page(runs, tmp_path):
 def test_each_inspection_run_once_and_the_numbers_that_matter(runs, tmp_path):
     found = collect([runs])
     assert [r["run"] for r in found.inspect] == ["runs/inspect"]  # once, whatever its groupings
-    assert headline(found) == {"held-out reward": (25.0, 30.0)}
+    (reward,) = headline(found).values()
+    assert (reward.base.estimate, reward.aligned.estimate) == (25.0, 30.0)
+    assert reward.difference.difference.estimate == 5.0 and reward.difference.n == 2  # two prompts
+    assert reward.base.low == 20.0 and reward.base.high == 30.0  # two prompts: the bootstrap spans both
     rows = side_by_side(found.descriptions)
     assert [(r["concept"], r["template"]) for r in rows] == [("cardinal", "t1"), ("cardinal", "t2"), ("tabby", "t1")]
     again = side_by_side(found.descriptions + [dict(found.descriptions[1], description="another adapter")])
@@ -153,7 +159,9 @@ def test_each_inspection_run_once_and_the_numbers_that_matter(runs, tmp_path):
 def test_demo_ends_with_the_numbers_that_matter(runs):
     from ex2.demo import headline_lines
 
-    assert headline_lines(runs) == ["held-out reward: base 25.00 -> aligned 30.00"]
+    assert headline_lines(runs) == [
+        "held-out reward: base 25.00 [20.00, 30.00] -> aligned 30.00 [27.00, 33.00]; difference +5.00 [-3.00, 13.00]: "
+        "within the noise: the 95 % interval includes 0 (2 prompts)"]
 
 
 def test_paths_in_the_tables_are_relative_to_the_report(tmp_path):
@@ -194,6 +202,8 @@ window.addEventListener('load', () => {
     rows: document.querySelectorAll('tbody tr').length, images: imgs.length,
     loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
     widths: imgs.map(i => i.naturalWidth), descriptions: rows().length,
+    findings: document.querySelectorAll('#differences td.finding').length,
+    noise: document.querySelectorAll('#differences td.noise').length,
     preset: document.getElementById('descriptions-filter').value};
   const box = document.getElementById('descriptions-filter');
   box.value = 'tabby';
@@ -237,8 +247,9 @@ def test_page_renders_tables_and_images_in_headless_chromium(runs, tmp_path):
     page = tmp_path / "page.html"  # a copy of the report with the check appended
     page.write_text((out / "report.html").read_text().replace("</body>", CHECK + "</body>"))
     check = _chromium_check(page, tmp_path)
-    assert check["tables"] == 9 and check["descriptions"] == 3
-    assert check["images"] == 4 and check["loaded"] == 4 and min(check["widths"]) > 100
+    assert check["tables"] == 11 and check["descriptions"] == 3
+    assert check["images"] == 6 and check["loaded"] == 6 and min(check["widths"]) > 100
+    assert check["findings"] >= 2 and check["noise"] >= 1  # differences marked as findings or noise
     assert check["shownTabby"] == 1 and check["count"] == "1 of 3 rows" and check["shownAll"] == 3
     assert check["firstAfterSort"] == "tabby"  # clicked twice: descending
     assert _chromium_check(page, tmp_path, "#filter=cardinal")["preset"] == "cardinal"  # a link can preset it
@@ -251,3 +262,64 @@ def test_accuracy_bars_keep_base_and_aligned_descriptions_apart():
     hand_written = {**row, "descriptions": "out/hand.jsonl", "descriptions_model": None}
     assert bar_label(hand_written) == "ex2 · hand"
     assert bar_label({"method": "clip", "categories": "all", "descriptions": None}) == "clip"
+
+
+@pytest.mark.filterwarnings("ignore:ex2 report. skipping")
+def test_differences_compare_runs_on_the_images_prompts_and_concepts_both_saw(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--output", str(out)]) == 0
+    with (out / "differences.csv").open() as handle:
+        rows = {(r["kind"], r["measure"], r["after"]): r for r in csv.DictReader(handle)}
+    visual = rows["accuracy", "acc1", "runs/ex2/visual"]  # clip 72 of 80 right, visual 64: the same first 64
+    assert visual["before"] == "runs/clip" and visual["n"] == "80" and float(visual["difference"]) == pytest.approx(-0.1)
+    assert float(visual["p_value"]) == pytest.approx(2 * 0.5 ** 8, abs=1e-4)  # 8 discordant images, all one way
+    assert visual["finding"] == "yes" and float(visual["difference_high"]) < 0
+    assert not any(r["after"] == "runs/clip-b32" for r in rows.values())  # another VLM: other images' scores
+    reward = rows["held-out reward", "reward", "runs/train (trained)"]
+    assert reward["finding"] == "no" and "within the noise" in reward["reading"] and reward["unit"] == "prompts"
+    spurious = rows["share", "spurious", "runs/inspect"]
+    assert float(spurious["difference"]) == pytest.approx(-2 / 3, abs=1e-4) and spurious["unit"] == "concepts"
+    assert "only 2 concepts" in spurious["reading"]  # a finding on two concepts is flagged as fragile
+    with (out / "shares.csv").open() as handle:
+        shares = {(r["variant"], r["measure"]): r for r in csv.DictReader(handle)}
+    base = shares["base", "spurious"]
+    assert float(base["share"]) == pytest.approx(2 / 3, abs=1e-4) and base["concepts"] == "2"
+    assert float(base["share_low"]) <= 2 / 3 <= float(base["share_high"])
+    with (out / "summary.csv").open() as handle:
+        summary = {r["run"]: r for r in csv.DictReader(handle)}
+    assert summary["runs/clip"]["acc1_low"] == ""  # a metrics.json without intervals (an older run): empty cells
+    assert summary["runs/train"]["heldout_difference_low"] == "-3.0000"  # prompts resampled: -3 or +13 per prompt
+    page = (out / "report.html").read_text()
+    assert "within the noise" in page and 'id="s-differences"' in page
+
+
+def test_accuracy_pairs_base_aligned_each_category_and_class_names():
+    from ex2.report.compare import accuracy_pairs
+
+    def row(run, method="ex2", categories="all", model="smollm2", adapter=None, path="d.jsonl", vlm="conse"):
+        return {"run": run, "dataset": "samples", "split": "test", "vlm": vlm, "method": method,
+                "categories": categories, "descriptions_model": model, "descriptions_adapter": adapter,
+                "descriptions": path}
+
+    rows = [row("clip", "clip", model=None, path=None), row("base"), row("base-visual", categories="visual"),
+            row("aligned", adapter="a", path="e.jsonl"), row("aligned-visual", categories="visual", adapter="a",
+                                                             path="e.jsonl"), row("other-vlm", vlm="b32")]
+    found = {(before["run"], after["run"]): what for what, before, after in accuracy_pairs(rows)}
+    assert found[("base", "aligned")] == "base → aligned descriptions (all)"
+    assert found[("base-visual", "aligned-visual")] == "base → aligned descriptions (visual)"
+    assert found[("base", "base-visual")] == "ex2 · base [visual] vs all descriptions"
+    assert found[("aligned", "aligned-visual")] == "ex2 · aligned [visual] vs all descriptions"
+    assert found[("clip", "aligned")] == "ex2 · aligned vs class names"
+    assert not any("other-vlm" in pair for pair in found)  # nothing else saw its images' scores
+    assert len(found) == 4 + 4  # each of the four described runs also vs class names
+
+
+def test_an_accuracy_difference_is_a_finding_only_when_mcnemar_agrees():
+    from ex2.report.compare import accuracy_comparison
+
+    correct = {"a": {f"img{i}": i >= 4 for i in range(80)}, "b": {f"img{i}": True for i in range(80)}}
+    few = accuracy_comparison("b vs a", {"run": "a"}, {"run": "b"}, correct)  # 4 discordant images, one way
+    assert few.difference.excludes(0) and few.p_value == pytest.approx(2 * 0.5 ** 4)
+    assert not few.finding and "exact test does not agree" in few.reading()
+    correct["a"] = {f"img{i}": i >= 12 for i in range(80)}  # 12 discordant: p = 2 / 2**12
+    assert accuracy_comparison("b vs a", {"run": "a"}, {"run": "b"}, correct).finding

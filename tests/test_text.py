@@ -94,7 +94,8 @@ def generated(tmp_path):
 
 
 def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
-    from ex2.classify.stage import ClassifyConfig, load_descriptions
+    from ex2.classify.descriptions import load_descriptions
+    from ex2.classify.stage import ClassifyConfig
     from ex2.inspect.stage import InspectConfig, load_inputs
 
     path = generated(tmp_path)
@@ -117,7 +118,8 @@ def test_classify_and_inspect_read_the_text_field_asked_for(tmp_path):
 
 
 def test_by_default_stages_read_what_the_reward_scored_or_what_was_judged(tmp_path):
-    from ex2.classify.stage import ClassifyConfig, load_descriptions
+    from ex2.classify.descriptions import load_descriptions
+    from ex2.classify.stage import ClassifyConfig
     from ex2.inspect.stage import InspectConfig, load_inputs
 
     path = generated(tmp_path)

@@ -213,6 +213,10 @@ def test_train_writes_a_complete_run_folder(tiny_llm, tiny_clip, tmp_path, tmp_c
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # the adapter moved away from its zero init
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["prompts"] == 2 * 8 and "base_mean_reward" in evaluation
+    difference = evaluation["reward_difference"]  # trained - base over the same prompts, with its interval
+    assert difference["estimate"] == pytest.approx(evaluation["trained_mean_reward"] - evaluation["base_mean_reward"])
+    assert difference["low"] <= difference["estimate"] <= difference["high"]
+    assert evaluation["base_mean_reward_low"] <= evaluation["base_mean_reward"] <= evaluation["base_mean_reward_high"]
     assert evaluation["scored_text"] == "raw"  # the held-out evaluation scores what training scored
     # the evaluation samples with ex2's one sampler: base = the model without the adapter, same seeds
     queries = [sample["query"] for sample in evaluation["samples"]]
@@ -376,3 +380,15 @@ def test_a_budget_of_no_updates_is_refused_before_anything(tiny_llm, tiny_clip, 
     err = capsys.readouterr().err
     assert f"--max-steps {steps} makes no optimizer update" in err and len(err.strip().splitlines()) == 1
     assert not run.exists()
+
+
+def test_heldout_intervals_resample_prompts_with_all_their_samples():
+    from ex2.train.evaluation import heldout_intervals
+
+    base, trained = [10.0, 12.0, 20.0, 22.0, 15.0, 15.0], [11.0, 13.0, 25.0, 27.0, 15.0, 16.0]
+    found = heldout_intervals(base, trained, ["a", "a", "b", "b", "c", "c"])  # three prompts, two samples each
+    assert found["reward_difference"]["estimate"] == pytest.approx(13 / 6)
+    # three prompts give three per-prompt differences, 1, 5 and 0.5: the interval lies among their means
+    assert 0.5 <= found["reward_difference"]["low"] < found["reward_difference"]["high"] <= 5.0
+    assert "clusters" in found["reward_difference"]["method"]
+    assert found["base_mean_reward_low"] < found["base_mean_reward_high"]

@@ -6,9 +6,17 @@
     ex2 finetune --objective grain --annotations runs/cub/grounding.jsonl ...
 
 Each image's class descriptions (``ex2 generate`` or ``ex2 inspect`` output; ``--categories visual``
-keeps what inspect judged visual) are text queries to an OWLv2 detector (:mod:`ex2.vlm.detector`):
-a description keeps its best box if that box scores at least ``--threshold``, and the
-``--max-regions`` best descriptions of an image become its regions. The caption is
+keeps what inspect judged visual) are text queries to an OWLv2 detector (:mod:`ex2.vlm.detector`).
+Which boxes an image keeps is the ``--preset``'s (``PRESETS``):
+
+``ex2``    ours: a description keeps its best box if that box scores at least ``--threshold``
+           (0.1); the ``--max-regions`` (8) best descriptions of an image become its regions.
+``grain``  GRAIN's ``box_supervision.py`` and ``dataloaders/conceptual.py``: the image resized to
+           224 x 224 before OWLv2 sees it, every box of the detector whose best description scores
+           above ``--threshold`` (0.3) kept with that description (a description may keep several
+           boxes), the ``--max-regions`` (5) best-scoring boxes of an image its regions.
+
+``--threshold`` and ``--max-regions`` override the preset's values. The caption is
 ``--caption-template`` filled with the class name, or what ``--captioner`` answers to
 ``--caption-prompt``. One JSONL record per image with at least one region (``--keep-empty``: every
 image)::
@@ -26,7 +34,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import PIL.Image
 import torch
 
 from ex2.core.config import data_root_option, dataset_option, option, save_config, split_option
@@ -45,8 +55,24 @@ from ex2.data.images import quiet_worker
 from ex2.vlm.detector import DEFAULT_DETECTOR
 
 # the fields whose change makes an interrupted run's records stale
-RUN_SETTINGS = ("dataset", "data_root", "split", "descriptions", "categories", "detector", "threshold",
+RUN_SETTINGS = ("dataset", "data_root", "split", "descriptions", "categories", "detector", "preset", "threshold",
                 "max_regions", "captioner", "caption_prompt", "caption_template", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class BoxPreset:
+    """Which of the detector's boxes an image keeps (see the module docstring)."""
+
+    rule: str  # "best": each description's best box (score >= threshold); "every": every box (score > threshold)
+    threshold: float
+    max_regions: int
+    square: int | None  # the side the image is resized to before the detector, or None (OWLv2 pads it)
+
+
+PRESETS = {
+    "ex2": BoxPreset(rule="best", threshold=0.1, max_regions=8, square=None),
+    "grain": BoxPreset(rule="every", threshold=0.3, max_regions=5, square=224),
+}
 
 
 @dataclass
@@ -62,9 +88,12 @@ class AnnotateConfig:
     split: str | None = split_option()
     images_per_class: int | None = option(None, "annotate only the first N images of each class (default: all)")
     detector: str = option(DEFAULT_DETECTOR, "OWLv2 detector: hub id (read from the local cache) or local folder")
-    threshold: float = option(0.1, "a description keeps its best box only if that box scores at least this "
-                                   "(OWLv2's sigmoid score, 0..1)")
-    max_regions: int = option(8, "regions kept per image, best scores first")
+    preset: Literal["ex2", "grain"] = option("ex2", "ex2: each description's best box scoring >= 0.1, 8 per image; "
+                                                    "grain: GRAIN's box_supervision.py (image resized to 224x224, "
+                                                    "every box whose best description scores > 0.3, 5 per image)")
+    threshold: float | None = option(None, "OWLv2 score (sigmoid, 0..1) a box needs (default: the --preset's, 0.1 "
+                                           "or 0.3)")
+    max_regions: int | None = option(None, "regions kept per image, best scores first (default: the --preset's, 8 or 5)")
     keep_empty: bool = option(False, "also write images in which no description was found (caption only)")
     captioner: str | None = option(None, "generative VLM (gen:…) writing each caption; default: --caption-template")
     caption_prompt: str = option("Describe this image in one sentence.", "--captioner: the question asked")
@@ -82,6 +111,11 @@ class AnnotateConfig:
         if not self.descriptions:
             raise ValueError("--descriptions FILE is required (descriptions.jsonl, categories.jsonl or JSON)")
         self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        preset = PRESETS[self.preset]
+        self.threshold = preset.threshold if self.threshold is None else self.threshold
+        self.max_regions = preset.max_regions if self.max_regions is None else self.max_regions
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold is a score between 0 and 1, got {self.threshold}")
         for name in ("max_regions", "batch_size", "max_new_tokens"):
@@ -112,7 +146,7 @@ def run_settings(config: AnnotateConfig) -> dict:
 
 def class_queries(config: AnnotateConfig, classnames: list[str]) -> list[list[str]]:
     """The detector's queries per class id: the class's descriptions (none for a class without)."""
-    from ex2.classify.stage import align_descriptions, load_descriptions
+    from ex2.classify.descriptions import align_descriptions, load_descriptions
 
     descriptions = load_descriptions(config.descriptions, config.categories)
     texts, missing = align_descriptions(classnames, descriptions, allow_missing=True, source=config.descriptions)
@@ -126,10 +160,11 @@ def class_queries(config: AnnotateConfig, classnames: list[str]) -> list[list[st
 
 
 class _Images(torch.utils.data.Dataset):
-    """(position, RGB image or None when unreadable, the detector's pixels or None)."""
+    """(position, RGB image or None when unreadable, the detector's pixels or None); the detector
+    sees the image resized to ``square`` x ``square`` where that is given (GRAIN's)."""
 
-    def __init__(self, paths: list[Path], image_processor) -> None:
-        self.paths, self.image_processor = paths, image_processor
+    def __init__(self, paths: list[Path], image_processor, square: int | None = None) -> None:
+        self.paths, self.image_processor, self.square = paths, image_processor, square
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,7 +174,10 @@ class _Images(torch.utils.data.Dataset):
         from ex2.vlm.detector import owl_pixels
 
         image = load_image(self.paths[index])
-        return index, image, owl_pixels(self.image_processor, [image])[0] if image is not None else None
+        if image is None:
+            return index, None, None
+        seen = image.resize((self.square, self.square), PIL.Image.BICUBIC) if self.square else image
+        return index, image, owl_pixels(self.image_processor, [seen])[0]
 
 
 def _collate(batch):
@@ -153,6 +191,13 @@ def make_record(path: Path, label: int, classname: str, caption: str, texts: lis
     return {"image": str(path), "caption": caption, "label": label, "class": classname, "regions": regions}
 
 
+def _rescale(detection, side: int, size: tuple[int, int]):
+    """A detection on the ``side``-square resized image, its box in pixels of the image itself."""
+    sx, sy = size[0] / side, size[1] / side
+    x0, y0, x1, y1 = detection.box
+    return dataclasses.replace(detection, box=(round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)))
+
+
 def annotate_batch(batch, items, queries, classnames, detector, captioner, config: AnnotateConfig) -> list[dict]:
     """Records for one loader batch (an unreadable image gets a record marked ``unreadable``)."""
     readable = [(i, image, pixels) for i, image, pixels in batch if image is not None]
@@ -162,7 +207,11 @@ def annotate_batch(batch, items, queries, classnames, detector, captioner, confi
     positions, images, pixels = zip(*readable, strict=True)
     labels = [items[i][1] for i in positions]
     texts = [queries[label] for label in labels]
-    found = detector.detect(list(images), texts, config.threshold, pixels=torch.stack(pixels))
+    preset = PRESETS[config.preset]
+    seen = [image.resize((preset.square, preset.square)) for image in images] if preset.square else list(images)
+    found = detector.detect(seen, texts, config.threshold, pixels=torch.stack(pixels), rule=preset.rule)
+    if preset.square:  # boxes in pixels of the square the detector saw -> of the image
+        found = [[_rescale(d, preset.square, image.size) for d in hits] for hits, image in zip(found, images, strict=True)]
     captions = [config.caption_template.format(classnames[label]) for label in labels]
     if captioner is not None:
         written = captioner.generate(list(images), captioner.prompt(config.caption_prompt),
@@ -198,7 +247,7 @@ def annotate_missing(config: AnnotateConfig, items, todo: list[int], queries, cl
 
         captioner = load_gvlm(config.captioner, config.device, config.precision)
     chosen = [items[i] for i in todo]
-    images = _Images([path for path, _ in chosen], detector.processor.image_processor)
+    images = _Images([path for path, _ in chosen], detector.processor.image_processor, PRESETS[config.preset].square)
     loader = torch.utils.data.DataLoader(images, batch_size=config.batch_size, num_workers=config.num_workers,
                                          collate_fn=_collate, worker_init_fn=quiet_worker)
     with tqdm(total=len(items), initial=len(items) - len(todo), unit="img", desc="annotate") as bar:

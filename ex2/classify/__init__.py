@@ -1,1 +1,1 @@
-"""ex2 classify: zero-shot classification with class names, descriptions (DCLIP, CuPL, WaffleCLIP, EX2), CoDer (coder) or a generative VLM (generative); the classifiers' pure arithmetic is in zeroshot."""
+"""ex2 classify: the dispatcher (stage), one module per method (methods/: clip, dclip, cupl, ex2, waffle, coder, open, closed, likelihood) over shared helpers (options, common, descriptions, metrics); the classifiers' pure functions in zeroshot, coder and generative."""

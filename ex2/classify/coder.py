@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from ex2.classify.coder_files import CoderTemplates
+from ex2.classify.common import batched_encoder, embed_dataset
+from ex2.classify.metrics import Evaluation, build_metrics, class_text_table, write_tables
 
 CLASS_KINDS = ("attributes", "analogous", "synonyms")  # kinds that make class texts
 ATTRIBUTE_TEMPLATE = "{c} which has {a}"
@@ -434,15 +436,14 @@ def _rekey(knowledge: dict, names: list[str], new_names: list[str]) -> dict:
 
 def run_classify(config, out: Path, dataset, vlm, inputs: CoderInputs | None = None) -> Path:
     """``ex2 classify --method coder``: the run folder, with the same files as other methods."""
-    from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.core.io import write_json
 
     inputs = inputs or coder_inputs(config, dataset.classnames)
     texts = coder_texts(inputs.text_names, inputs.knowledge, inputs.templates, config.kinds,
                         config.coder_synonyms == "as-run", dedupe=not inputs.from_coder_files)
-    encode = classify.batched_encoder(vlm, config.progress, config.cache)
-    images, labels = classify.embed_dataset(vlm, dataset, config)
+    encode = batched_encoder(vlm, config.progress, config.cache)
+    images, labels = embed_dataset(vlm, dataset, config)
     features, paths = images.embeddings, list(images.paths)
     info: dict = {"knowledge": inputs.provenance, "kinds": config.kinds, "templates": inputs.templates.source,
                   "name_templates": list(inputs.templates.name), "coder_synonyms": config.coder_synonyms,
@@ -474,15 +475,15 @@ def run_classify(config, out: Path, dataset, vlm, inputs: CoderInputs | None = N
     logits = logits.float()
     metrics_now = zeroshot.classification_metrics(logits, labels)
     per_class = texts.per_class(len(dataset.classnames))
-    result = classify.Evaluation(per_class, text_embeddings, torch.empty(0), logits, metrics_now)
+    result = Evaluation(per_class, text_embeddings, torch.empty(0), logits, metrics_now)
     from ex2.core.config import save_config
 
     out.mkdir(parents=True, exist_ok=True)  # nothing is written before the run has its results
     save_config(config, out)
-    write_json(out / "class_texts.json", classify.class_text_table(dataset.classnames, per_class))
-    classify.write_tables(out, dataset.classnames, result, labels, paths)
+    write_json(out / "class_texts.json", class_text_table(dataset.classnames, per_class))
+    write_tables(out, dataset.classnames, result, labels, paths)
     shown = _Images(paths, images.skipped)
-    metrics = classify.build_metrics(config, dataset, vlm, [result], {"descriptions": None, **info}, shown)
+    metrics = build_metrics(config, dataset, vlm, [result], {"descriptions": None, **info}, shown)
     write_json(out / "metrics.json", metrics)
     print(f"coder on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}, "
           f"top-5 {metrics['acc5']:.1%} ({metrics['n_images']} images) -> {out / 'metrics.json'}")
@@ -499,16 +500,15 @@ def _few_shot(config, dataset, vlm, images, labels, text_embeddings, encode, ini
     """Tip-Adapter over neighbor vectors; returns the test features, labels, paths and a summary
     (with the test logits under "logits"). ``init`` (α, β of CoDer's config) adds the number its
     script prints: the better test accuracy of those and the searched α, β, labelled as chosen on test."""
-    from ex2.classify import stage as classify
     from ex2.classify import zeroshot
     from ex2.data import load_dataset, load_templates
 
     val_shots = config.val_shots or min(config.shots, 4)
     if config.support_split:
-        pool_set = load_dataset(config.dataset, config.data_root, config.support_split)
+        pool_set = load_dataset(config.dataset, config.data_root, config.support_split, config.classnames)
         if pool_set.classnames != dataset.classnames:
             raise ValueError(f"--support-split {config.support_split} has other classes than the evaluated split")
-        pool, pool_labels = classify.embed_dataset(vlm, pool_set, config)
+        pool, pool_labels = embed_dataset(vlm, pool_set, config)
         test_idx = list(range(len(labels)))
     else:
         pool, pool_labels = images, labels

@@ -27,7 +27,7 @@ and the chat template for others; ``chat`` (ours) the processor's chat template 
 
 **Answer rule** (``--answer-match``): ``substring`` (theirs, ``main_results/eval.ipynb``): an
 answer, open or closed, is correct when one of the true class's names (the class name and its
-synonyms from ``--classnames``) occurs in it as a substring, ignoring case ("cat" counts in
+synonyms from ``--synonyms``) occurs in it as a substring, ignoring case ("cat" counts in
 "category"). ``words`` (ours): a class is *named* when one of its names occurs as whole words,
 ignoring case, its words joined by spaces, hyphens or underscores, with an optional plural
 ``s``/``es`` (:func:`ex2.core.text.concept_pattern`), a match inside a longer match of another class
@@ -49,10 +49,11 @@ from pathlib import Path
 import torch
 
 from ex2.classify import zeroshot
-from ex2.core.io import read_text
+from ex2.classify.common import report, split_per_class, write_skipped
+from ex2.classify.metrics import Evaluation, write_tables
+from ex2.core.io import check_output_path, read_text, write_csv
 from ex2.core.text import concept_pattern, contains_name
 
-GVLM_METHODS = ("open", "closed", "likelihood")
 DEFAULT_QUESTION = "What type of object is in this photo?"
 ANSWER_MATCHES = ("substring", "words")  # VLMClassifier's eval.ipynb; ours
 CHOICE_ORDERS = ("shuffled", "fixed")  # VLMClassifier's main_*.sh; its fixed-order ablation
@@ -238,7 +239,8 @@ def answer_metrics(correct: Sequence[bool], labels: Sequence[int], predictions: 
     the first other class named (or "none"), never the true class when wrong."""
     predicted = [y if ok else (p if p != y else n_classes) for ok, y, p in zip(correct, labels, predictions, strict=True)]
     metrics = zeroshot.classification_metrics(onehot_logits(predicted, n_classes), torch.tensor(list(labels)))
-    metrics["acc5"] = None
+    metrics.update(acc5=None, acc5_low=None, acc5_high=None)  # one answer has no top five
+    metrics["interval"].pop("acc5", None)
     return metrics
 
 
@@ -258,14 +260,7 @@ def one_line(text: str) -> str:
 
 
 def check_config(config) -> None:
-    """Errors for a ClassifyConfig pairing a generative VLM with a dual-encoder method or back."""
-    from ex2.core.names import is_gvlm_name
-
-    generative = is_gvlm_name(config.vlm)
-    if generative and config.method not in GVLM_METHODS:
-        raise ValueError(f"--vlm {config.vlm} is a generative VLM; use --method {', '.join(GVLM_METHODS)}")
-    if not generative and config.method in GVLM_METHODS:
-        raise ValueError(f"--method {config.method} needs a generative VLM: --vlm gen:ORG/NAME or gen:local-dir:PATH")
+    """Errors for a ClassifyConfig whose open, closed or likelihood options cannot work."""
     parse_n_choices(config.n_choices)
     if config.length_norm not in ("mean", "sum"):
         raise ValueError(f"--length-norm must be mean or sum, not {config.length_norm!r}")
@@ -327,12 +322,10 @@ def evaluation_parts(config, dataset):
         if config.calibration_split == dataset.split:
             raise ValueError(f"--calibration-split {config.calibration_split} is the evaluated split; "
                              "name another split, or leave it out to hold out --calibration-fraction")
-        held = load_dataset(config.dataset, config.data_root, config.calibration_split)
+        held = load_dataset(config.dataset, config.data_root, config.calibration_split, config.classnames)
         if held.classnames != dataset.classnames:
             raise ValueError(f"split {held.split} has other classes than split {dataset.split}")
         return dataset, held
-    from ex2.probe.stage import split_per_class
-
     held, rest = split_per_class(dataset, config.calibration_fraction, config.seed, "calibration")
     return rest, held
 
@@ -410,7 +403,6 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
 
 def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     """Open or closed answers: answers.jsonl, predictions.csv and the metrics."""
-    from ex2.classify.stage import _write_csv
     from ex2.core.io import write_jsonl
 
     choices = None
@@ -426,10 +418,13 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
         choices = [choices[i] for i in indexes]
     records, correct, predicted = answer_records(config, labels, paths, answers, [questions[i] for i in indexes],
                                                  choices, names)
+    if not records:
+        return {"n_images": 0}
+    out.mkdir(parents=True, exist_ok=True)  # the folder is made once there are answers
     write_jsonl(out / "answers.jsonl", records)
-    _write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
-               [[r["path"], r["label"], names[p][0] if p < len(names) else "", int(r["correct"]), one_line(r["answer"])]
-                for r, p in zip(records, predicted, strict=True)])
+    write_csv(out / "predictions.csv", ["path", "label", "prediction", "correct", "answer"],
+              [[r["path"], r["label"], names[p][0] if p < len(names) else "", int(r["correct"]), one_line(r["answer"])]
+               for r, p in zip(records, predicted, strict=True)])
     metrics = answer_metrics(correct, labels, predicted, len(names)) if labels else {}
     metrics.update(question=config.question, gen_backend=config.gen_backend, max_new_tokens=config.max_new_tokens,
                    n_images=len(labels), answer_match=config.answer_match, prompt_format=_prompt_format(config, vlm))
@@ -440,8 +435,6 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
 
 def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list) -> dict:
     """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
-    from ex2.classify.stage import Evaluation, write_tables
-
     scores, labels, paths = likelihood_scores(vlm, items, classnames, config, skipped)
     logits = scores[config.length_norm]
     info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
@@ -463,6 +456,7 @@ def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: lis
                     class_prior=dict(zip(classnames, prior.tolist(), strict=True)))
     metrics = zeroshot.classification_metrics(logits, label_tensor)
     result = Evaluation([[c] for c in classnames], torch.empty(0), torch.empty(0), logits, metrics)
+    out.mkdir(parents=True, exist_ok=True)  # the folder is made once there are scores
     write_tables(out, list(classnames), result, label_tensor, paths)
     return {**metrics, **info}
 
@@ -480,11 +474,9 @@ def run(config, vlm=None, dataset=None) -> Path:
     from ex2.core.io import write_json
     from ex2.data import load_dataset
 
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
-    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split)
-    names = read_synonyms(config.classnames, dataset.classnames) if config.classnames else [[c] for c in dataset.classnames]
+    out = check_output_path(config.output, "folder")
+    dataset = dataset or load_dataset(config.dataset, config.data_root, config.split, config.classnames)
+    names = read_synonyms(config.synonyms, dataset.classnames) if config.synonyms else [[c] for c in dataset.classnames]
     if config.method == "closed":
         parse_n_choices(config.n_choices, len(names))
     evaluated, held = evaluation_parts(config, dataset)  # bad input fails before the model loads
@@ -503,18 +495,14 @@ def run(config, vlm=None, dataset=None) -> Path:
         scores = run_answers(config, vlm, evaluated.items, names, out, skipped)
     if not scores["n_images"]:
         raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
-    if skipped:
-        from ex2.classify.stage import _write_csv
-
-        _write_csv(out / "skipped_images.csv", ["path", "reason"], [[str(p), r] for p, r in skipped])
+    save_config(config, out)
+    write_skipped(out, skipped)
     metrics = {"dataset": config.dataset, "split": evaluated.split, "vlm": config.vlm,
                "vlm_identity": getattr(vlm, "identity", config.vlm), "method": config.method,
                "descriptions": None, "categories": None, **scores,
                "n_classes": len(dataset.classnames), "n_skipped_images": len(skipped)}
-    if config.classnames:
-        metrics["classnames"] = str(config.classnames)
+    if config.synonyms:
+        metrics["synonyms"] = str(config.synonyms)
     write_json(out / "metrics.json", metrics)
-    acc5 = "" if metrics["acc5"] is None else f", top-5 {metrics['acc5']:.1%}"
-    print(f"{config.method} on {config.dataset} with {config.vlm}: top-1 {metrics['acc1']:.1%}{acc5} "
-          f"({metrics['n_images']} images) -> {out / 'metrics.json'}")
+    report(config, metrics, out)
     return out

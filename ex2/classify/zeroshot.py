@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ex2.core.intervals import classification_intervals
 from ex2.core.text import normalise_name
 
 AGGREGATES = ("mean_score", "mean_embedding")
@@ -325,12 +326,20 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (top == labels[:, None]).any(1).double().mean().item()
 
 
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N]`` bool: the label is among the row's ``k`` best logits (``k`` capped at C)."""
+    return (logits.topk(min(k, logits.shape[1]), dim=1).indices == labels[:, None]).any(1)
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """``acc1``, ``acc5`` and ``mean_per_class_recall`` (CLIP_benchmark's keys), as fractions."""
+    """``acc1``, ``acc5`` and ``mean_per_class_recall`` (CLIP_benchmark's keys), as fractions, each
+    with its 95 % interval (``acc1_low``, ``acc1_high``, …; :func:`ex2.core.intervals.classification_intervals`)."""
     confusion = confusion_matrix(logits.argmax(1), labels, logits.shape[1])
     recall = per_class_recall(confusion)
     return {
         "acc1": topk_accuracy(logits, labels, 1),
         "acc5": topk_accuracy(logits, labels, 5),
         "mean_per_class_recall": recall.nanmean().item() if len(labels) else float("nan"),
+        **classification_intervals(topk_hits(logits, labels, 1).numpy(), labels.numpy(),
+                                   topk_hits(logits, labels, 5).numpy()),
     }

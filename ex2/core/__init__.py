@@ -1,1 +1,1 @@
-"""The floor every layer stands on: files and locks (io), stage configs (config), name grammars (names), text clean-up (text), categories (taxonomy), devices and precisions (devices), lazy registries (registry), errors and plots."""
+"""The floor every layer stands on: files and locks (io), stage configs (config), name grammars (names), text clean-up (text), categories (taxonomy), devices and precisions (devices), lazy registries (registry), confidence intervals and paired tests (intervals), errors and plots."""

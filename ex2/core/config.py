@@ -116,7 +116,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: Any) -> None:
+def _add_field(parser: argparse.ArgumentParser | argparse._ArgumentGroup, field: dataclasses.Field, tp: Any) -> argparse.Action:
     tp, _ = _unwrap_optional(tp)
     flags = [f"--{field.name.replace('_', '-')}"]
     if "_" in field.name:
@@ -136,7 +136,7 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: An
         kwargs["type"] = tp
     if kwargs.get("action") is not argparse.BooleanOptionalAction:
         kwargs["metavar"] = field.name.upper()
-    parser.add_argument(*flags, **kwargs)
+    action = parser.add_argument(*flags, **kwargs)
     if field.metadata.get("positional"):
         parser.add_argument(
             f"{field.name}__positional",
@@ -145,6 +145,7 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, tp: An
             metavar=field.name.upper(),
             help=f"same as {flags[0]}",
         )
+    return action
 
 
 def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -152,15 +153,24 @@ def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
     return [(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
 
 
-def build_parser(config_cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(config_cls: type, prog: str, description: str | None = None,
+                 sections: dict[str, str | None] | None = None) -> argparse.ArgumentParser:
+    """Flags for every field of ``config_cls``. ``sections`` (field name -> title) lists fields under
+    titled groups in ``--help``; a field mapped to None is parsed but left out of the help."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description or (config_cls.__doc__ or "").strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults; flags override it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for field, tp in config_fields(config_cls):
-        _add_field(parser, field, tp)
+        title = (sections or {}).get(field.name, "")
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        action = _add_field(groups[title] if title else parser, field, tp)
+        if title is None:
+            action.help = argparse.SUPPRESS
     defaults = {}
     for field in dataclasses.fields(config_cls):
         if field.default is not dataclasses.MISSING:
@@ -294,9 +304,11 @@ def load_yaml_defaults(path: str | Path, config_cls: type) -> dict[str, Any]:
     return check_values(config_cls, values, f"config file {path}")
 
 
-def parse_config(config_cls: type[C], argv: list[str] | None, prog: str) -> C:
-    """Parse ``argv`` (with an optional ``--config``) into a ``config_cls`` instance."""
-    parser = build_parser(config_cls, prog)
+def parse_config(config_cls: type[C], argv: list[str] | None, prog: str,
+                 parser: argparse.ArgumentParser | None = None) -> C:
+    """Parse ``argv`` (with an optional ``--config``) into a ``config_cls`` instance; ``parser``:
+    one :func:`build_parser` made for it with other sections or help."""
+    parser = parser or build_parser(config_cls, prog)
     known, _ = parser.parse_known_args(argv)
     if known.config:
         try:

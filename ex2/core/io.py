@@ -146,6 +146,44 @@ def output_lock(path: str | Path, command: str = "ex2") -> Iterator[None]:
         guard.release()
 
 
+def newest_intact(folders: list[Path], problem: Callable[[Path], str | None], remove: bool = True) -> Path | None:
+    """The newest of ``folders`` (oldest first) that ``problem`` finds nothing wrong with. Each newer one
+    is skipped with a printed reason and (``remove``) deleted: a checkpoint torn by a kill is never one
+    to keep, and left on disk it would look like one. The one rule for resuming every stage."""
+    for folder in reversed(folders):
+        reason = problem(folder)
+        if reason is None:
+            return folder
+        if remove:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"skipping {folder}: {reason} (written when a run was stopped?); "
+              f"{'removed it, ' if remove else ''}falling back to the checkpoint before it")
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a checkpoint file cannot be read back (empty, or a torn safetensors or torch zip file), or None.
+    It reads headers and checksums, not tensors."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return "is empty"
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt"):
+                return None
+        except (SafetensorError, OSError) as err:
+            return f"is torn ({err})"
+    if path.suffix in (".bin", ".pt", ".pth") and zipfile.is_zipfile(path):
+        try:
+            return None if zipfile.ZipFile(path).testzip() is None else "is torn (a bad checksum)"
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            return f"is torn ({err})"
+    return None
+
+
 def file_digest(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     digest = hashlib.sha256()

@@ -6,7 +6,9 @@ An annotations file is JSONL, one image a line::
      "regions": [{"text": "a red circle in the upper left", "box": [4, 3, 28, 27]}, ...]}
 
 ``image`` is relative to the file's folder (or absolute); ``box`` is ``[x0, y0, x1, y1]`` in pixels
-of that image. :func:`synthetic_grounding` draws shapes of known colour, kind and position with their
+of that image. GRAIN's own files are read as they are (:func:`read_grain_files`): ``bboxes_*.json``
+as ``box_supervision.py`` writes it, ``{image: [{"description", "bbox", "score"}, ...]}``, with the
+``captions_*.csv`` (``image,caption`` rows) its ``dataloaders/conceptual.py`` reads beside it. :func:`synthetic_grounding` draws shapes of known colour, kind and position with their
 boxes and descriptions ("a red circle in the upper left"), so region decoding can be checked exactly.
 
 The same records may come in webdataset shards (CC3M-style ``.tar`` files, one sample a key):
@@ -60,6 +62,10 @@ def read_grounding(path: str | Path) -> list[GroundedImage]:
     out = []
     for line, record in enumerate(records, 1):
         where = f"{path} line {line}"
+        if not isinstance(record["image"], str) or not record["image"].strip():
+            raise ValueError(f"{where}: 'image' must be the path of an image file, got {record['image']!r}")
+        if not isinstance(record["caption"], str):
+            raise ValueError(f"{where}: 'caption' must be a string, got {record['caption']!r}")
         image = Path(record["image"])
         image = image if image.is_absolute() else path.parent / image
         if not image.is_file():
@@ -69,13 +75,84 @@ def read_grounding(path: str | Path) -> list[GroundedImage]:
             for r in record["regions"]
         ):
             raise ValueError(f"{where}: 'regions' must be a list of {{\"text\": str, \"box\": [x0, y0, x1, y1]}}")
-        with PIL.Image.open(image) as opened:
-            size = opened.size
+        try:
+            with PIL.Image.open(image) as opened:
+                size = opened.size
+        except (OSError, PIL.UnidentifiedImageError) as err:
+            raise ValueError(f"{where}: image {image} cannot be read as an image ({err})") from None
         regions = [(r["text"].strip(), _check_box(r["box"], size, where)) for r in record["regions"]]
         out.append(GroundedImage(image, str(record["caption"]), regions))
     if not out:
         raise ValueError(f"{path}: no annotated images")
     return out
+
+
+GRAIN_FRAME = 960  # box_supervision.py: boxes are pixels of OWLv2's 960 x 960 input (the image resized to it)
+GRAIN_MAX_BOXES = 5  # configs/cc_config.py max_boxes: the best-scoring boxes conceptual.py keeps per image
+GRAIN_IMAGES = (".jpg", ".jpeg", ".png")  # conceptual.py keeps the csv rows whose image ends so
+
+
+def _grain_regions(entries: object, where: str, max_boxes: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """An image's ``max_boxes`` best boxes (by score) as (description, normalised xyxy): divided by
+    the 960 frame and clipped to ``[0, 1]`` as ``conceptual.py`` and ``prepare_targets`` do; boxes
+    left without area dropped, as ``prepare_targets`` drops them."""
+    fields = ("description", "bbox", "score")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and all(k in e for k in fields) for e in entries):
+        raise ValueError(f"{where}: expected a list of {{\"description\", \"bbox\": [x1, y1, x2, y2], \"score\"}}")
+    for entry in entries:
+        box, score = entry["bbox"], entry["score"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+            raise ValueError(f"{where}: 'bbox' must be [x1, y1, x2, y2] in pixels of the {GRAIN_FRAME} frame, got {box!r}")
+        if not isinstance(score, int | float) or not isinstance(entry["description"], str):
+            raise ValueError(f"{where}: 'score' must be a number and 'description' a string")
+    best = sorted(entries, key=lambda e: -e["score"])[:max_boxes]
+    regions = []
+    for entry in best:
+        x0, y0, x1, y1 = (min(max(float(v) / GRAIN_FRAME, 0.0), 1.0) for v in entry["bbox"])
+        if x1 > x0 and y1 > y0:
+            regions.append((entry["description"], (x0, y0, x1, y1)))
+    return regions
+
+
+def read_grain_files(bboxes: str | Path, captions: str | Path, max_boxes: int = GRAIN_MAX_BOXES) -> list[GroundedImage]:
+    """GRAIN's annotations as its ``dataloaders/conceptual.py`` reads them: one image per
+    ``captions`` csv row ``image,caption`` (rows whose image does not end in .jpg, .jpeg or .png are
+    skipped there and here, a header among them; images relative to the csv's folder), its regions
+    the ``max_boxes`` best of ``bboxes`` (:func:`_grain_regions`; an image it lacks has none)."""
+    import csv
+
+    bboxes, captions = Path(bboxes), Path(captions)
+    try:
+        boxes = json.loads(bboxes.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{bboxes}: not valid JSON ({err})") from err
+    if not isinstance(boxes, dict):
+        raise ValueError(f"{bboxes}: expected GRAIN's {{image: [{{description, bbox, score}}, ...]}}")
+    out = []
+    with captions.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), 1):
+            if len(row) < 2 or not row[0].endswith(GRAIN_IMAGES):
+                continue
+            image = Path(row[0]) if Path(row[0]).is_absolute() else captions.parent / row[0]
+            if not image.is_file():
+                raise FileNotFoundError(f"{captions} line {line}: image {image} does not exist")
+            regions = _grain_regions(boxes.get(row[0], []), f"{bboxes} image {row[0]!r}", max_boxes)
+            out.append(GroundedImage(image, row[1], regions))
+    if not out:
+        raise ValueError(f"{captions}: no 'image,caption' rows with a .jpg, .jpeg or .png image")
+    return out
+
+
+def read_annotations(path: str | Path, captions: str | Path | None = None) -> list[GroundedImage]:
+    """Grounded images from ex2's annotations JSONL, or from GRAIN's ``bboxes_*.json`` (a ``.json``
+    file) with its ``captions`` csv."""
+    if Path(path).suffix == ".json":
+        if captions is None:
+            raise ValueError(f"{path}: GRAIN's bboxes file needs its captions csv (--captions captions_*.csv)")
+        return read_grain_files(path, captions)
+    if captions is not None:
+        raise ValueError(f"--captions goes with GRAIN's bboxes_*.json; {path} is an annotations JSONL")
+    return read_grounding(path)
 
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")

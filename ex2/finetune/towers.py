@@ -7,7 +7,7 @@ adapts, and how to save the model so it loads back as an ex2 VLM. It holds no we
 
     model, towers = load_towers("ViT-B-32:openai")          # open_clip
     model, towers = load_towers("openai/clip-vit-base-patch32")   # transformers CLIP or SigLIP
-    pooled, patches = towers.encode_image(model, pixels, tokens=True)
+    pooled, patches = towers.encode_image(model, pixels, tokens="patches")   # or "all": with the class token
     texts = towers.encode_text(model, towers.tokenize(["a photo of a cat."]))
 """
 
@@ -45,8 +45,13 @@ class Towers(abc.ABC):
         """``[N, D]`` text features (not normalised)."""
 
     @abc.abstractmethod
-    def encode_image(self, model: torch.nn.Module, pixels: torch.Tensor, tokens: bool = False):
-        """(``[B, D]`` image features, not normalised; ``[B, N, W]`` patch tokens when ``tokens``, else None)."""
+    def encode_image(self, model: torch.nn.Module, pixels: torch.Tensor, tokens: str | None = None):
+        """(``[B, D]`` image features, not normalised; the ViT's final ``[B, N, W]`` tokens, layer-normed:
+        ``tokens="patches"`` the patch tokens, ``"all"`` the class token too where it has one; else None)."""
+
+    @abc.abstractmethod
+    def random_init(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model of ``model``'s architecture with its library's random initialisation, in train mode."""
 
     @staticmethod
     def logit_scale(model: torch.nn.Module) -> torch.Tensor:
@@ -107,15 +112,33 @@ class OpenClipTowers(Towers):
     def encode_text(self, model, tokens):
         return model.encode_text(tokens["text"])
 
-    def encode_image(self, model, pixels, tokens=False):
-        if not tokens:
+    def encode_image(self, model, pixels, tokens=None):
+        if tokens is None:
             return model.encode_image(pixels), None
         visual = model.visual
+        if tokens == "all":  # the transformer's output, all tokens, through the final layer norm
+            found = []
+            handle = visual.transformer.register_forward_hook(lambda _module, _args, out: found.append(out))
+            try:
+                pooled = visual(pixels)
+            finally:
+                handle.remove()
+            return pooled, visual.ln_post(found[0])
         visual.output_tokens = True
         try:
             return visual(pixels)
         finally:
             visual.output_tokens = False
+
+    def random_init(self, model):
+        import open_clip
+        from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
+
+        cfg = dict(model_config(self.name))
+        custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+        fresh = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg).train()
+        set_model_preprocess_cfg(fresh, get_model_preprocess_cfg(model))  # what save_config_for_hf writes
+        return fresh
 
     def shape(self, model):
         size = model.visual.image_size
@@ -155,16 +178,19 @@ class TransformersTowers(Towers):
 
         return _pooled(model.get_text_features(**tokens))
 
-    def encode_image(self, model, pixels, tokens=False):
+    def encode_image(self, model, pixels, tokens=None):
         out = model.vision_model(pixel_values=pixels)
         projection = getattr(model, "visual_projection", None)  # CLIP projects its CLS state; SigLIP pools
         pooled = projection(out.pooler_output) if projection is not None else out.pooler_output
-        if not tokens:
+        if tokens is None:
             return pooled, None
         hidden = out.last_hidden_state
-        if projection is not None:  # CLIP: drop the CLS token; its final layer norm comes after the encoder
-            hidden = model.vision_model.post_layernorm(hidden[:, 1:])
+        if projection is not None:  # CLIP: its final layer norm comes after the encoder; token 0 is CLS
+            hidden = model.vision_model.post_layernorm(hidden if tokens == "all" else hidden[:, 1:])
         return pooled, hidden
+
+    def random_init(self, model):
+        return type(model)(model.config).train()
 
     def shape(self, model):
         vision = model.config.vision_config

@@ -14,6 +14,9 @@
                           {value: {"n", "category_shares", "attribute_shares"}}}
                         (``aligned`` is "base" for records without an adapter, else "aligned")
     top_spurious        [{"phrasing", "count"}]: spurious texts with the concept masked as {concept}
+    share_intervals     {"informative"|category|attribute: {"share", "low", "high"}}: each share (an
+                        attribute's among all records) with its 95 % percentile bootstrap interval,
+                        concepts resampled (the descriptions of one concept are not independent)
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import html
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from ex2.core.intervals import mean_interval
 from ex2.core.io import atomic_write_text, write_json
 from ex2.core.plotting import pyplot, save_png
-from ex2.core.taxonomy import ALL_CATEGORIES, ATTRIBUTES, UNPARSED
+from ex2.core.taxonomy import ALL_CATEGORIES, ATTRIBUTES, NON_VISUAL_ATTRIBUTES, UNPARSED, VISUAL_ATTRIBUTES
 from ex2.core.text import mask_concept
 
 SCHEMA = "ex2.inspect.stage.summary/v1"
@@ -53,6 +57,28 @@ def shares(records: list[dict]) -> dict:
         total = sum(attributes.values())
         out["attribute_shares"][category] = {a: attributes[a] / total if total else 0.0 for a in ATTRIBUTES[category]}
     return out
+
+
+def share_indicators(records: list[dict]) -> dict[str, tuple[list[float], list[str]]]:
+    """Per share: each record's 0/1 and its concept. Informative leaves unparsed records out (as
+    ``informative_share``); categories and attributes count among all records."""
+    judged = [r for r in records if r.get("category") not in (None, UNPARSED)]
+    out = {"informative": ([float(r["category"] != "spurious") for r in judged], [str(r["concept"]) for r in judged])}
+    concepts = [str(r["concept"]) for r in records]
+    for category in ("spurious", "visual", "non_visual"):
+        out[category] = ([float(r.get("category") == category) for r in records], concepts)
+    for category, names in (("visual", VISUAL_ATTRIBUTES), ("non_visual", NON_VISUAL_ATTRIBUTES)):
+        for name in names:
+            out[name] = ([float(r.get("category") == category and r.get("attribute") == name) for r in records],
+                         concepts)
+    return out
+
+
+def share_intervals(records: list[dict]) -> dict[str, dict]:
+    """Each share of :func:`share_indicators` with its 95 % interval, concepts resampled."""
+    found = {measure: mean_interval(values, concepts) for measure, (values, concepts) in
+             share_indicators(records).items() if values}
+    return {measure: {"share": i.estimate, "low": i.low, "high": i.high} for measure, i in found.items()}
 
 
 def spurious_phrasing(record: dict) -> str:
@@ -86,6 +112,7 @@ def summarize(records: list[dict], source: str = "") -> dict:
         summary["groups"][field] = {value: shares(group) for value, group in sorted(buckets.items())}
     phrasings = Counter(spurious_phrasing(r) for r in records if r["category"] == "spurious")
     summary["top_spurious"] = [{"phrasing": p, "count": c} for p, c in phrasings.most_common(20)]
+    summary["share_intervals"] = share_intervals(records)
     return summary
 
 

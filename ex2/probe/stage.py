@@ -29,16 +29,23 @@ so a dataset with one split (``samples``) gives three disjoint parts. The run fo
 
 from __future__ import annotations
 
-import csv
-import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from ex2.classify.common import split_per_class
+from ex2.classify.generative import image_batches
+from ex2.classify.zeroshot import classification_metrics, topk_accuracy
 from ex2.core.config import option, save_config
-from ex2.core.io import atomic_open, write_json
+from ex2.core.io import check_output_path, write_csv, write_json
+from ex2.data import load_dataset
+from ex2.gvlm import GenerativeVLM
+from ex2.vlm import embed_images, load_vlm
+
+__all__ = ["ProbeConfig", "choose_c", "fit_adam_probe", "fit_probe", "image_features", "probe_logits",
+           "probe_splits", "run", "split_per_class"]
 
 DEFAULT_CS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 
@@ -103,27 +110,8 @@ class ProbeConfig:
 # --- splits --------------------------------------------------------------------------------------
 
 
-def split_per_class(dataset, fraction: float, seed: int, part: str = "held out"):
-    """``(held, rest)``: ``fraction`` of each class's images (at least one, leaving at least one),
-    drawn with a generator seeded per class, as two datasets over the same classes."""
-    held, rest = [], []
-    for class_id, name in enumerate(dataset.classnames):
-        paths = dataset.paths_of(class_id)
-        if len(paths) < 2:
-            raise ValueError(f"{dataset.name} ({dataset.split}): class {name!r} has {len(paths)} image(s); "
-                             f"at least two are needed to hold some out as {part}")
-        shuffled = random.Random(f"{seed}:{class_id}").sample(paths, len(paths))
-        count = min(len(paths) - 1, max(1, round(fraction * len(paths))))
-        held += [(p, class_id) for p in sorted(shuffled[:count])]
-        rest += [(p, class_id) for p in sorted(shuffled[count:])]
-    return (replace(dataset, split=f"{dataset.split}[{part}]", items=held),
-            replace(dataset, split=f"{dataset.split}[rest]", items=rest))
-
-
 def probe_splits(config: ProbeConfig):
     """``(train, val, test)`` datasets per the config (see the module docstring)."""
-    from ex2.data import load_dataset
-
     train = load_dataset(config.dataset, config.data_root, config.train_split)
     if config.test_split:
         test = load_dataset(config.dataset, config.data_root, config.test_split)
@@ -145,11 +133,7 @@ def probe_splits(config: ProbeConfig):
 
 def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
     """``(features [N, D], labels [N], paths)`` of the dataset's readable images."""
-    from ex2.gvlm import GenerativeVLM
-
     if isinstance(model, GenerativeVLM):
-        from ex2.classify.generative import image_batches
-
         prompt, rows, labels, paths = model.prompt(config.question, prompt_format=config.prompt_format), [], [], []
         for batch in image_batches(dataset.items, config.batch_size, [], progress=config.progress, desc="features"):
             rows.append(model.features([b[1] for b in batch], prompt, config.layer, config.pool, config.batch_size))
@@ -157,8 +141,6 @@ def image_features(model, dataset, config: ProbeConfig) -> tuple[torch.Tensor, t
             paths += [b[3] for b in batch]
         features = torch.cat(rows) if rows else torch.empty(0, 0)
         return features, torch.tensor(labels, dtype=torch.long), paths
-    from ex2.vlm import embed_images
-
     label_of = dict(dataset.items)
     embedded = embed_images(model, [p for p, _ in dataset.items], cache=config.cache,
                             batch_size=config.batch_size, progress=config.progress)
@@ -193,8 +175,6 @@ def probe_logits(probe, features: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def choose_c(train, val, cs: list[float], n_classes: int, max_iter: int, seed: int) -> tuple[float, dict]:
     """The C with the best validation accuracy (the smallest among ties), and every C's accuracy."""
-    from ex2.classify.zeroshot import topk_accuracy
-
     curve = {}
     for c in cs:
         probe = fit_probe(*train, c, max_iter, seed)
@@ -207,8 +187,6 @@ def fit_adam_probe(train: tuple[torch.Tensor, torch.Tensor], parts: dict[str, tu
                    n_classes: int, epochs: int = 500, lr: float = 1e-3, batch: int = 512, seed: int = 0):
     """VLMClassifier's linear probe: ``(layer, {part: [accuracy after each epoch]})`` (see the module
     docstring); the train features unstandardised, in one order shuffled with ``seed``."""
-    from ex2.classify.zeroshot import topk_accuracy
-
     features, labels = train
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -231,8 +209,6 @@ def fit_adam_probe(train: tuple[torch.Tensor, torch.Tensor], parts: dict[str, tu
 
 def _adam_metrics(config: ProbeConfig, parts: dict, n_classes: int) -> tuple[torch.Tensor, dict]:
     """Test logits of the last epoch and the adam solver's metrics."""
-    from ex2.classify.zeroshot import classification_metrics
-
     layer, curves = fit_adam_probe(parts["train"][:2], {"val": parts["val"][:2], "test": parts["test"][:2]},
                                    n_classes, config.epochs, config.lr, config.probe_batch, config.seed)
     with torch.no_grad():
@@ -249,11 +225,7 @@ def _adam_metrics(config: ProbeConfig, parts: dict, n_classes: int) -> tuple[tor
 
 def run(config: ProbeConfig, model=None) -> Path:
     """Fit, choose and report a linear probe; write the run folder and return it."""
-    from ex2.classify.zeroshot import classification_metrics
-
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
+    out = check_output_path(config.output, "folder")
     train, val, test = probe_splits(config)  # bad splits fail before any model loads
     model = model or _load_model(config)
     n_classes = len(train.classnames)
@@ -279,10 +251,10 @@ def run(config: ProbeConfig, model=None) -> Path:
         "n_train": len(parts["train"][1]), "n_val": len(parts["val"][1]),
         "feature_dim": int(parts["train"][0].shape[1]),
     }
-    from ex2.gvlm import GenerativeVLM
-
     if isinstance(model, GenerativeVLM):
         metrics.update(layer=config.layer, pool=config.pool, question=config.question, prompt_format=config.prompt_format)
+    out.mkdir(parents=True, exist_ok=True)  # nothing is written before the probe has its results
+    save_config(config, out)
     _write_predictions(out / "predictions.csv", parts["test"][2], parts["test"][1], logits, train.classnames)
     write_json(out / "metrics.json", metrics)
     chosen = f"C={metrics['c']}" if config.solver == "logreg" else f"adam, {config.epochs} epochs"
@@ -292,15 +264,11 @@ def run(config: ProbeConfig, model=None) -> Path:
 
 
 def _load_model(config: ProbeConfig):
-    from ex2.vlm import load_vlm
-
     return load_vlm(config.vlm, config.device, config.precision)
 
 
 def _write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, logits: torch.Tensor,
                        classnames: list[str]) -> None:
-    with atomic_open(path, "w") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "prediction", "correct"])
-        for p, y, k in zip(paths, labels.tolist(), logits.argmax(1).tolist(), strict=True):
-            writer.writerow([str(p), classnames[y], classnames[k], int(y == k)])
+    write_csv(path, ["path", "label", "prediction", "correct"],
+              [[str(p), classnames[y], classnames[k], int(y == k)]
+               for p, y, k in zip(paths, labels.tolist(), logits.argmax(1).tolist(), strict=True)])

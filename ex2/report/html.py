@@ -1,5 +1,6 @@
 """The plots and the HTML page of ``ex2 report`` (see :mod:`ex2.report.runs` for what is collected).
 
+Error bars and bracketed ranges are 95 % intervals (:mod:`ex2.report.compare` says which and how).
 Plots are embedded as base64 PNGs; the page's only script is inline (sorting by a column header,
 filtering a table with its box; ``#filter=word`` in the address fills the descriptions' box), so the
 page opens offline and fetches nothing.
@@ -15,9 +16,10 @@ from pathlib import Path
 from ex2.core.plotting import pyplot
 from ex2.core.taxonomy import INFORMATIVE_ATTRIBUTES as ATTRIBUTES
 from ex2.core.taxonomy import VISUAL_ATTRIBUTES
+from ex2.report.compare import Comparison
 from ex2.report.runs import CATEGORY_COLORS, Runs
 from ex2.report.stats import smooth
-from ex2.report.tables import attribute_rows, cell_text
+from ex2.report.tables import attribute_rows, cell_text, headline_text
 
 TEXT_COLUMNS = ("base_description", "aligned_description", "text", "base", "trained")  # kept readable
 PAGE_ROWS = 5000  # description rows on the page (the CSV has them all)
@@ -53,19 +55,32 @@ def plot_accuracy(rows: list[dict]) -> str:
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(labels) * max(1, len(series) / 2)), 3.8))
     for s, name in enumerate(series):
-        values = {}
+        values: dict[str, list[dict]] = {}
         for r in rows:
             if f"{r['dataset']} · {r['vlm']}" == name:
-                values.setdefault(bar_label(r), []).append(r["acc1"])
+                values.setdefault(bar_label(r), []).append(r)
         xs = [i + (s - (len(series) - 1) / 2) * width for i, label in enumerate(labels) if label in values]
-        ys = [sum(values[label]) / len(values[label]) for label in labels if label in values]
-        ax.bar(xs, ys, width, label=name)
+        ys = [sum(r["acc1"] for r in values[label]) / len(values[label]) for label in labels if label in values]
+        ax.bar(xs, ys, width, label=name, yerr=error_bars(
+            [values[label] for label in labels if label in values], ys, "acc1"), capsize=3, ecolor="#333")
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("top-1 accuracy")
     ax.legend(fontsize=8)
     ax.set_title("accuracy by method and description category")
     return png_base64(fig)
+
+
+def error_bars(groups: list[list[dict]], heights: list[float], key: str) -> list[list[float]]:
+    """``[[below], [above]]`` for matplotlib's ``yerr``: each bar's 95 % interval (``key_low``,
+    ``key_high``) when the bar is one row that has it, else no bar (zero)."""
+    below, above = [], []
+    for group, height in zip(groups, heights, strict=True):
+        row = group[0] if len(group) == 1 else {}
+        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+        below.append(max(0.0, height - low) if low is not None else 0.0)
+        above.append(max(0.0, high - height) if high is not None else 0.0)
+    return [below, above]
 
 
 def series_label(row: dict, rows: list[dict]) -> str:
@@ -93,21 +108,25 @@ def plot_shares(rows: list[dict]) -> str:
     return png_base64(fig)
 
 
-def plot_attributes(rows: list[dict]) -> str:
+def plot_attributes(rows: list[dict], shares: list[dict] | None = None) -> str:
     """EX2's central figure: each attribute's share of the descriptions, one panel per VLM, a bar per
-    variant (base, aligned) side by side."""
+    variant (base, aligned) side by side, with 95 % error bars (concepts resampled) from ``shares``."""
+    intervals = {(r["run"], r["variant"], r["measure"]): r for r in shares or []}
     plt = pyplot()
     vlms = list(dict.fromkeys(r["vlm"] or "?" for r in rows))
     fig, axes = plt.subplots(1, len(vlms), figsize=(6.5 * len(vlms), 3.8), sharey=True, squeeze=False)
-    top = max([float(r.get(a) or 0.0) for r in rows for a in ATTRIBUTES] + [0.05])
+    top = max([float(r.get(a) or 0.0) for r in rows for a in ATTRIBUTES]
+              + [float(s["share_high"] or 0.0) for s in shares or [] if s["measure"] in ATTRIBUTES] + [0.05])
     for ax, vlm in zip(axes[0], vlms, strict=True):
         mine = [r for r in rows if (r["vlm"] or "?") == vlm]
         width = 0.8 / len(mine)
         for s, row in enumerate(mine):
             xs = [i + (s - (len(mine) - 1) / 2) * width for i in range(len(ATTRIBUTES))]
             colour = "#ff7f0e" if row["variant"] == "aligned" else "#1f77b4" if row["variant"] == "base" else None
-            ax.bar(xs, [float(row.get(a) or 0.0) for a in ATTRIBUTES], width, color=colour,
-                   label=series_label(row, mine))
+            heights = [float(row.get(a) or 0.0) for a in ATTRIBUTES]
+            found = [[intervals.get((row["run"], row["variant"], a), {})] for a in ATTRIBUTES]
+            ax.bar(xs, heights, width, color=colour, label=series_label(row, mine),
+                   yerr=error_bars(found, heights, "share"), capsize=2, ecolor="#333")
         ax.axvline(len(VISUAL_ATTRIBUTES) - 0.5, color="#999", linestyle=":")
         ax.text(len(VISUAL_ATTRIBUTES) / 2 - 0.5, top * 1.08, "visual", ha="center", fontsize=9, color="#555")
         ax.text(len(VISUAL_ATTRIBUTES) + (len(ATTRIBUTES) - len(VISUAL_ATTRIBUTES)) / 2 - 0.5, top * 1.08,
@@ -117,6 +136,25 @@ def plot_attributes(rows: list[dict]) -> str:
         ax.set_title(f"VLM: {vlm}", fontsize=10)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("share of all descriptions")
+    return png_base64(fig)
+
+
+def plot_differences(found: list[Comparison], title: str) -> str:
+    """Each paired difference as a point with its 95 % interval; findings (the interval excludes 0)
+    filled, differences within the noise hollow and grey."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(found)))
+    for y, item in enumerate(found):
+        low, high = item.difference.low, item.difference.high
+        colour = ("#d62728" if item.difference.estimate < 0 else "#1f77b4") if item.finding else "#888"
+        if low is not None:
+            ax.plot([low, high], [y, y], color=colour, linewidth=2)
+        ax.plot([item.difference.estimate], [y], "o", color=colour, mfc=colour if item.finding else "white")
+    ax.axvline(0, color="#333", linewidth=1)
+    ax.set_yticks(range(len(found)), [f"{c.measure}: {c.what}" for c in found], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference after - before, with its 95 % interval (filled: excludes 0)")
+    ax.set_title(title, fontsize=10)
     return png_base64(fig)
 
 
@@ -139,10 +177,11 @@ def plot_training(runs: Runs) -> str:
         row = heldout.get(run, {})
         if row.get("heldout_base_reward") is not None and steps:
             x = steps[-1] + max(1.0, 0.03 * steps[-1])
-            axes[0].scatter([x], [row["heldout_base_reward"]], marker="o", facecolors="none", edgecolors=colour,
-                            label="held-out base", zorder=3)
-            axes[0].scatter([x], [row["heldout_trained_reward"]], marker="*", s=120, color=colour,
-                            label="held-out trained", zorder=3)
+            for key, marker, label in (("heldout_base_reward", "o", "held-out base"),
+                                       ("heldout_trained_reward", "*", "held-out trained")):
+                axes[0].errorbar([x], [row[key]], yerr=error_bars([[row]], [row[key]], key), fmt=marker,
+                                 color=colour, markersize=9 if marker == "*" else 6, capsize=3,
+                                 mfc="none" if marker == "o" else colour, label=label, zorder=3)
         for ax, key in ((axes[1], "kl"), (axes[2], "completion_length")):
             xs, ys = _points(curve, key)
             if ys:
@@ -171,6 +210,8 @@ def html_table(rows: list[dict], caption: str, table_id: str | None = None, csv_
         css = f' class="c-{value}"' if column.endswith("category") and value in CATEGORY_COLORS else ""
         if column in TEXT_COLUMNS:
             css = ' class="text"'
+        if column == "finding":
+            css = ' class="finding"' if value == "yes" else ' class="noise"'
         return f"<td{css}>{html.escape(cell_text(value))}</td>"
 
     body = "".join("<tr>" + "".join(td(c, row.get(c)) for c in columns) + "</tr>" for row in rows)
@@ -196,7 +237,8 @@ th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}th:hover{background:#
 text-align:left;padding:4px 0}td{max-width:34em}img{max-width:100%}figure{margin:1em 0}code{background:#f5f5f5}
 .scroll{overflow:auto;max-height:36em}.c-spurious{background:#fbe3e3}.c-visual{background:#e1ecf7}
 .c-non_visual{background:#e3f3e3}a.csv{font-weight:normal;font-size:12px;margin-left:1em}
-nav a{margin-right:1em}td.text{min-width:22em}.headline li{font-size:15px;margin:.2em 0}"""
+nav a{margin-right:1em}td.text{min-width:22em}.headline li{font-size:15px;margin:.2em 0}
+td.finding{background:#fff3c4;font-weight:bold}td.noise{color:#777}"""
 
 SCRIPT = """<script>
 for (const table of document.querySelectorAll('table.sortable')) {
@@ -233,15 +275,40 @@ for (const box of document.querySelectorAll('input.filter')) {
 </script>"""
 
 
-def headline_html(numbers: dict[str, tuple]) -> str:
+def headline_html(numbers: dict) -> str:
+    """The headline numbers (:class:`ex2.report.compare.Change`), each with its intervals and verdict."""
     if not numbers:
         return ""
-    def show(value) -> str:
-        return "–" if value is None else html.escape(cell_text(value))
+    items = "".join(f"<li>{html.escape(headline_text(name, change, '→'))}</li>" for name, change in numbers.items())
+    return (f'<h2 id="s-headline">Base → aligned</h2><ul class="headline">{items}</ul>'
+            "<p>Brackets hold 95 % intervals; a difference is a finding when its interval excludes 0.</p>")
 
-    items = "".join(f"<li>{html.escape(name)}: <b>{show(base)}</b> → <b>{show(aligned)}</b></li>"
-                    for name, (base, aligned) in numbers.items())
-    return f'<h2 id="s-headline">Base → aligned</h2><ul class="headline">{items}</ul>'
+
+def _differences_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]:
+    """The paired comparisons: a sentence on how many are findings, the forest plots, the table."""
+    if not runs.comparisons:
+        return []
+    findings = [c for c in runs.comparisons if c.finding]
+    noise = [c for c in runs.comparisons if not c.finding]
+    shown = ", ".join(f"{c.measure} ({c.what})" for c in noise[:6]) + (f" and {len(noise) - 6} more"
+                                                                        if len(noise) > 6 else "")
+    words = (f"{len(findings)} of {len(runs.comparisons)} differences are findings (their 95 % interval excludes 0)"
+             + (f"; {len(noise)} are within the noise: {shown}" if noise else "") + ".")
+    parts = ['<h2 id="s-differences">Differences and their noise</h2>',
+             f"<p>Each pair of runs is compared on what both saw: the same images (accuracy; exact McNemar "
+             f"p-value too), the same concepts (shares, concepts resampled) or the same prompts (held-out "
+             f"reward). {html.escape(words)}</p>"]
+    fractions = [c for c in runs.comparisons if c.kind != "held-out reward"]
+    rewards = [c for c in runs.comparisons if c.kind == "held-out reward"]
+    if fractions:
+        parts.append(html_image(plot_differences(fractions, "accuracy and shares: after - before"),
+                                "paired differences of accuracy and shares with 95 % intervals"))
+    if rewards:
+        parts.append(html_image(plot_differences(rewards, "held-out reward: trained - base"),
+                                "held-out reward difference with its 95 % interval"))
+    parts.append(html_table(extra["differences"], "paired differences (finding: the interval excludes 0)",
+                            "differences", "differences.csv", True))
+    return parts
 
 
 def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]:
@@ -263,24 +330,30 @@ def _descriptions_section(runs: Runs, extra: dict[str, list[dict]]) -> list[str]
 def render_html(runs: Runs, extra: dict[str, list[dict]], title: str, numbers: dict | None = None) -> str:
     """The page: headline numbers, descriptions, attributes, classification, training, reward hacking."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    sections = [("descriptions", any(n in extra for n in ("descriptions", "top_rewarded", "heldout_pairs"))),
+    sections = [("differences", bool(runs.comparisons)),
+                ("descriptions", any(n in extra for n in ("descriptions", "top_rewarded", "heldout_pairs"))),
                 ("attributes", bool(runs.inspect)), ("classification", bool(runs.classify)),
                 ("training", bool(runs.train)), ("hacking", "hacking" in extra)]
     parts.append("<nav>" + "".join(f'<a href="#s-{s}">{s}</a>' for s, present in sections if present) + "</nav>")
     parts.append(headline_html(numbers or {}))
+    parts += _differences_section(runs, extra)
     parts += _descriptions_section(runs, extra)
     if runs.inspect:
         rows = attribute_rows(runs)
         parts += ['<h2 id="s-attributes">Attributes and categories</h2>',
-                  html_image(plot_attributes(rows), "attribute shares per VLM, base vs aligned"),
+                  html_image(plot_attributes(rows, runs.shares), "attribute shares per VLM, base vs aligned "
+                             "(error bars: 95 % intervals, concepts resampled)"),
                   html_table(extra.get("attributes", rows), "category and attribute shares per inspection run",
                              "attributes", "attributes.csv"),
                   html_image(plot_shares(rows), "category shares per inspection run"),
-                  html_table(runs.inspect, "inspection runs", "inspect", "summary.csv")]
+                  html_table(runs.inspect, "inspection runs", "inspect", "summary.csv"),
+                  html_table(extra["shares"], "each share with its 95 % interval (concepts resampled)", "shares",
+                             "shares.csv", True) if "shares" in extra else ""]
     if runs.classify:
         parts += ['<h2 id="s-classification">Classification</h2>',
                   html_table(runs.classify, "zero-shot accuracy per run", "classify", "summary.csv"),
-                  html_image(plot_accuracy(runs.classify), "accuracy by method and category")]
+                  html_image(plot_accuracy(runs.classify), "accuracy by method and category (error bars: "
+                             "95 % Clopper-Pearson intervals)")]
     if runs.train:
         parts += ['<h2 id="s-training">Training</h2>', html_table(runs.train, "training runs", "train", "summary.csv"),
                   html_image(plot_training(runs), "reward, KL and completion length per step")]

@@ -7,6 +7,10 @@ plus the data for the plots, read from run outputs only, never from a model:
     log.jsonl      from ``ex2 train`` (reward, KL, completion length per step, sampled completions;
                    labels from the run's config.yaml); ``eval.json`` beside it gives the held-out
                    base → trained rewards and pairs
+    predictions.csv  beside a metrics.json: which images a run got right, for paired comparisons
+
+:func:`collect` also computes the shares with their intervals and the paired comparisons
+(:mod:`ex2.report.compare`), and adds the interval columns to the inspect and train rows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from ex2.core.io import read_jsonl
+from ex2.report import compare
 
 CATEGORY_COLORS = {"spurious": "#d62728", "visual": "#1f77b4", "non_visual": "#2ca02c", "unparsed": "#7f7f7f"}
 
@@ -37,6 +42,9 @@ class Runs:
     heldout: list[dict] = field(default_factory=list)  # eval.json samples, with "run"
     rewarded: list[dict] = field(default_factory=list)  # every text with a known reward
     skipped: list[str] = field(default_factory=list)  # "file: why"
+    correct: dict[str, dict[str, bool]] = field(default_factory=dict)  # classify run -> image path -> right
+    shares: list[dict] = field(default_factory=list)  # each share of each set of descriptions, with its interval
+    comparisons: list[compare.Comparison] = field(default_factory=list)  # paired differences (ex2.report.compare)
 
 
 # --- reading run outputs -----------------------------------------------------------------------
@@ -73,8 +81,10 @@ def classify_row(run: str, metrics: dict) -> dict:
         "vlm": metrics.get("vlm"), "method": metrics["method"],
         "categories": "+".join(categories) if categories else "all",
         "descriptions_model": source.get("model"), "descriptions_adapter": source.get("adapter"),
-        "descriptions": source.get("path"), "acc1": metrics["acc1"], "acc1_std": metrics.get("acc1_std"),
-        "acc5": metrics.get("acc5"), "mean_per_class_recall": metrics.get("mean_per_class_recall"),
+        "descriptions": source.get("path"), "acc1": metrics["acc1"],
+        **{key: metrics.get(key) for key in ("acc1_low", "acc1_high", "acc1_std", "acc5", "acc5_low", "acc5_high",
+                                             "mean_per_class_recall", "mean_per_class_recall_low",
+                                             "mean_per_class_recall_high")},
         "n_images": metrics.get("n_images"), "n_classes": metrics.get("n_classes"),
         "n_skipped_images": metrics.get("n_skipped_images"),
         "classes_without_descriptions": len(metrics.get("classes_without_descriptions") or []) or None,
@@ -169,6 +179,7 @@ def _add(runs: Runs, path: Path, run: str) -> None:
         metrics = _read_json(path)
         if "acc1" in metrics and "method" in metrics:
             runs.classify.append(classify_row(run, metrics))
+            runs.correct[run] = compare.read_correct(path.parent / "predictions.csv")
     elif path.name == "summary.json":
         summary = _read_json(path)
         if isinstance(summary.get("category_shares"), dict):
@@ -205,4 +216,16 @@ def collect(folders: list[str | Path], exclude: Path | None = None) -> Runs:
                     runs.skipped.append(f"{path}: {err}")
                     warnings.warn(f"ex2 report: skipping {path}: {err}", stacklevel=2)
     _attach_rewards(runs)
+    _add_intervals(runs)
     return runs
+
+
+def _add_intervals(runs: Runs) -> None:
+    """Shares with intervals, the paired comparisons, and the interval columns of inspect and train rows."""
+    runs.shares = compare.share_rows(runs.descriptions)
+    runs.comparisons = compare.comparisons(runs.classify, runs.correct, runs.descriptions, runs.heldout)
+    for row in runs.inspect:
+        if row.get("variant") and "," not in row["variant"]:  # a run mixing variants: see shares.csv
+            row.update(compare.share_columns(runs.shares, row["run"], row["variant"]))
+    for row in runs.train:
+        row.update(compare.heldout_columns(runs.heldout, runs.comparisons, row["run"]))

@@ -11,6 +11,11 @@ The page (``report.html``, plots as embedded PNGs, inline script only, so it ope
 accuracy, the descriptions base vs aligned side by side (sortable, filterable), the best and worst
 rewarded texts, held-out pairs, attribute shares per VLM and adapter, training curves and signs of
 reward hacking. ``summary.csv`` has one row per run; every other table is a CSV beside it.
+
+Every number comes with its 95 % interval where the run outputs allow one, and every base → aligned
+difference (and each category vs all, each method vs class names) is tested on the units both sides
+share (:mod:`ex2.report.compare`): ``differences.csv`` says which are findings and which lie within
+the noise; ``shares.csv`` has each share with its interval, concepts resampled.
 """
 
 from __future__ import annotations

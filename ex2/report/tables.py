@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ex2.core.io import write_csv
 from ex2.core.taxonomy import NON_VISUAL_ATTRIBUTES, VISUAL_ATTRIBUTES
+from ex2.report import compare
 from ex2.report.runs import CATEGORY_COLORS, Runs
 from ex2.report.stats import hacking_signs
 
@@ -85,25 +86,44 @@ def hacking_rows(runs: Runs) -> list[dict]:
     return rows
 
 
-def _first(rows: list[dict], key: str, **match) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None and all(r.get(k) == v for k, v in match.items())]
-    return values[0] if values else None
+def _first(rows: list[dict], key: str, **match) -> dict | None:
+    """The first row with a value for ``key`` whose other fields match."""
+    return next((r for r in rows if r.get(key) is not None and all(r.get(k) == v for k, v in match.items())), None)
 
 
-def headline(runs: Runs) -> dict[str, tuple[float | None, float | None]]:
-    """The numbers that matter, base → aligned: held-out reward, accuracy with all the descriptions,
-    informative share (the first run of each kind that has them; pairs missing both are left out)."""
+def headline(runs: Runs) -> dict[str, compare.Change]:
+    """The numbers that matter, base → aligned, with their intervals and the paired difference: held-out
+    reward, accuracy with all the descriptions, informative share (the first run of each kind that has
+    them; pairs missing both are left out)."""
     described = [r for r in runs.classify if r["method"] == "ex2" and r["categories"] == "all"]
-    numbers = {
-        "held-out reward": (_first(runs.train, "heldout_base_reward"), _first(runs.train, "heldout_trained_reward")),
+    pairs = {
+        "held-out reward": (_first(runs.train, "heldout_base_reward"), "heldout_base_reward",
+                            _first(runs.train, "heldout_trained_reward"), "heldout_trained_reward"),
         "accuracy with the descriptions": (
             _first([r for r in described if not r.get("descriptions_adapter") and r.get("descriptions_model")],
-                   "acc1"),
-            _first([r for r in described if r.get("descriptions_adapter")], "acc1")),
-        "informative share": (_first(runs.inspect, "informative_share", variant="base"),
-                              _first(runs.inspect, "informative_share", variant="aligned")),
+                   "acc1"), "acc1", _first([r for r in described if r.get("descriptions_adapter")], "acc1"), "acc1"),
+        "informative share": (_first(runs.inspect, "informative_share", variant="base"), "informative_share",
+                              _first(runs.inspect, "informative_share", variant="aligned"), "informative_share"),
     }
-    return {name: pair for name, pair in numbers.items() if pair != (None, None)}
+    changes = {}
+    for name, (base, base_key, aligned, aligned_key) in pairs.items():
+        if base is None and aligned is None:
+            continue
+        if name == "held-out reward":
+            difference = compare.find(runs.comparisons, kind="held-out reward", before=f"{(base or aligned)['run']} (base)")
+        elif name == "informative share":
+            difference = compare.find(runs.comparisons, kind="share", measure="informative")
+        else:
+            difference = compare.find(runs.comparisons, kind="accuracy", before=(base or {}).get("run"),
+                                      after=(aligned or {}).get("run"))
+        changes[name] = compare.Change(compare.row_interval(base, base_key), compare.row_interval(aligned, aligned_key),
+                                       difference)
+    return changes
+
+
+def headline_text(name: str, change: compare.Change, arrow: str = "->") -> str:
+    """One headline number as a line: rewards to two places, accuracies and shares to three."""
+    return f"{name}: {change.text(2 if name == 'held-out reward' else 3, arrow)}"
 
 
 def cell_text(value) -> str:
@@ -135,5 +155,6 @@ def tables(runs: Runs) -> dict[str, list[dict]]:
     top, bottom = extremes(runs.rewarded)
     found = {"descriptions": side_by_side(runs.descriptions), "attributes": attribute_rows(runs),
              "hacking": hacking_rows(runs), "top_rewarded": top, "bottom_rewarded": bottom,
-             "heldout_pairs": runs.heldout}
+             "heldout_pairs": runs.heldout, "differences": [c.row() for c in runs.comparisons],
+             "shares": runs.shares}
     return {name: rows for name, rows in found.items() if rows}

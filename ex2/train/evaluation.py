@@ -1,12 +1,14 @@
 """Held-out evaluation of a training run: the same prompts, sampler (:mod:`ex2.llm.samplers`) and seeds
 for the base model (adapter switched off) and the trained one; mean rewards and every sample go to
-``eval.json``."""
+``eval.json``, with 95 % intervals of both means and of their paired difference (a percentile
+bootstrap that resamples prompts, each with all its samples: :func:`heldout_intervals`)."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
+from ex2.core.intervals import mean_interval, paired_difference
 from ex2.core.io import write_json
 from ex2.core.text import scored_text
 from ex2.llm.models import format_prompt
@@ -36,6 +38,18 @@ def sample_both(model, tokenizer, queries: list[str], prompt_format: str, settin
     return ([scored_text(raw, text, special) for raw in base], [scored_text(raw, text, special) for raw in trained])
 
 
+def heldout_intervals(base_rewards: list[float], trained_rewards: list[float], prompts: list) -> dict:
+    """``base_mean_reward_low/high``, ``trained_mean_reward_low/high`` and ``reward_difference``
+    (trained - base, paired: both models answered the same prompt with the same seed), resampling
+    ``prompts`` (the samples of one prompt are not independent)."""
+    out = {}
+    for name, rewards in (("base_mean_reward", base_rewards), ("trained_mean_reward", trained_rewards)):
+        found = mean_interval(rewards, prompts)
+        out |= {f"{name}_low": found.low, f"{name}_high": found.high}
+    out["reward_difference"] = paired_difference(base_rewards, trained_rewards, prompts).as_dict()
+    return out
+
+
 def evaluate_heldout(model, tokenizer, records: list[dict], prompt_format: str, reward, path: Path,
                      samples: int = 2, settings: SamplingSettings | None = None, seed: int = 0) -> dict:
     """Sample ``samples`` completions per held-out prompt from base and trained model; score them as
@@ -50,6 +64,7 @@ def evaluate_heldout(model, tokenizer, records: list[dict], prompt_format: str, 
         "scored_text": getattr(reward, "text", "raw"),
         "base_mean_reward": sum(base_rewards) / len(base_rewards),
         "trained_mean_reward": sum(trained_rewards) / len(trained_rewards),
+        **heldout_intervals(base_rewards, trained_rewards, [r["query"] for r in repeated]),
         "samples": [
             {"concept": r["concept"], "query": r["query"], "base": b, "base_reward": br,
              "trained": t, "trained_reward": tr}
@@ -57,6 +72,8 @@ def evaluate_heldout(model, tokenizer, records: list[dict], prompt_format: str, 
         ],
     }
     write_json(path, result)
+    low, high = result["reward_difference"]["low"], result["reward_difference"]["high"]
+    span = "one prompt: no interval" if low is None else f"95 % interval {low:+.4f} to {high:+.4f}, prompts resampled"
     print(f"held-out templates: mean reward base {result['base_mean_reward']:.4f} -> "
-          f"trained {result['trained_mean_reward']:.4f}")
+          f"trained {result['trained_mean_reward']:.4f} ({span})")
     return result

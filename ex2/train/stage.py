@@ -65,7 +65,6 @@ import argparse
 import dataclasses
 import os
 import random
-import shutil
 import signal
 import typing
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ from ex2.core.config import (
     vlm_option,
 )
 from ex2.core.devices import accelerate_state_released, dtype_name, resolve_dtype
-from ex2.core.io import atomic_write_text, check_output_path
+from ex2.core.io import atomic_write_text, check_output_path, newest_intact
 from ex2.core.names import split_dataset_name
 from ex2.core.text import SCORED_TEXTS
 from ex2.data import load_dataset, load_templates
@@ -450,15 +449,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint; each newer one that is incomplete is skipped with a printed reason."""
-    for checkpoint in reversed(checkpoints(run_dir)):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            return checkpoint
-        shutil.rmtree(checkpoint, ignore_errors=True)  # half-written by a kill: never a checkpoint to keep
-        print(f"skipping {checkpoint}: {problem} (written when a run was stopped?); "
-              "removed it, falling back to the checkpoint before it")
-    print(f"no complete checkpoint in {run_dir}; training starts from step 0")
-    return None
+    found = newest_intact(checkpoints(run_dir), checkpoint_problem)
+    if found is None:
+        print(f"no complete checkpoint in {run_dir}; training starts from step 0")
+    return found
 
 
 def prepare_run_dir(config: TrainConfig, args) -> tuple[Path, Path | None]:

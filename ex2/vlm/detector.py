@@ -87,26 +87,47 @@ class OwlDetector:
         return torch.stack(rows) if rows else torch.empty(0, self.model.config.projection_dim, device=self.device)
 
     @torch.inference_mode()
-    def best_boxes(self, pixels: torch.Tensor, queries: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each image of ``pixels`` and each of its queries, the best patch's score and box:
-        ``[B, Q]`` scores (0 where an image has fewer than Q queries) and ``[B, Q, 4]`` cxcywh boxes."""
+    def patch_logits(self, pixels: torch.Tensor, queries: Sequence[Sequence[str]]):
+        """OWLv2's heads on every patch: (``[B, N, Q]`` logits, padding queries masked out as
+        ``class_predictor`` masks them; ``[B, N, 4]`` cxcywh boxes; ``[B, Q]`` mask of real queries)."""
         feature_map, _ = self.model.image_embedder(pixel_values=pixels.to(self.device, self.dtype))
         batch, height, width, channels = feature_map.shape
         features = feature_map.reshape(batch, height * width, channels)
         boxes = self.model.box_predictor(features, feature_map).float()  # [B, N, 4]
         count = max((len(q) for q in queries), default=0)
-        if count == 0:
-            return torch.zeros(batch, 0), torch.zeros(batch, 0, 4)
         embeds = torch.zeros(batch, count, self.model.config.projection_dim, device=self.device, dtype=self.dtype)
         mask = torch.zeros(batch, count, dtype=torch.bool, device=self.device)
         for row, texts in enumerate(queries):
             if texts:
                 embeds[row, : len(texts)] = self.encode_queries(texts).to(self.dtype)
                 mask[row, : len(texts)] = True
+        if count == 0:
+            return torch.zeros(batch, height * width, 0, device=self.device), boxes, mask
         logits, _ = self.model.class_predictor(features, embeds, mask)  # [B, N, Q]
-        scores, best = logits.float().sigmoid().max(dim=1)  # over patches
+        return logits.float(), boxes, mask
+
+    def best_boxes(self, pixels: torch.Tensor, queries: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each image of ``pixels`` and each of its queries, the best patch's score and box:
+        ``[B, Q]`` scores (0 where an image has fewer than Q queries) and ``[B, Q, 4]`` cxcywh boxes."""
+        logits, boxes, mask = self.patch_logits(pixels, queries)
+        if logits.shape[-1] == 0:
+            return torch.zeros(len(boxes), 0), torch.zeros(len(boxes), 0, 4)
+        scores, best = logits.sigmoid().max(dim=1)  # over patches
         chosen = boxes.gather(1, best[..., None].expand(-1, -1, 4))
         return scores.masked_fill(~mask, 0).cpu(), chosen.cpu()
+
+    def every_box(self, pixels: torch.Tensor, queries: Sequence[Sequence[str]], threshold: float):
+        """GRAIN's rule (``box_supervision.py`` through transformers' ``post_process_object_detection``):
+        each patch's box labelled with its best query, kept where that query's score exceeds
+        ``threshold``. Per image, (query indices, scores, ``[K, 4]`` cxcywh boxes), on the CPU."""
+        logits, boxes, _ = self.patch_logits(pixels, queries)
+        if logits.shape[-1] == 0:
+            empty = torch.zeros(0)
+            return [(empty.long(), empty, torch.zeros(0, 4)) for _ in range(len(boxes))]
+        scores, labels = logits.sigmoid().max(dim=-1)  # over queries
+        keep = scores > threshold
+        return [(labels[row][keep[row]].cpu(), scores[row][keep[row]].cpu(), boxes[row][keep[row]].cpu())
+                for row in range(len(boxes))]
 
     def detect(
         self,
@@ -114,25 +135,35 @@ class OwlDetector:
         queries: Sequence[Sequence[str]],
         threshold: float = 0.1,
         pixels: torch.Tensor | None = None,
+        rule: str = "best",
     ) -> list[list[Detection]]:
-        """Per image, the best box of each of its queries that scores at least ``threshold``
-        (boxes of no area once clipped to the image are dropped). ``pixels``: :meth:`pixels`
-        of ``images`` when already computed (by a data-loader worker)."""
+        """Per image, ``rule="best"``: the best box of each of its queries that scores at least
+        ``threshold``; ``"every"``: every box whose best query scores above it (:meth:`every_box`).
+        Boxes of no area once clipped to the image are dropped. ``pixels``: :meth:`pixels` of
+        ``images`` when already computed (by a data-loader worker)."""
         if len(queries) != len(images):
             raise ValueError(f"{len(queries)} query lists for {len(images)} images")
         if pixels is None:
             pixels = self.pixels(images)
-        scores, boxes = self.best_boxes(pixels, queries)
-        found = []
-        for row, (image, texts) in enumerate(zip(images, queries, strict=True)):
-            corners = pixel_boxes(boxes[row, : len(texts)], *image.size)
-            kept = []
-            for query, (score, box) in enumerate(zip(scores[row].tolist(), corners.tolist(), strict=False)):
-                box = tuple(round(v, 2) for v in box)
-                if score >= threshold and box[0] < box[2] and box[1] < box[3]:
-                    kept.append(Detection(query, score, box))
-            found.append(kept)
-        return found
+        if rule == "every":
+            found = self.every_box(pixels, queries, threshold)
+        else:
+            scores, boxes = self.best_boxes(pixels, queries)
+            found = []
+            for row, texts in enumerate(queries):
+                kept = scores[row, : len(texts)] >= threshold
+                found.append((torch.arange(len(texts))[kept], scores[row, : len(texts)][kept], boxes[row, : len(texts)][kept]))
+        return [_detections(*hits, image) for hits, image in zip(found, images, strict=True)]
+
+
+def _detections(query: torch.Tensor, score: torch.Tensor, boxes: torch.Tensor, image: PIL.Image.Image) -> list[Detection]:
+    corners = pixel_boxes(boxes, *image.size)
+    kept = []
+    for index, value, box in zip(query.tolist(), score.tolist(), corners.tolist(), strict=True):
+        box = tuple(round(v, 2) for v in box)
+        if box[0] < box[2] and box[1] < box[3]:
+            kept.append(Detection(index, value, box))
+    return kept
 
 
 def load_detector(name: str = DEFAULT_DETECTOR, device: str | None = None, precision: str = "auto") -> OwlDetector:
