@@ -98,3 +98,15 @@ def test_generative_classify_refuses_a_class_without_a_readable_image(folder, tm
     with pytest.raises(ValueError, match="no readable image in 1 class"):
         generative.run(config, ScriptedVLM(["A red thing."]), load_dataset("imagefolder", str(folder)))
     assert not out.exists()
+
+
+def test_a_refused_probe_into_a_finished_run_leaves_its_config(folder, open_clip_dir, tmp_cache, tmp_path, capsys):  # noqa: F811
+    (folder / "blue sky" / "broken.png").unlink()  # every class's held-out part readable
+    out = tmp_path / "run"
+    argv = ["probe", "--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
+            "--output", str(out)]
+    assert main(argv) == 0
+    before = (out / "config.yaml").read_bytes()
+    _unreadable_class(folder)  # the rerun is refused after its images are read
+    assert main([*argv, "--seed", "3"]) == 1
+    assert (out / "config.yaml").read_bytes() == before

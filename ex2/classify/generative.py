@@ -495,7 +495,7 @@ def run(config, vlm=None, dataset=None) -> Path:
 
     def every_class_read(labels: list[int]) -> None:  # as the CLIP methods: no class silently without images
         if labels:
-            unreadable_classes(evaluated, torch.tensor(labels), drop=False)
+            unreadable_classes(evaluated, torch.tensor(labels), drop=False, droppable=False)
 
     if config.method == "likelihood":
         scores = run_likelihood(config, vlm, evaluated.items, dataset.classnames, held, out, skipped, every_class_read)

@@ -234,7 +234,7 @@ def run(config: ProbeConfig, model=None) -> Path:
         parts[name] = image_features(model, dataset, config)
         if len(parts[name][1]) == 0:
             raise ValueError(f"{dataset.name} ({dataset.split}): no readable images for the {name} part")
-        unreadable_classes(dataset, parts[name][1], drop=False)  # a class the probe never sees: refused
+        unreadable_classes(dataset, parts[name][1], drop=False, droppable=False)  # a class the probe never sees: refused
     if config.solver == "adam":
         logits, solved = _adam_metrics(config, parts, n_classes)
     else:
