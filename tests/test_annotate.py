@@ -151,7 +151,7 @@ def test_grain_preset_keeps_several_boxes_of_a_description(owlv2_dir, descriptio
         assert scores == sorted(scores, reverse=True) and len(grounded.regions) == 5
 
 
-def test_annotate_resumes_after_a_kill(owlv2_dir, descriptions, tmp_path, shared_cache, monkeypatch):
+def test_annotate_resumes_after_a_kill(owlv2_dir, descriptions, tmp_path, shared_cache, monkeypatch, capsys):
     out = tmp_path / "grounding.jsonl"
     real, calls = annotate_module.annotate_batch, []
 
@@ -166,6 +166,13 @@ def test_annotate_resumes_after_a_kill(owlv2_dir, descriptions, tmp_path, shared
     assert not out.exists() and len(read_jsonl(partial_path(out))) == 1 + 4  # settings + the first batch
     # another threshold would mix two runs' records: refused, naming what changed
     assert main(_annotate_args(owlv2_dir, descriptions, out, "--threshold", "0.5")) == 1
+    # so would descriptions changed in place (the same path): their digest is a setting
+    original = descriptions.read_bytes()
+    descriptions.write_bytes(original + original.splitlines(keepends=True)[0])
+    capsys.readouterr()
+    assert main(_annotate_args(owlv2_dir, descriptions, out)) == 1
+    assert "descriptions_sha256" in capsys.readouterr().err
+    descriptions.write_bytes(original)
     calls.clear()
     monkeypatch.setattr(annotate_module, "annotate_batch", lambda batch, *args: calls.append(len(batch)) or real(batch, *args))
     assert main(_annotate_args(owlv2_dir, descriptions, out)) == 0

@@ -57,3 +57,56 @@ def test_a_class_without_a_readable_image_stops_the_run_or_is_dropped_on_request
     assert metrics["n_classes"] == 3 and metrics["n_images"] == 9 and metrics["n_skipped_images"] == 3
     assert metrics["dropped_classes"] == ["grey stone"] and metrics["acc5"] == 1.0
     assert "grey stone" not in (out / "per_class.csv").read_text()
+
+
+def _unreadable_class(root, count: int = 3) -> None:
+    (root / "grey stone").mkdir()
+    for i in range(count):
+        (root / "grey stone" / f"{i}.png").write_bytes(b"not a png either")
+
+
+def test_coder_refuses_a_class_without_a_readable_image(folder, open_clip_dir, tmp_cache, tmp_path, capsys):  # noqa: F811
+    from ex2.core.io import write_jsonl
+
+    _unreadable_class(folder)
+    knowledge = write_jsonl(tmp_path / "k.jsonl", [{"concept": "blue sky", "kind": "attributes", "text": "blue"}])
+    out = tmp_path / "run"
+    assert main(["classify", "--dataset", "imagefolder", "--data-root", str(folder), "--vlm",
+                 f"local-dir:{open_clip_dir}", "--no-progress", "--method", "coder", "--knowledge", str(knowledge),
+                 "--kinds", "attributes", "--output", str(out)]) == 1
+    assert "no readable image in 1 class(es): 'grey stone'" in capsys.readouterr().err and not out.exists()
+
+
+def test_probe_refuses_a_class_without_a_readable_image(folder, open_clip_dir, tmp_cache, tmp_path, capsys):  # noqa: F811
+    _unreadable_class(folder)
+    out = tmp_path / "run"
+    assert main(["probe", "--dataset", "imagefolder", "--data-root", str(folder), "--vlm",
+                 f"local-dir:{open_clip_dir}", "--output", str(out)]) == 1
+    assert "'grey stone'" in capsys.readouterr().err and not out.exists()
+
+
+def test_generative_classify_refuses_a_class_without_a_readable_image(folder, tmp_path):  # noqa: F811
+    import pytest
+    from test_gvlm import ScriptedVLM
+
+    from ex2.classify import generative
+    from ex2.classify.stage import ClassifyConfig
+
+    _unreadable_class(folder)
+    out = tmp_path / "open"
+    config = ClassifyConfig(vlm="gen:org/model", method="open", output=str(out), progress=False)
+    with pytest.raises(ValueError, match="no readable image in 1 class"):
+        generative.run(config, ScriptedVLM(["A red thing."]), load_dataset("imagefolder", str(folder)))
+    assert not out.exists()
+
+
+def test_a_refused_probe_into_a_finished_run_leaves_its_config(folder, open_clip_dir, tmp_cache, tmp_path, capsys):  # noqa: F811
+    (folder / "blue sky" / "broken.png").unlink()  # every class's held-out part readable
+    out = tmp_path / "run"
+    argv = ["probe", "--dataset", "imagefolder", "--data-root", str(folder), "--vlm", f"local-dir:{open_clip_dir}",
+            "--output", str(out)]
+    assert main(argv) == 0
+    before = (out / "config.yaml").read_bytes()
+    _unreadable_class(folder)  # the rerun is refused after its images are read
+    assert main([*argv, "--seed", "3"]) == 1
+    assert (out / "config.yaml").read_bytes() == before

@@ -44,6 +44,7 @@ from ex2.core.devices import PRECISIONS
 from ex2.core.io import (
     append_jsonl,
     check_output_path,
+    input_fingerprints,
     output_lock,
     partial_path,
     read_jsonl,
@@ -141,7 +142,7 @@ def config_path(output: Path) -> Path:
 def run_settings(config: AnnotateConfig) -> dict:
     values = dataclasses.asdict(config)
     values["descriptions"] = str(Path(config.descriptions).resolve())
-    return {name: values[name] for name in RUN_SETTINGS}
+    return {**{name: values[name] for name in RUN_SETTINGS}, **input_fingerprints(descriptions=config.descriptions)}
 
 
 def class_queries(config: AnnotateConfig, classnames: list[str]) -> list[list[str]]:

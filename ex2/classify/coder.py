@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ex2.classify.coder_files import CoderTemplates
-from ex2.classify.common import batched_encoder, embed_dataset
+from ex2.classify.common import batched_encoder, embed_dataset, unreadable_classes
 from ex2.classify.metrics import Evaluation, build_metrics, class_text_table, write_tables
 
 CLASS_KINDS = ("attributes", "analogous", "synonyms")  # kinds that make class texts
@@ -444,6 +444,7 @@ def run_classify(config, out: Path, dataset, vlm, inputs: CoderInputs | None = N
                         config.coder_synonyms == "as-run", dedupe=not inputs.from_coder_files)
     encode = batched_encoder(vlm, config.progress, config.cache)
     images, labels = embed_dataset(vlm, dataset, config)
+    unreadable_classes(dataset, labels, drop=False, droppable=False)  # as the CLIP methods: no class silently without images
     features, paths = images.embeddings, list(images.paths)
     info: dict = {"knowledge": inputs.provenance, "kinds": config.kinds, "templates": inputs.templates.source,
                   "name_templates": list(inputs.templates.name), "coder_synonyms": config.coder_synonyms,

@@ -62,16 +62,17 @@ def embed_dataset(vlm, dataset, config):
     return images, labels
 
 
-def unreadable_classes(dataset, labels: torch.Tensor, drop: bool) -> list[int]:
+def unreadable_classes(dataset, labels: torch.Tensor, drop: bool, droppable: bool = True) -> list[int]:
     """Ids of the classes none of whose images could be read; an error naming them unless ``drop``
-    (their recall would be missing from mean_per_class_recall without a word)."""
+    (their recall would be missing from mean_per_class_recall without a word). ``droppable``: the
+    method offers --drop-unreadable-classes, so the error mentions it."""
     seen = set(labels.tolist())
     lost = [i for i in range(len(dataset.classnames)) if i not in seen]
     if lost and not drop:
         names = listed([dataset.classnames[i] for i in lost])
+        remedy = ", or pass --drop-unreadable-classes to score the other classes only" if droppable else ""
         raise ValueError(f"{dataset.name} ({dataset.split}, {dataset.root}): no readable image in "
-                         f"{len(lost)} class(es): {names}; fix or remove those images, or pass "
-                         "--drop-unreadable-classes to score the other classes only")
+                         f"{len(lost)} class(es): {names}; fix or remove those images{remedy}")
     return lost
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from ex2.classify import zeroshot
-from ex2.classify.common import report, split_per_class, write_skipped
+from ex2.classify.common import report, split_per_class, unreadable_classes, write_skipped
 from ex2.classify.metrics import Evaluation, write_tables
 from ex2.core.io import check_output_path, read_text, write_csv
 from ex2.core.text import concept_pattern, contains_name
@@ -401,7 +401,7 @@ def answer_records(config, labels, paths, answers, questions, choices, names) ->
     return records, correct, predicted
 
 
-def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
+def run_answers(config, vlm, items, names, out: Path, skipped: list, check_labels=lambda labels: None) -> dict:
     """Open or closed answers: answers.jsonl, predictions.csv and the metrics."""
     from ex2.core.io import write_jsonl
 
@@ -414,6 +414,7 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     else:
         questions = [config.question] * len(items)
     indexes, labels, paths, answers = collect_answers(answerer(config, vlm), items, questions, config, skipped)
+    check_labels(labels)
     if choices is not None:
         choices = [choices[i] for i in indexes]
     records, correct, predicted = answer_records(config, labels, paths, answers, [questions[i] for i in indexes],
@@ -433,9 +434,11 @@ def run_answers(config, vlm, items, names, out: Path, skipped: list) -> dict:
     return metrics
 
 
-def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list) -> dict:
+def run_likelihood(config, vlm, items, classnames, held, out: Path, skipped: list,
+                   check_labels=lambda labels: None) -> dict:
     """Class-name likelihoods (optionally calibrated): the CLIP methods' tables and the metrics."""
     scores, labels, paths = likelihood_scores(vlm, items, classnames, config, skipped)
+    check_labels(labels)
     logits = scores[config.length_norm]
     info: dict = {"answer_prefix": config.answer_prefix, "length_norm": config.length_norm,
                   "question": config.question, "prompt_format": _prompt_format(config, vlm),
@@ -489,10 +492,15 @@ def run(config, vlm=None, dataset=None) -> Path:
 
         vlm = load_gvlm(config.vlm, config.device, config.precision)
     skipped: list = []
+
+    def every_class_read(labels: list[int]) -> None:  # as the CLIP methods: no class silently without images
+        if labels:
+            unreadable_classes(evaluated, torch.tensor(labels), drop=False, droppable=False)
+
     if config.method == "likelihood":
-        scores = run_likelihood(config, vlm, evaluated.items, dataset.classnames, held, out, skipped)
+        scores = run_likelihood(config, vlm, evaluated.items, dataset.classnames, held, out, skipped, every_class_read)
     else:
-        scores = run_answers(config, vlm, evaluated.items, names, out, skipped)
+        scores = run_answers(config, vlm, evaluated.items, names, out, skipped, every_class_read)
     if not scores["n_images"]:
         raise ValueError(f"{dataset.name} ({evaluated.split}): no readable images ({len(skipped)} skipped)")
     save_config(config, out)

@@ -184,6 +184,12 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
+def input_fingerprints(**files: str | Path | None) -> dict[str, str]:
+    """``{NAME_sha256: digest}`` of each input file given: what a resumable run records beside its settings,
+    so a rerun after an input changed starts over instead of mixing old and new records."""
+    return {f"{name}_sha256": file_digest(path) for name, path in files.items() if path}
+
+
 def file_digest(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     digest = hashlib.sha256()

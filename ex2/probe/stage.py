@@ -35,7 +35,7 @@ from typing import Literal
 
 import torch
 
-from ex2.classify.common import split_per_class
+from ex2.classify.common import split_per_class, unreadable_classes
 from ex2.classify.generative import image_batches
 from ex2.classify.zeroshot import classification_metrics, topk_accuracy
 from ex2.core.config import option, save_config
@@ -234,6 +234,7 @@ def run(config: ProbeConfig, model=None) -> Path:
         parts[name] = image_features(model, dataset, config)
         if len(parts[name][1]) == 0:
             raise ValueError(f"{dataset.name} ({dataset.split}): no readable images for the {name} part")
+        unreadable_classes(dataset, parts[name][1], drop=False, droppable=False)  # a class the probe never sees: refused
     if config.solver == "adam":
         logits, solved = _adam_metrics(config, parts, n_classes)
     else:
