@@ -30,6 +30,30 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture
+def lock_holder():
+    """Start another process holding ``output_lock(path, command)``; yields a function that takes
+    (path, command) and returns the holder's pid. Every holder is killed at the end (which frees it)."""
+    import subprocess
+    import sys
+
+    repo, holders = Path(__file__).resolve().parents[1], []
+
+    def hold(path: Path, command: str) -> int:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
+             f"with output_lock({str(path)!r}, {command!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+            cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return holder.pid
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture
 def shared_cache(monkeypatch) -> Path:
     """The long-lived cache holding converted embedded models and materialised samples."""
     monkeypatch.setenv("EX2_CACHE", str(SHARED_CACHE))

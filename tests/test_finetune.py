@@ -395,18 +395,9 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_removed(open_clip_dir, descr
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3, 4, 5]
 
 
-def test_a_second_finetune_into_one_output_is_refused(open_clip_dir, descriptions, tmp_path, capsys):
+def test_a_second_finetune_into_one_output_is_refused(open_clip_dir, descriptions, tmp_path, capsys, lock_holder):
     out = tmp_path / "ft"
-    repo = Path(__file__).resolve().parents[1]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
-         f"with output_lock({str(out)!r}, 'ex2 finetune'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
-        cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert main(_desc_args(open_clip_dir, descriptions, out, 2)) == 1
-        err = capsys.readouterr().err
-        assert f"{out} is being written by pid {holder.pid}" in err and not (out / "log.jsonl").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    pid = lock_holder(out, "ex2 finetune")
+    assert main(_desc_args(open_clip_dir, descriptions, out, 2)) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is being written by pid {pid}" in err and not (out / "log.jsonl").exists()

@@ -169,27 +169,14 @@ def test_wordnet_synonyms_offline(tmp_cache):
     assert "arugula" in flipped  # the plant sense, chosen by its gloss
 
 
-def test_a_second_knowledge_run_into_one_output_is_refused(tmp_path, capsys):
-    import os
-    import subprocess
-    import sys
-
+def test_a_second_knowledge_run_into_one_output_is_refused(tmp_path, capsys, lock_holder):
     out = tmp_path / "k.jsonl"
-    repo = Path(__file__).resolve().parents[1]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom ex2.core.io import output_lock\n"
-         f"with output_lock({str(out)!r}, 'ex2 knowledge'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
-        cwd=repo, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(repo)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        argv = ["knowledge", "--dataset", "samples", "--llm", "ex2-test-org/not-cached-llm", "--output", str(out)]
-        assert main(argv) == 1
-        err = capsys.readouterr().err
-        assert f"{out} is being written by pid {holder.pid}" in err and "ex2 knowledge" in err
-        assert not out.exists() and not partial_path(out).exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    pid = lock_holder(out, "ex2 knowledge")
+    argv = ["knowledge", "--dataset", "samples", "--llm", "ex2-test-org/not-cached-llm", "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is being written by pid {pid}" in err and "ex2 knowledge" in err
+    assert not out.exists() and not partial_path(out).exists()
 
 
 def test_a_nan_temperature_is_refused_before_anything(tmp_path, capsys):
