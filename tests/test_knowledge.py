@@ -96,18 +96,19 @@ def _knowledge(tiny_llm, open_clip_dir, out: Path, *extra: str) -> int:
 def test_analogues_like_another_class_are_asked_again_and_runs_resume(tiny_llm, open_clip_dir, tmp_path, tmp_cache,
                                                                        monkeypatch):
     import ex2.knowledge.stage
+    import ex2.llm.samplers
     from ex2.llm.models import load_tokenizer
 
     monkeypatch.setattr(ex2.knowledge.stage, "load_vlm", lambda *a, **k: WordsVLM())
     tokenizer = load_tokenizer(str(tiny_llm))
     killed = FakeSampler(tokenizer, fail_after=2)
-    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: killed)
+    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: killed)
     out = tmp_path / "knowledge.jsonl"
     with pytest.raises(RuntimeError):
         _knowledge(tiny_llm, open_clip_dir, out)
     assert len(read_jsonl(partial_path(out))) == 1 + 2 and not out.exists()
     fresh = FakeSampler(tokenizer)
-    monkeypatch.setattr(ex2.knowledge.stage, "load_sampler", lambda *a, **k: fresh)
+    monkeypatch.setattr(ex2.llm.samplers, "load_sampler", lambda *a, **k: fresh)
     assert _knowledge(tiny_llm, open_clip_dir, out) == 0
     assert len(killed.asked) == 2 and not any(p in killed.asked for p in fresh.asked)
     records = read_jsonl(out)

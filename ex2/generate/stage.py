@@ -63,7 +63,7 @@ from ex2.core.names import split_dataset_name
 from ex2.core.text import clean_description
 from ex2.data import concept_names, load_classnames, load_templates
 from ex2.llm.models import format_prompt, load_tokenizer, resolve_prompt_format
-from ex2.llm.samplers import SamplingSettings, encode_prompts, load_sampler, record_seed, resolve_adapter
+from ex2.llm.samplers import encode_prompts, record_seed, resolve_adapter, sampler_for
 
 RECORD_FIELDS = ("concept", "class_id", "template", "description", "raw", "model", "adapter",
                  "sample", "seed", "prompt_format")
@@ -337,15 +337,6 @@ def convert(config: GenerateConfig) -> Path:
         return write_outputs(config, output, records)
 
 
-def make_sampler(config: GenerateConfig, adapter: Path | None):
-    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-    options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
-               "batch_size": config.batch_size}
-    if config.sampler == "vllm":
-        options["seed"] = config.seed
-    return load_sampler(config.sampler, config.llm, adapter, sampling, **options)
-
-
 def generate(config: GenerateConfig) -> Path:
     """Sample every missing description, then write the output files atomically."""
     output = check_outputs(config)
@@ -366,7 +357,7 @@ def _generate(config: GenerateConfig, output: Path) -> Path:
     done = {(r["concept"], r["template"], r["sample"]) for r in resumed}
     todo = [job for job in jobs if job.key not in done]
     if todo:
-        sampler = make_sampler(config, adapter)
+        sampler = sampler_for(config, adapter)
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="desc", desc="generate") as bar:
             for added in sample_missing(sampler, jobs, done, partial, settings, config.batch_size):
                 bar.update(added)

@@ -38,7 +38,7 @@ from ex2.knowledge.pairs import name_embeddings, nearest_pairs
 from ex2.knowledge.records import KINDS, from_json, make_record
 from ex2.knowledge.wordnet import wordnet, wordnet_synonyms
 from ex2.llm.models import load_tokenizer, resolve_prompt_format
-from ex2.llm.samplers import Sampler, SamplingSettings, load_sampler, resolve_adapter
+from ex2.llm.samplers import resolve_adapter, sampler_for
 from ex2.vlm import load_vlm
 
 RUN_SETTINGS = ("llm", "adapter", "sampler", "seed", "prompt_format", "max_new_tokens", "temperature",
@@ -136,15 +136,6 @@ def run_settings(config: KnowledgeConfig, adapter: Path | None, prompt_format: s
     return {name: values[name] for name in RUN_SETTINGS}
 
 
-def open_sampler(config: KnowledgeConfig, adapter: str | None) -> Sampler:
-    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-    options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
-               "batch_size": config.batch_size}
-    if config.sampler == "vllm":
-        options["seed"] = config.seed
-    return load_sampler(config.sampler, config.llm, adapter, sampling, **options)
-
-
 def gather(config: KnowledgeConfig, concepts: list[str], asker: Asker, settings: dict) -> list[dict]:
     """Every record of the kinds asked, in (kind, class, other class) order."""
     given = {item.partition("=")[0]: item.partition("=")[2] for item in config.from_json}
@@ -199,7 +190,7 @@ def _run(config: KnowledgeConfig, output: Path) -> Path:
     settings = run_settings(config, adapter, fmt)
     partial_file = partial_path(output)
     done = resume_partial(partial_file, settings, "partial knowledge", ("key",), header=PARTIAL_HEADER)
-    asker = Asker(partial(open_sampler, config, settings["adapter"]), partial_file,
+    asker = Asker(partial(sampler_for, config, settings["adapter"]), partial_file,
                   {json.dumps(r["key"]): r for r in done}, fmt, config.seed, config.batch_size, config.max_items)
     records = gather(config, concepts, asker, settings)
     write_jsonl(output, records)

@@ -71,6 +71,18 @@ def load_sampler(name: str, llm: str, adapter: str | Path | None, settings: Samp
     return SAMPLERS.load(name)(llm, adapter, settings, **options)
 
 
+def sampler_for(config: Any, adapter: str | Path | None) -> Sampler:
+    """The sampler a stage's config asks for: its ``sampler``, ``llm``, sampling fields (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``top_k``), ``device``, ``dtype``, ``merge_adapter`` and ``batch_size``;
+    vLLM also takes its ``seed`` (it seeds its own engine)."""
+    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
+    options = {"device": config.device, "dtype": config.dtype, "merge_adapter": config.merge_adapter,
+               "batch_size": config.batch_size}
+    if config.sampler == "vllm":
+        options["seed"] = config.seed
+    return load_sampler(config.sampler, config.llm, adapter, sampling, **options)
+
+
 def encode_prompts(tokenizer, prompts: list[str], prompt_format: str) -> list[list[int]]:
     """Token ids per prompt; special tokens (BOS) are added for the base format only, since a
     chat template already writes its own."""
